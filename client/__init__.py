@@ -1,0 +1,4 @@
+"""fedrec's client side: the Flower ClientApp and the on-device SDK.
+
+Depends on ``recsys_core``; never on ``server``.
+"""

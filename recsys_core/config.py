@@ -1,0 +1,144 @@
+"""Typed configuration: nested frozen dataclasses built from TOML or dicts, validated once.
+
+``dataclass_from_dict`` rejects unknown keys and wrong types with a message that
+names the full key (``train.learning_rate``), so a typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from recsys_core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Reads a TOML file; a missing or malformed file is one clear :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def _type_name(expected: Any) -> str:
+    return getattr(expected, "__name__", str(expected))
+
+
+def _convert(value: Any, expected: Any, key: str) -> Any:
+    origin = typing.get_origin(expected)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(expected)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} has the wrong type")
+    if origin is typing.Literal:
+        allowed = typing.get_args(expected)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_type = typing.get_args(expected)[0]
+        return tuple(_convert(item, item_type, f"{key}[{index}]") for index, item in enumerate(value))
+    if origin is dict or expected is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(expected):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return dataclass_from_dict(expected, value, prefix=f"{key}.")
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is Any:
+        return value
+    if isinstance(expected, type):
+        if isinstance(value, bool) and expected is not bool:
+            raise ConfigError(f"{key}: expected {_type_name(expected)}, got {value!r}")
+        if not isinstance(value, expected):
+            raise ConfigError(f"{key}: expected {_type_name(expected)}, got {value!r}")
+    return value
+
+
+def dataclass_from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Builds dataclass ``cls`` from ``values``, recursing into nested dataclasses.
+
+    Missing keys keep their defaults; unknown keys and mistyped values raise
+    :class:`ConfigError` naming the full key.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    known = {field.name for field in dataclasses.fields(cls) if field.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        names = ", ".join(prefix + name for name in unknown)
+        raise ConfigError(f"unknown config key(s) {names}; known keys here: "
+                          f"{', '.join(prefix + name for name in sorted(known))}")
+    converted = {name: _convert(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**converted)  # type: ignore[return-value]
+
+
+def dataclass_to_dict(instance: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) of a dataclass, for JSON run records."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(instance))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses ``section.key=value`` (value in TOML syntax, bare words as strings)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Returns a copy of ``values`` with each ``section.key=value`` override set."""
+    result: dict[str, Any] = {key: dict(value) if isinstance(value, dict) else value
+                              for key, value in values.items()}
+    for override in overrides:
+        path, value = parse_override(override)
+        table = result
+        for part in path[:-1]:
+            nested = table.get(part, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"override {override!r}: {part} is not a table")
+            table[part] = dict(nested)
+            table = table[part]
+        table[path[-1]] = value
+    return result

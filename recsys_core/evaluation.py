@@ -1,0 +1,222 @@
+"""Ranking evaluation under two protocols in one pass.
+
+* **full** (primary): each held-out item is ranked against every item in the
+  catalogue except those the user had already seen (train, plus validation
+  when testing).
+* **sampled** (for comparison with papers): each held-out item is ranked against
+  ``sampled_negatives`` random items the user never interacted with, drawn with a
+  per-user seed so a federated client draws exactly what the central evaluator draws.
+
+Ranks count ties pessimistically: an item scores a hit only if no competitor
+scores at least as high, so a constant model cannot look good.
+
+Per-user metric values are *summed* into :class:`MetricSums`; a federated client
+sends its sums and the server adds them, giving the same means as one central pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from recsys_core.data.interactions import InteractionLog
+from recsys_core.data.sampling import SeenItems, sample_unseen_items
+from recsys_core.errors import ConfigError
+
+ScoreFunction = Callable[[np.ndarray], torch.Tensor]
+"""Maps a batch of user ids to a ``[batch, n_items]`` score tensor."""
+
+RANK_METRICS = ("hr", "ndcg", "recall", "mrr")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Cut-offs, the sampled protocol's negative count, and the seed of its negatives."""
+
+    cutoffs: tuple[int, ...] = (10, 20)
+    sampled_negatives: int = 99
+    seed: int = 0
+    batch_size: int = 256
+
+    def validate(self) -> EvaluationConfig:
+        if not self.cutoffs or any(k <= 0 for k in self.cutoffs):
+            raise ConfigError(f"evaluation.cutoffs: need positive integers, got {self.cutoffs}")
+        if self.sampled_negatives <= 0:
+            raise ConfigError("evaluation.sampled_negatives: must be positive")
+        if self.batch_size <= 0:
+            raise ConfigError("evaluation.batch_size: must be positive")
+        return self
+
+
+@dataclass
+class MetricSums:
+    """Per-user metric values summed over users, plus the items each top-K list reached.
+
+    ``sums`` keys look like ``"full/ndcg@10"``; ``recommended_counts[k]`` counts how
+    often each item appeared in a full-ranking top-``k`` list (for catalogue coverage).
+    """
+
+    sums: dict[str, float] = field(default_factory=dict)
+    num_users: int = 0
+    recommended_counts: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def add(self, other: MetricSums) -> MetricSums:
+        """Adds ``other`` into this object and returns it (for ``functools.reduce``)."""
+        for key, value in other.sums.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.num_users += other.num_users
+        for cutoff, counts in other.recommended_counts.items():
+            if cutoff in self.recommended_counts:
+                self.recommended_counts[cutoff] = self.recommended_counts[cutoff] + counts
+            else:
+                self.recommended_counts[cutoff] = counts.copy()
+        return self
+
+    def means(self) -> dict[str, float]:
+        """Mean of every metric over evaluated users, plus ``full/coverage@k``."""
+        result = {key: value / max(self.num_users, 1) for key, value in sorted(self.sums.items())}
+        for cutoff, counts in sorted(self.recommended_counts.items()):
+            result[f"full/coverage@{cutoff}"] = float(np.count_nonzero(counts)) / max(len(counts), 1)
+        return result
+
+
+def ideal_dcg(num_relevant: torch.Tensor, cutoff: int) -> torch.Tensor:
+    """DCG of a perfect ranking with ``num_relevant`` relevant items, cut at ``cutoff``."""
+    discounts = 1.0 / torch.log2(torch.arange(cutoff, dtype=torch.float64) + 2.0)
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), discounts.cumsum(0)])
+    return cumulative[num_relevant.clamp(max=cutoff)]
+
+
+def metrics_from_ranks(
+    ranks: torch.Tensor, relevant_mask: torch.Tensor, cutoffs: tuple[int, ...]
+) -> dict[str, torch.Tensor]:
+    """Per-user HR, NDCG, Recall and MRR at each cut-off from 0-based ranks of relevant items.
+
+    ``ranks`` is ``[users, max_relevant]`` with padding slots marked ``False`` in
+    ``relevant_mask``. Returns tensors of shape ``[users]`` keyed ``"ndcg@10"`` etc.
+    """
+    num_relevant = relevant_mask.sum(dim=1)
+    ranks64 = ranks.to(torch.float64)
+    result: dict[str, torch.Tensor] = {}
+    for cutoff in cutoffs:
+        hit = relevant_mask & (ranks < cutoff)
+        gains = torch.where(hit, 1.0 / torch.log2(ranks64 + 2.0), torch.zeros_like(ranks64))
+        best_rank = torch.where(hit, ranks64, torch.full_like(ranks64, float("inf"))).min(dim=1).values
+        result[f"hr@{cutoff}"] = hit.any(dim=1).to(torch.float64)
+        result[f"ndcg@{cutoff}"] = gains.sum(dim=1) / ideal_dcg(num_relevant, cutoff)
+        result[f"recall@{cutoff}"] = hit.sum(dim=1).to(torch.float64) / num_relevant.clamp(min=1)
+        result[f"mrr@{cutoff}"] = torch.where(
+            torch.isfinite(best_rank), 1.0 / (best_rank + 1.0), torch.zeros_like(best_rank)
+        )
+    return result
+
+
+def _padded_rows(log: InteractionLog, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items of each user as a ``[users, max_len]`` tensor plus a validity mask."""
+    starts = log.user_offsets[users]
+    lengths = log.user_offsets[users + 1] - starts
+    width = max(int(lengths.max(initial=0)), 1)
+    column = np.arange(width)
+    valid = column[None, :] < lengths[:, None]
+    index = np.where(valid, starts[:, None] + column[None, :], 0)
+    items = np.where(valid, log.item_ids[index] if len(log.item_ids) else 0, 0)
+    return torch.from_numpy(items), torch.from_numpy(valid)
+
+
+def _full_ranking(
+    scores: torch.Tensor,
+    history_items: torch.Tensor,
+    history_valid: torch.Tensor,
+    target_items: torch.Tensor,
+    target_valid: torch.Tensor,
+    cutoffs: tuple[int, ...],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    masked = scores.clone()
+    rows = torch.arange(len(scores)).unsqueeze(1).expand_as(history_items)
+    masked[rows[history_valid], history_items[history_valid]] = float("-inf")
+    # Held-out items stay rankable even if the user saw them before (repeat consumption).
+    target_scores = scores.gather(1, target_items)
+    target_rows = torch.arange(len(scores)).unsqueeze(1).expand_as(target_items)
+    masked[target_rows[target_valid], target_items[target_valid]] = target_scores[target_valid]
+    ordered = torch.sort(masked, dim=1, descending=True).values
+    # Items scoring >= the target, minus the target itself: ties count against the model.
+    ranks = torch.searchsorted(-ordered, -target_scores, right=True) - 1
+    top_items = torch.topk(masked, k=max(cutoffs), dim=1).indices
+    return metrics_from_ranks(ranks, target_valid, cutoffs), top_items
+
+
+def _sampled_ranking(
+    scores: torch.Tensor,
+    negatives: torch.Tensor,
+    target_items: torch.Tensor,
+    target_valid: torch.Tensor,
+    cutoffs: tuple[int, ...],
+) -> dict[str, torch.Tensor]:
+    negative_scores = scores.gather(1, negatives)  # [B, N]
+    target_scores = scores.gather(1, target_items)  # [B, P]
+    ranks = (negative_scores.unsqueeze(1) >= target_scores.unsqueeze(2)).sum(dim=2)  # [B, P]
+    # Each held-out item is its own trial against the negatives; average trials per user.
+    per_user: dict[str, torch.Tensor] = {}
+    num_targets = target_valid.sum(dim=1).clamp(min=1).to(torch.float64)
+    for column in range(ranks.shape[1]):
+        single = metrics_from_ranks(ranks[:, column : column + 1], target_valid[:, column : column + 1], cutoffs)
+        for key, value in single.items():
+            per_user[key] = per_user.get(key, 0.0) + value
+    return {key: value / num_targets for key, value in per_user.items()}
+
+
+def sample_evaluation_negatives(
+    users: np.ndarray, seen: SeenItems, count: int, seed: int
+) -> np.ndarray:
+    """The sampled protocol's negatives: seeded per user so any party draws the same ones."""
+    rows = [
+        sample_unseen_items(np.array([user]), count, seen, np.random.default_rng([seed, int(user)]))[0]
+        for user in users
+    ]
+    return np.stack(rows) if rows else np.zeros((0, count), dtype=np.int64)
+
+
+def evaluate_ranking(
+    score_users: ScoreFunction,
+    targets: InteractionLog,
+    history: InteractionLog,
+    seen_for_negatives: SeenItems,
+    config: EvaluationConfig = EvaluationConfig(),
+) -> MetricSums:
+    """Ranks every user's held-out items under both protocols and sums the metrics.
+
+    ``targets`` holds the held-out rows, ``history`` what each user had seen before
+    (excluded from the full ranking), and ``seen_for_negatives`` every pair the
+    user ever had (never drawn as a sampled negative).
+    """
+    config.validate()
+    users = np.flatnonzero(np.diff(targets.user_offsets) > 0)
+    totals = MetricSums(recommended_counts={k: np.zeros(targets.n_items, np.int64) for k in config.cutoffs})
+    for start in range(0, len(users), config.batch_size):
+        batch = users[start : start + config.batch_size]
+        with torch.no_grad():
+            scores = score_users(batch).detach().to(torch.float32)
+        if scores.shape != (len(batch), targets.n_items):
+            raise ValueError(f"score function returned shape {tuple(scores.shape)}, expected "
+                             f"{(len(batch), targets.n_items)}")
+        history_items, history_valid = _padded_rows(history, batch)
+        target_items, target_valid = _padded_rows(targets, batch)
+        full, top_items = _full_ranking(scores, history_items, history_valid, target_items, target_valid,
+                                        config.cutoffs)
+        negatives = torch.from_numpy(
+            sample_evaluation_negatives(batch, seen_for_negatives, config.sampled_negatives, config.seed)
+        )
+        sampled = _sampled_ranking(scores, negatives, target_items, target_valid, config.cutoffs)
+        for prefix, values in (("full", full), ("sampled", sampled)):
+            for key, value in values.items():
+                name = f"{prefix}/{key}"
+                totals.sums[name] = totals.sums.get(name, 0.0) + float(value.sum())
+        for cutoff in config.cutoffs:
+            totals.recommended_counts[cutoff] += np.bincount(
+                top_items[:, :cutoff].reshape(-1).numpy(), minlength=targets.n_items
+            )
+        totals.num_users += len(batch)
+    return totals

@@ -1,0 +1,34 @@
+"""The model zoo: one model per file, all on the :class:`Recommender` interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsys_core.errors import ConfigError
+from recsys_core.models.base import CatalogInfo, ModelConfig, Recommender, config_from_dict
+from recsys_core.models.neumf import NeuMF
+from recsys_core.models.popularity import Popularity
+from recsys_core.models.sasrec import SASRec
+
+MODELS: dict[str, type[Recommender]] = {model.name: model for model in (Popularity, NeuMF, SASRec)}
+
+
+def model_class(name: str) -> type[Recommender]:
+    """The model class registered as ``name``; unknown names list the known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
+
+
+def build_model(name: str, catalog: CatalogInfo, options: dict[str, Any] | None = None) -> Recommender:
+    """Builds model ``name`` sized for ``catalog`` with hyper-parameter ``options``.
+
+    Parameter initialisation draws from torch's generator: seed it first
+    (``recsys_core.training.seeded``) for reproducible weights.
+    """
+    cls = model_class(name)
+    return cls(catalog, config_from_dict(cls.config_class, options or {}))
+
+
+__all__ = ["MODELS", "CatalogInfo", "ModelConfig", "Recommender", "build_model", "model_class"]

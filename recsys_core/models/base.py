@@ -1,0 +1,135 @@
+"""The small interface every recommender in the zoo implements.
+
+A model says four things:
+
+1. which of its parameters are **shared** (federated: item embeddings, towers,
+   attention weights) and which are **private** to one user (a user embedding,
+   which never leaves the device);
+2. how to turn a user's local history into one epoch of training samples
+   (pairs with sampled negatives, a sequence, or a whole history as one sample);
+3. a **per-sample** loss of shape ``[B]`` (1-D: Opacus clips per sample and
+   silently mis-clips a ``[B, 1]`` loss);
+4. ``score``: one score per catalogue item for each user, for ranking and for
+   on-device recommendation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys_core.data.interactions import InteractionLog
+from recsys_core.errors import ConfigError
+
+Batch = dict[str, torch.Tensor]
+"""Training samples keyed by input name; dimension 0 indexes samples."""
+
+
+@dataclass(frozen=True)
+class CatalogInfo:
+    """What a model needs to know about the data to size itself."""
+
+    n_users: int
+    n_items: int
+    item_features: np.ndarray | None = None  # float32 [n_items, n_features]
+
+    @classmethod
+    def from_log(cls, log: InteractionLog) -> CatalogInfo:
+        features = None if log.item_features is None else log.item_features.values
+        return cls(n_users=log.n_users, n_items=log.n_items, item_features=features)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base of each model's hyper-parameters; subclasses add fields with defaults."""
+
+    def validate(self) -> None:
+        for config_field in dataclasses.fields(self):
+            value = getattr(self, config_field.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"model.{config_field.name}: must not be negative, got {value}")
+
+
+class Recommender(nn.Module, ABC):
+    """Base class of every model. Subclasses set ``name`` and ``config_class``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    #: Names of sub-modules whose parameters are indexed by user and private to that user.
+    private_modules: ClassVar[tuple[str, ...]] = ()
+    #: False for count-based models (Popularity) that are fitted by :meth:`fit_statistics`.
+    trains_with_gradients: ClassVar[bool] = True
+
+    def __init__(self, catalog: CatalogInfo, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.catalog = catalog
+        self.config = config
+
+    # -- shared and private parameters -------------------------------------------------------
+    def is_private(self, parameter_name: str) -> bool:
+        """Whether a parameter (or buffer) belongs to one user and must stay on the device."""
+        return parameter_name.split(".", 1)[0] in self.private_modules
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers that federated learning averages across devices."""
+        return {k: v for k, v in self.state_dict().items() if not self.is_private(k)}
+
+    def private_state(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers that never leave the device."""
+        return {k: v for k, v in self.state_dict().items() if self.is_private(k)}
+
+    # -- training ----------------------------------------------------------------------------
+    @abstractmethod
+    def training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
+        """One epoch of training samples built from ``log`` (one user's or many users' rows).
+
+        Negatives and any other randomness come from ``generator``.
+        """
+
+    @abstractmethod
+    def per_sample_loss(self, batch: Batch) -> torch.Tensor:
+        """The loss of each sample in ``batch``; shape ``[B]``."""
+
+    def fit_statistics(self, log: InteractionLog) -> None:
+        """Fits count-based state; only models with ``trains_with_gradients = False`` need it."""
+
+    # -- inference ---------------------------------------------------------------------------
+    @abstractmethod
+    def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
+        """Scores of every item for each user, ``[len(users), n_items]``; higher ranks first.
+
+        ``history`` holds what each user has interacted with so far (sequence models
+        read it; embedding models may ignore it).
+        """
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def config_from_dict(config_class: type[ModelConfig], values: dict[str, Any]) -> ModelConfig:
+    """Builds a model config, rejecting unknown keys with the list of known ones."""
+    known = {config_field.name: config_field for config_field in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"model: unknown option(s) {', '.join(unknown)} for {config_class.__name__}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(config_class, key, None)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        converted[key] = value
+    config = config_class(**converted)
+    config.validate()
+    return config

@@ -1,0 +1,204 @@
+"""The local training loop shared by the centralized trainer and every federated client.
+
+:func:`run_local_epochs` is the loop a device runs on its own rows; :func:`train_model`
+wraps it with validation, early stopping on validation NDCG@10 and a final test.
+Every random draw comes from the seed in :class:`TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from recsys_core.data.interactions import InteractionLog
+from recsys_core.data.sampling import SeenItems
+from recsys_core.data.splits import DatasetSplit
+from recsys_core.errors import ConfigError
+from recsys_core.evaluation import EvaluationConfig, MetricSums, evaluate_ranking
+from recsys_core.models.base import Recommender
+
+OptimizerName = Literal["adam", "adagrad", "sgd"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained: epochs, batches, optimiser, early stopping and the seed."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: OptimizerName = "adam"
+    #: Validations without improvement before stopping; 0 trains for all epochs.
+    patience: int = 5
+    #: Validate every this many epochs.
+    eval_every: int = 1
+    validation_metric: str = "full/ndcg@10"
+    seed: int = 0
+
+    def validate(self) -> TrainConfig:
+        for name in ("epochs", "batch_size", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name}: must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate: must be positive, got {self.learning_rate}")
+        if self.weight_decay < 0 or self.patience < 0:
+            raise ConfigError("train.weight_decay and train.patience must not be negative")
+        if self.optimizer not in ("adam", "adagrad", "sgd"):
+            raise ConfigError(f"train.optimizer: unknown {self.optimizer!r}; use adam, adagrad or sgd")
+        return self
+
+
+@dataclass
+class EpochReport:
+    """What one epoch did; ``validation`` is empty on epochs without validation."""
+
+    epoch: int
+    train_loss: float
+    seconds: float
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingResult:
+    epochs_run: int
+    best_epoch: int
+    best_validation: dict[str, float]
+    test: dict[str, float]
+    history: list[EpochReport]
+    train_seconds: float
+    evaluation_seconds: float
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seeds torch inside the block and restores the caller's generator state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_optimizer(model: Recommender, config: TrainConfig) -> torch.optim.Optimizer:
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def run_local_epochs(
+    model: Recommender,
+    log: InteractionLog,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    generator: np.random.Generator,
+) -> list[float]:
+    """Trains ``model`` on ``log`` for ``epochs``; returns the mean per-sample loss of each epoch.
+
+    Fresh negatives are drawn every epoch. The same loop runs centrally and on a device.
+    """
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        samples = model.training_samples(log, generator)
+        n_samples = len(next(iter(samples.values()))) if samples else 0
+        order = torch.from_numpy(generator.permutation(n_samples))
+        total, count = 0.0, 0
+        for start in range(0, n_samples, batch_size):
+            index = order[start : start + batch_size]
+            batch = {name: values[index] for name, values in samples.items()}
+            per_sample = model.per_sample_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            per_sample.mean().backward()
+            optimizer.step()
+            total += float(per_sample.detach().sum())
+            count += len(index)
+        losses.append(total / max(count, 1))
+    return losses
+
+
+def evaluate_model(
+    model: Recommender,
+    split: DatasetSplit,
+    part: Literal["valid", "test"],
+    seen: SeenItems,
+    config: EvaluationConfig,
+) -> MetricSums:
+    """Ranks the held-out items of ``part`` (``valid`` or ``test``) under both protocols."""
+    history = split.history_before(part)
+    targets = split.valid if part == "valid" else split.test
+    model.eval()
+    with torch.no_grad():
+        return evaluate_ranking(lambda users: model.score(users, history), targets, history, seen, config)
+
+
+def train_model(
+    model: Recommender,
+    split: DatasetSplit,
+    train_config: TrainConfig,
+    evaluation_config: EvaluationConfig = EvaluationConfig(),
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainingResult:
+    """Trains centrally with early stopping on validation, then tests the best model."""
+    train_config.validate()
+    evaluation_config.validate()
+    seen = SeenItems.from_logs(split.train, split.valid, split.test)
+    history: list[EpochReport] = []
+    evaluation_seconds = 0.0
+    started = time.perf_counter()
+    best_state, best_epoch, best_validation = None, 0, {}
+    if not model.trains_with_gradients:
+        model.fit_statistics(split.train)
+        best_validation = evaluate_model(model, split, "valid", seen, evaluation_config).means()
+    else:
+        generator = np.random.default_rng(train_config.seed)
+        optimizer = make_optimizer(model, train_config)
+        best_score, stale = -np.inf, 0
+        with seeded(train_config.seed):
+            for epoch in range(1, train_config.epochs + 1):
+                epoch_started = time.perf_counter()
+                loss = run_local_epochs(model, split.train, optimizer, 1, train_config.batch_size, generator)[0]
+                report = EpochReport(epoch, loss, time.perf_counter() - epoch_started)
+                if epoch % train_config.eval_every == 0 or epoch == train_config.epochs:
+                    evaluation_started = time.perf_counter()
+                    report.validation = evaluate_model(model, split, "valid", seen, evaluation_config).means()
+                    evaluation_seconds += time.perf_counter() - evaluation_started
+                    score = report.validation.get(train_config.validation_metric)
+                    if score is None:
+                        raise ConfigError(f"train.validation_metric: {train_config.validation_metric!r} is not "
+                                          f"computed; choose one of {', '.join(report.validation)}")
+                    if score > best_score:
+                        best_score, best_epoch, stale = score, epoch, 0
+                        best_validation = report.validation
+                        best_state = copy.deepcopy(model.state_dict())
+                    else:
+                        stale += 1
+                history.append(report)
+                if on_epoch is not None:
+                    on_epoch(report)
+                if train_config.patience and stale >= train_config.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    train_seconds = time.perf_counter() - started - evaluation_seconds
+    evaluation_started = time.perf_counter()
+    test = evaluate_model(model, split, "test", seen, evaluation_config).means()
+    evaluation_seconds += time.perf_counter() - evaluation_started
+    return TrainingResult(
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        best_validation=best_validation,
+        test=test,
+        history=history,
+        train_seconds=train_seconds,
+        evaluation_seconds=evaluation_seconds,
+    )

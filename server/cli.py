@@ -1,0 +1,159 @@
+"""The ``fedrec`` command line.
+
+Thin glue: parse flags into the typed configs of ``recsys_core``, show progress,
+print a short table. Every :class:`FedrecError` is reported as one line naming
+what is wrong and what to do, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from recsys_core.config import apply_overrides, read_toml
+from recsys_core.errors import FedrecError
+
+console = Console()
+error_console = Console(stderr=True)
+
+HEADLINE_METRICS = ("ndcg@10", "hr@10", "recall@10", "mrr@10")
+
+
+def _train_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Config file, then explicit flags, then ``--set`` overrides: later wins."""
+    values: dict[str, Any] = read_toml(args.config) if args.config else {}
+    flags = []
+    if args.dataset:
+        flags.append(f"data.dataset={_quoted(args.dataset)}")
+    if args.data_dir:
+        flags.append(f"data.data_dir={_quoted(args.data_dir)}")
+    if args.download:
+        flags.append("data.download=true")
+    if args.model:
+        flags.append(f"model.name={_quoted(args.model)}")
+    if args.epochs is not None:
+        flags.append(f"train.epochs={args.epochs}")
+    if args.seed is not None:
+        flags.append(f"train.seed={args.seed}")
+    if args.output_dir:
+        flags.append(f"output_dir={_quoted(args.output_dir)}")
+    return apply_overrides(values, flags + list(args.set or []))
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    """A short table: one row per headline metric, one column per protocol."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("full ranking", justify="right")
+    table.add_column("sampled (1 + negatives)", justify="right")
+    for name in HEADLINE_METRICS:
+        table.add_row(name, f"{metrics.get('full/' + name, float('nan')):.4f}",
+                      f"{metrics.get('sampled/' + name, float('nan')):.4f}")
+    coverage = metrics.get("full/coverage@10")
+    if coverage is not None:
+        table.add_row("coverage@10", f"{coverage:.4f}", "")
+    return table
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from recsys_core.experiment import ExperimentConfig, run_experiment
+
+    config = ExperimentConfig.from_dict(_train_values(args))
+    console.print(f"Training [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/] "
+                  f"(seed {config.train.seed}); validation metric {config.train.validation_metric}")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("epochs", total=config.train.epochs, status="")
+
+        def on_epoch(report: Any) -> None:
+            status = f"loss {report.train_loss:.4f}"
+            if report.validation:
+                status += f"  valid {config.train.validation_metric} " \
+                          f"{report.validation.get(config.train.validation_metric, float('nan')):.4f}"
+            progress.update(task, completed=report.epoch, status=status)
+
+        result = run_experiment(config, on_epoch=on_epoch)
+    console.print(metrics_table(f"Test metrics: {config.model.name} on {config.data.dataset} "
+                                f"(best epoch {result.training.best_epoch})", result.training.test))
+    timings = result.summary["timings_seconds"]
+    console.print(f"train {timings['train']:.1f} s, evaluation {timings['evaluation']:.1f} s")
+    console.print(f"Run directory: [bold]{result.run_directory}[/] (metrics.json, history.jsonl, model.pt)")
+    return 0
+
+
+def command_datasets(args: argparse.Namespace) -> int:
+    from recsys_core.data.registry import dataset_info, download_dataset, list_datasets
+
+    if args.action == "list":
+        table = Table(title="Datasets")
+        table.add_column("name")
+        table.add_column("description")
+        table.add_column("present")
+        for spec in list_datasets():
+            info = dataset_info(spec.name, data_dir=args.data_dir)
+            table.add_row(spec.name, spec.description, "yes" if info.get("present") else "no")
+        console.print(table)
+        console.print("Details: fedrec datasets info NAME; fetch: fedrec datasets download NAME")
+        return 0
+    if not args.name:
+        raise FedrecError(f"fedrec datasets {args.action}: name a dataset, e.g. ml-100k")
+    if args.action == "info":
+        info = dataset_info(args.name, data_dir=args.data_dir)
+        for key, value in info.items():
+            console.print(f"[bold]{key}[/]: {value}")
+        return 0
+    path = download_dataset(args.name, data_dir=args.data_dir)
+    console.print(f"{args.name} is ready in {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedrec", description="Federated, private deep recommenders.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one model centrally (the non-federated baseline)")
+    train.add_argument("--config", help="TOML file with [data], [model], [train], [evaluation] tables")
+    train.add_argument("--dataset", help="dataset name (fedrec datasets list), 'synthetic' or 'file'")
+    train.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
+    train.add_argument("--download", action="store_true", help="download a missing dataset")
+    train.add_argument("--model", help="model name: popularity, neumf, sasrec")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--output-dir", help="where run directories go (default: runs)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set train.learning_rate=0.01")
+    train.set_defaults(handler=command_train)
+
+    datasets = commands.add_parser("datasets", help="list, inspect or download datasets")
+    datasets.add_argument("action", choices=("list", "info", "download"))
+    datasets.add_argument("name", nargs="?")
+    datasets.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
+    datasets.set_defaults(handler=command_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except FedrecError as error:
+        error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        error_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_core.data.interactions import IdMap, InteractionLog
+from recsys_core.data.sampling import SeenItems
+from recsys_core.errors import ConfigError
+from recsys_core.evaluation import (
+    EvaluationConfig,
+    MetricSums,
+    _sampled_ranking,
+    evaluate_ranking,
+    metrics_from_ranks,
+    sample_evaluation_negatives,
+)
+
+SCORES = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7]])
+
+
+def one_user_log(items: list[int], n_items: int = 5) -> InteractionLog:
+    return InteractionLog.from_arrays(
+        np.zeros(len(items), np.int64), np.array(items, np.int64), np.arange(len(items)), None,
+        IdMap(np.array([0])), IdMap(np.arange(n_items)),
+    )
+
+
+def evaluate_one(history: list[int], targets: list[int], cutoffs=(1, 3), scores=SCORES) -> dict[str, float]:
+    history_log, target_log = one_user_log(history), one_user_log(targets)
+    seen = SeenItems.from_logs(history_log, target_log)
+    config = EvaluationConfig(cutoffs=cutoffs, sampled_negatives=2)
+    return evaluate_ranking(lambda users: scores, target_log, history_log, seen, config).means()
+
+
+def test_full_ranking_single_target_at_top() -> None:
+    # Item 1 (0.9) is history and excluded, so item 4 (0.7) ranks first.
+    metrics = evaluate_one(history=[1], targets=[4])
+    assert metrics["full/hr@1"] == 1.0
+    assert metrics["full/ndcg@1"] == pytest.approx(1.0)
+    assert metrics["full/mrr@3"] == pytest.approx(1.0)
+
+
+def test_full_ranking_single_target_third() -> None:
+    # Remaining order: 4 (0.7), 2 (0.5), 3 (0.3), 0 (0.1): item 3 has rank 2 (0-based).
+    metrics = evaluate_one(history=[1], targets=[3])
+    assert metrics["full/hr@1"] == 0.0
+    assert metrics["full/hr@3"] == 1.0
+    assert metrics["full/ndcg@3"] == pytest.approx(1 / math.log2(4))
+    assert metrics["full/mrr@3"] == pytest.approx(1 / 3)
+    assert metrics["full/recall@3"] == 1.0
+
+
+def test_full_ranking_two_targets() -> None:
+    # Targets 2 and 0 sit at ranks 1 and 3; only the first is inside the top 3.
+    metrics = evaluate_one(history=[1], targets=[2, 0])
+    ideal = 1 + 1 / math.log2(3)
+    assert metrics["full/hr@3"] == 1.0
+    assert metrics["full/recall@3"] == pytest.approx(0.5)
+    assert metrics["full/ndcg@3"] == pytest.approx((1 / math.log2(3)) / ideal)
+    assert metrics["full/mrr@3"] == pytest.approx(0.5)
+
+
+def test_ties_count_against_the_model() -> None:
+    constant = torch.ones(1, 5)
+    metrics = evaluate_one(history=[1], targets=[4], scores=constant)
+    # Four candidates tie, so the target's pessimistic rank is 3: outside the top 3.
+    assert metrics["full/hr@3"] == 0.0
+
+
+def test_coverage_counts_distinct_recommended_items() -> None:
+    history = InteractionLog.from_arrays(np.array([0]), np.array([1]), np.array([0]), None,
+                                         IdMap(np.array([0, 1])), IdMap(np.arange(5)))
+    targets = InteractionLog.from_arrays(np.array([0, 1]), np.array([4, 2]), np.array([1, 1]), None,
+                                         IdMap(np.array([0, 1])), IdMap(np.arange(5)))
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7], [0.1, 0.9, 0.5, 0.3, 0.7]])
+    seen = SeenItems.from_logs(history, targets)
+    result = evaluate_ranking(lambda users: scores[users], targets, history, seen,
+                              EvaluationConfig(cutoffs=(1,), sampled_negatives=2))
+    # User 0 excludes item 1 and gets item 4; user 1 has no history and gets item 1.
+    assert result.means()["full/coverage@1"] == pytest.approx(2 / 5)
+    assert result.num_users == 2
+
+
+def test_sampled_ranking_hand_values() -> None:
+    scores = torch.tensor([[0.2, 0.9, 0.5, 0.3, 0.7]])
+    negatives = torch.tensor([[0, 2, 3]])  # scores 0.2, 0.5, 0.3
+    # Target 4 (0.7) beats every negative: rank 0. Target 3 (0.3) loses to 0.5 and ties itself.
+    result = _sampled_ranking(scores, negatives, torch.tensor([[4]]), torch.tensor([[True]]), (1, 2))
+    assert float(result["hr@1"][0]) == 1.0
+    result = _sampled_ranking(scores, negatives, torch.tensor([[1, 0]]), torch.tensor([[True, True]]), (1, 2))
+    # Item 1 (0.9): rank 0; item 0 (0.2): rank 1 (0.2 ties itself once in the negatives, 0.5 and 0.3 win)
+    assert float(result["hr@1"][0]) == pytest.approx(0.5)
+
+
+def test_metrics_from_ranks_ndcg_matches_formula() -> None:
+    ranks = torch.tensor([[0, 4, 9]])
+    mask = torch.tensor([[True, True, False]])
+    result = metrics_from_ranks(ranks, mask, (5,))
+    expected = (1 / math.log2(2) + 1 / math.log2(6)) / (1 / math.log2(2) + 1 / math.log2(3))
+    assert float(result["ndcg@5"][0]) == pytest.approx(expected)
+    assert float(result["recall@5"][0]) == 1.0
+
+
+def test_negatives_are_unseen_and_reproducible() -> None:
+    seen = SeenItems(np.array([0, 0, 1]), np.array([1, 2, 3]), n_items=50)
+    first = sample_evaluation_negatives(np.array([0, 1]), seen, 40, seed=7)
+    again = sample_evaluation_negatives(np.array([1]), seen, 40, seed=7)
+    assert first.shape == (2, 40)
+    assert not np.isin(first[0], [1, 2]).any() and not np.isin(first[1], [3]).any()
+    # A user's negatives do not depend on which other users share the batch.
+    np.testing.assert_array_equal(first[1], again[0])
+
+
+def test_metric_sums_add_like_one_pass() -> None:
+    left = MetricSums({"full/hr@10": 1.0}, 2, {10: np.array([1, 0, 0])})
+    right = MetricSums({"full/hr@10": 0.0}, 2, {10: np.array([0, 0, 1])})
+    total = MetricSums().add(left).add(right)
+    assert total.means()["full/hr@10"] == pytest.approx(0.25)
+    assert total.means()["full/coverage@10"] == pytest.approx(2 / 3)
+
+
+def test_invalid_config_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="cutoffs"):
+        EvaluationConfig(cutoffs=(0,)).validate()
