@@ -33,3 +33,10 @@ def tiny_log() -> InteractionLog:
     items = np.array([1, 2, 3, 4, 5, 2, 6, 1, 3, 4])
     times = np.array([5, 1, 3, 2, 4, 30, 10, 20, 7, 8])
     return InteractionLog.from_original_ids(users, items, times, name="tiny")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tiny models gain nothing from intra-op threads, and oversubscribed cores slow them badly.
+    import torch
+
+    torch.set_num_threads(1)

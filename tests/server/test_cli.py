@@ -1,0 +1,97 @@
+"""The fedrec command line: a run directory on success, one clear line on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import main
+
+TINY_SYNTHETIC = [
+    "--set", "data.synthetic.n_users=60", "--set", "data.synthetic.n_items=80",
+    "--set", "model.options.gmf_dim=8", "--set", "model.options.mlp_layers=[16, 8]",
+]
+
+
+def test_train_writes_a_complete_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--epochs", "2", "--output-dir", str(tmp_path), *TINY_SYNTHETIC])
+    assert code == 0
+    (run_directory,) = tmp_path.iterdir()
+    names = {path.name for path in run_directory.iterdir()}
+    assert {"config.json", "metrics.json", "history.jsonl", "environment.json", "model.pt"} <= names
+    metrics = json.loads((run_directory / "metrics.json").read_text())
+    assert {"full/ndcg@10", "sampled/hr@10", "full/coverage@10"} <= set(metrics["test"])
+    assert metrics["timings_seconds"]["train"] > 0
+    config = json.loads((run_directory / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["data"]["synthetic"]["n_users"] == 60
+    versions = json.loads((run_directory / "environment.json").read_text())["packages"]
+    assert versions["torch"] != "not installed"
+    assert len((run_directory / "history.jsonl").read_text().splitlines()) == 2
+    assert "ndcg@10" in capsys.readouterr().out
+
+
+def write_ml100k(folder: Path, ratings: bytes) -> Path:
+    dataset = folder / "movielens-100k"
+    dataset.mkdir(parents=True)
+    (dataset / "u.data").write_bytes(ratings)
+    genres = "|".join(["0"] * 18 + ["1"])
+    items = "".join(f"{item}|Movie {item} (1995)|01-Jan-1995||http://x|{genres}\n" for item in range(1, 4))
+    (dataset / "u.item").write_bytes(items.encode("latin-1"))
+    return dataset / "u.data"
+
+
+@pytest.mark.parametrize(
+    ("ratings", "line", "words"),
+    [
+        (b"1\t1\t5\t100\n1\t2\t3\n", 2, "fields"),  # a malformed line
+        (b"1,1,5,100\n", 1, "delimiter"),  # wrong delimiter
+        (b"", 1, "empty"),  # empty file
+        (b"1\t1\t5\t100\nabc\t2\t3\t200\n", 2, "abc"),  # non-numeric id
+    ],
+)
+def test_bad_data_file_gives_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ratings: bytes, line: int, words: str
+) -> None:
+    path = write_ml100k(tmp_path, ratings)
+    code = main(["train", "--dataset", "ml-100k", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}, line {line}" in error.replace("\n", "")
+    assert words in error
+    assert "Traceback" not in error
+
+
+def test_missing_dataset_says_where_to_put_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--dataset", "ml-100k", "--data-dir", str(tmp_path)])
+    error = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "u.data" in error and str(tmp_path / "movielens-100k") in error
+    assert "fedrec datasets download ml-100k" in error
+
+
+def test_invalid_config_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--set", "train.learning_rate=-1", "--output-dir", str(tmp_path)])
+    assert code == 2
+    assert "train.learning_rate" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
+    write_ml100k(tmp_path, b"1\t1\t5\t100\n1\tx\t3\t4\n")
+    completed = subprocess.run(
+        [sys.executable, "-m", "server.cli", "train", "--dataset", "ml-100k", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2
+    assert "line 2" in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_datasets_list_and_info(datasets_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["datasets", "list", "--data-dir", str(datasets_dir)]) == 0
+    assert "amazon-beauty" in capsys.readouterr().out
+    assert main(["datasets", "info", "ml-100k", "--data-dir", str(datasets_dir)]) == 0
+    assert "943" in capsys.readouterr().out
