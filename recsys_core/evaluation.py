@@ -16,6 +16,7 @@ sends its sums and the server adds them, giving the same means as one central pa
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -168,13 +169,26 @@ def _sampled_ranking(
     return {key: value / num_targets for key, value in per_user.items()}
 
 
+def user_seed_key(original_id: object) -> int:
+    """A stable non-negative integer for a user's original id (ints as they are, strings hashed)."""
+    if isinstance(original_id, (int, np.integer)) and original_id >= 0:
+        return int(original_id)
+    digest = hashlib.sha256(str(original_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def sample_evaluation_negatives(
-    users: np.ndarray, seen: SeenItems, count: int, seed: int
+    users: np.ndarray, seen: SeenItems, count: int, seed: int, seed_keys: np.ndarray | None = None
 ) -> np.ndarray:
-    """The sampled protocol's negatives: seeded per user so any party draws the same ones."""
+    """The sampled protocol's negatives for ``users`` (internal ids of ``seen``).
+
+    Each user's draw is seeded by ``(seed, seed key)``; the key is the user's original
+    id, so a device that numbers its one user 0 draws what the central evaluator draws.
+    """
+    keys = users if seed_keys is None else seed_keys
     rows = [
-        sample_unseen_items(np.array([user]), count, seen, np.random.default_rng([seed, int(user)]))[0]
-        for user in users
+        sample_unseen_items(np.array([user]), count, seen, np.random.default_rng([seed, user_seed_key(key)]))[0]
+        for user, key in zip(users, keys)
     ]
     return np.stack(rows) if rows else np.zeros((0, count), dtype=np.int64)
 
@@ -207,7 +221,8 @@ def evaluate_ranking(
         full, top_items = _full_ranking(scores, history_items, history_valid, target_items, target_valid,
                                         config.cutoffs)
         negatives = torch.from_numpy(
-            sample_evaluation_negatives(batch, seen_for_negatives, config.sampled_negatives, config.seed)
+            sample_evaluation_negatives(batch, seen_for_negatives, config.sampled_negatives, config.seed,
+                                        targets.user_map.original_ids[batch])
         )
         sampled = _sampled_ranking(scores, negatives, target_items, target_valid, config.cutoffs)
         for prefix, values in (("full", full), ("sampled", sampled)):

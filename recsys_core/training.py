@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -85,27 +85,46 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def make_optimizer(model: Recommender, config: TrainConfig) -> torch.optim.Optimizer:
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+def make_optimizer(
+    parameters: Iterable[torch.nn.Parameter], name: OptimizerName, learning_rate: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """The named optimiser over ``parameters``."""
+    trainable = [parameter for parameter in parameters if parameter.requires_grad]
+    if name == "adagrad":
+        return torch.optim.Adagrad(trainable, lr=learning_rate, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(trainable, lr=learning_rate, weight_decay=weight_decay)
+    return torch.optim.Adam(trainable, lr=learning_rate, weight_decay=weight_decay)
 
 
 def run_local_epochs(
     model: Recommender,
     log: InteractionLog,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     epochs: int,
     batch_size: int,
     generator: np.random.Generator,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    auxiliary_optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
 ) -> list[float]:
     """Trains ``model`` on ``log`` for ``epochs``; returns the mean per-sample loss of each epoch.
 
-    Fresh negatives are drawn every epoch. The same loop runs centrally and on a device.
+    Fresh negatives are drawn every epoch. The same loop runs centrally and on a device;
+    a device passes one optimiser for shared and one for private parameters, and FedProx
+    passes its proximal term as ``regularizer`` (added to every batch's mean loss).
+
+    A model with an auxiliary phase (a GAN) also takes one
+    :meth:`~recsys_core.models.base.Recommender.auxiliary_loss` step after every
+    per-sample step, with ``auxiliary_optimizer`` or, when that is None, with
+    ``optimizer``. Plain optimisers may serve both phases: each phase leaves the other's
+    gradients unset, and Adam, Adagrad and SGD skip parameters without a gradient.
+    A DP optimiser may not (it has no per-sample gradients in the auxiliary step):
+    under DP pass plain optimisers over ``model.auxiliary_parameters()`` here.
     """
+    optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+    auxiliary_optimizers = optimizers if auxiliary_optimizer is None else (
+        [auxiliary_optimizer] if isinstance(auxiliary_optimizer, torch.optim.Optimizer) else list(auxiliary_optimizer)
+    )
     model.train()
     losses = []
     for _ in range(epochs):
@@ -117,9 +136,18 @@ def run_local_epochs(
             index = order[start : start + batch_size]
             batch = {name: values[index] for name, values in samples.items()}
             per_sample = model.per_sample_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            per_sample.mean().backward()
-            optimizer.step()
+            for each in optimizers:
+                each.zero_grad(set_to_none=True)
+            loss = per_sample.mean() if regularizer is None else per_sample.mean() + regularizer()
+            loss.backward()
+            for each in optimizers:
+                each.step()
+            if model.has_auxiliary_phase:
+                for each in auxiliary_optimizers:
+                    each.zero_grad(set_to_none=True)
+                model.auxiliary_loss(batch).backward()
+                for each in auxiliary_optimizers:
+                    each.step()
             total += float(per_sample.detach().sum())
             count += len(index)
         losses.append(total / max(count, 1))
@@ -161,7 +189,8 @@ def train_model(
         best_validation = evaluate_model(model, split, "valid", seen, evaluation_config).means()
     else:
         generator = np.random.default_rng(train_config.seed)
-        optimizer = make_optimizer(model, train_config)
+        optimizer = make_optimizer(model.parameters(), train_config.optimizer, train_config.learning_rate,
+                                   train_config.weight_decay)
         best_score, stale = -np.inf, 0
         with seeded(train_config.seed):
             for epoch in range(1, train_config.epochs + 1):

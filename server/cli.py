@@ -92,6 +92,74 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_values(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = read_toml(args.config) if args.config else {}
+    flags = []
+    if args.dataset:
+        flags.append(f"data.dataset={_quoted(args.dataset)}")
+    if args.data_dir:
+        flags.append(f"data.data_dir={_quoted(args.data_dir)}")
+    if args.model:
+        flags.append(f"model.name={_quoted(args.model)}")
+    if args.rounds is not None:
+        flags.append(f"server.rounds={args.rounds}")
+    if args.clients_per_round is not None:
+        flags.append(f"server.clients_per_round={args.clients_per_round}")
+    if args.seed is not None:
+        flags.append(f"seed={args.seed}")
+    if args.output_dir:
+        flags.append(f"output_dir={_quoted(args.output_dir)}")
+    return apply_overrides(values, flags + list(args.set or []))
+
+
+def command_simulate(args: argparse.Namespace) -> int:
+    from recsys_core.federated.config import FederatedConfig
+    from server.simulate import run_federated_simulation
+
+    if args.resume:
+        values = json_file(args.resume)
+        config = FederatedConfig.from_dict(apply_overrides(values, list(args.set or [])))
+    else:
+        config = FederatedConfig.from_dict(_simulate_values(args))
+    console.print(f"Federated [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/]: "
+                  f"{config.server.rounds} rounds, {config.server.clients_per_round} clients per round, "
+                  f"strategy {config.server.strategy}")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("rounds", total=config.server.rounds, status="starting Ray workers")
+
+        def on_round(record: dict[str, Any]) -> None:
+            status = f"{record['participants']}/{record['sampled']} clients"
+            if record.get("train_loss") is not None:
+                status += f"  loss {record['train_loss']:.4f}"
+            if record.get("validation"):
+                status += f"  valid ndcg@10 {record['validation'].get('full/ndcg@10', float('nan')):.4f}"
+            progress.update(task, completed=record["round"], status=status)
+
+        directory, summary = run_federated_simulation(config, run_dir=args.resume, resume=bool(args.resume),
+                                                      on_round=on_round, verbose=args.verbose)
+    if summary.get("test"):
+        console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "
+                                    f"all clients", summary["test"]))
+    console.print(f"{summary['seconds_total']:.1f} s in rounds, {summary['failures_total']} client failures, "
+                  f"{summary['bytes_up_total'] / 1e6:.1f} MB up, {summary['bytes_down_total'] / 1e6:.1f} MB down")
+    console.print(f"Run directory: [bold]{directory.path}[/] (rounds.jsonl, summary.json, metrics.png, "
+                  f"final-model/); continue an interrupted run with fedrec simulate --resume {directory.path}")
+    return 0
+
+
+def json_file(run_dir: str) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FedrecError(f"{path}: not found; --resume takes the folder of an earlier fedrec simulate run") from None
+
+
 def command_datasets(args: argparse.Namespace) -> int:
     from recsys_core.data.registry import dataset_info, download_dataset, list_datasets
 
@@ -134,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any config key, e.g. --set train.learning_rate=0.01")
     train.set_defaults(handler=command_train)
+
+    simulate = commands.add_parser("simulate", help="federated simulation on Flower's simulation engine")
+    simulate.add_argument("--config", help="TOML file, e.g. simulations/synthetic.toml")
+    simulate.add_argument("--dataset", help="dataset name, 'synthetic' or 'file'")
+    simulate.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
+    simulate.add_argument("--model", help="model name")
+    simulate.add_argument("--rounds", type=int)
+    simulate.add_argument("--clients-per-round", type=int)
+    simulate.add_argument("--seed", type=int)
+    simulate.add_argument("--output-dir", help="where run directories go (default: runs)")
+    simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
+    simulate.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    simulate.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override any config key, e.g. --set server.strategy=fedadam")
+    simulate.set_defaults(handler=command_simulate)
 
     datasets = commands.add_parser("datasets", help="list, inspect or download datasets")
     datasets.add_argument("action", choices=("list", "info", "download"))

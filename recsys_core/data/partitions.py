@@ -83,21 +83,7 @@ class ClientPartitioner:
         Costs time proportional to those rows: it reads the log's CSR user offsets
         instead of scanning every row.
         """
-        users = self.users_of(partition_id)
-        offsets = self._log.user_offsets
-        rows = _ranges(offsets[users], offsets[users + 1])
-        log = self._log
-        return InteractionLog(
-            user_ids=log.user_ids[rows],
-            item_ids=log.item_ids[rows],
-            timestamps=log.timestamps[rows],
-            ratings=None if log.ratings is None else log.ratings[rows],
-            user_map=log.user_map,
-            item_map=log.item_map,
-            name=log.name,
-            item_features=log.item_features,
-            item_titles=log.item_titles,
-        )
+        return rows_of_users(self._log, self.users_of(partition_id))
 
     def _check(self, partition_id: int) -> int:
         if isinstance(partition_id, bool) or not isinstance(partition_id, int | np.integer):
@@ -131,3 +117,45 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     # Each position's value is its start plus its rank within its own range.
     first_position = np.cumsum(lengths) - lengths
     return np.repeat(starts - first_position, lengths) + np.arange(total, dtype=np.int64)
+
+
+def localize_users(log: InteractionLog, users: np.ndarray) -> InteractionLog:
+    """The device's view of its own rows: its users renumbered ``0..len(users)-1``.
+
+    ``log`` must hold rows of ``users`` only (e.g. :meth:`ClientPartitioner.partition`);
+    ``users`` must be sorted. Item ids stay global, so scores cover the whole catalogue,
+    and the user map still names the original users.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    return InteractionLog(
+        user_ids=np.searchsorted(users, log.user_ids).astype(np.int64),
+        item_ids=log.item_ids,
+        timestamps=log.timestamps,
+        ratings=log.ratings,
+        user_map=log.user_map.subset(users),
+        item_map=log.item_map,
+        name=log.name,
+        item_features=log.item_features,
+        item_titles=log.item_titles,
+    )
+
+
+def rows_of_users(log: InteractionLog, users: np.ndarray) -> InteractionLog:
+    """The rows of ``users`` in ``log`` (global ids kept), read through the CSR offsets.
+
+    Works on any log over the same users, e.g. each part of a train/valid/test split.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    offsets = log.user_offsets
+    rows = _ranges(offsets[users], offsets[users + 1])
+    return InteractionLog(
+        user_ids=log.user_ids[rows],
+        item_ids=log.item_ids[rows],
+        timestamps=log.timestamps[rows],
+        ratings=None if log.ratings is None else log.ratings[rows],
+        user_map=log.user_map,
+        item_map=log.item_map,
+        name=log.name,
+        item_features=log.item_features,
+        item_titles=log.item_titles,
+    )

@@ -70,7 +70,7 @@ def test_early_stopping_keeps_the_best_epoch(split) -> None:
 def test_local_epochs_reduce_the_loss(split) -> None:
     with seeded(1):
         model = build_model("neumf", CatalogInfo.from_log(split.train))
-    optimizer = make_optimizer(model, TrainConfig(learning_rate=1e-2))
+    optimizer = make_optimizer(model.parameters(), "adam", 1e-2)
     losses = run_local_epochs(model, split.train, optimizer, 3, 256, np.random.default_rng(0))
     assert losses[-1] < losses[0]
 

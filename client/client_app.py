@@ -1,0 +1,148 @@
+"""The Flower ClientApp: one device, its own rows, its private state in ``Context.state``.
+
+Thin glue over :mod:`recsys_core.federated.device`: unpack the message, run the
+device's update, pack the reply. Private parameters (the user embedding) and their
+optimiser state stay in ``Context.state``; only shared parameters are sent back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from recsys_core.federated.config import FederatedConfig, config_from_json
+from recsys_core.federated.device import (
+    DeviceState,
+    FederatedData,
+    evaluate_on_device,
+    load_federated_data,
+    train_on_device,
+)
+from recsys_core.federated.wire import (
+    CONFIG_KEY,
+    CONFIG_RECORD,
+    DEVICE_STATE_DIR_KEY,
+    EVALUATION_PART_KEY,
+    METRICS_RECORD,
+    PARAMETERS_RECORD,
+    ROUND_KEY,
+    evaluation_metrics,
+)
+
+DEVICE_STATE_RECORD = "fedrec.device-state"
+ROUND_TAG = "meta/written-in-round"
+
+app = ClientApp()
+
+
+def _partition_id(context: Context) -> int:
+    try:
+        return int(context.node_config["partition-id"])
+    except KeyError:
+        raise RuntimeError("this SuperNode has no 'partition-id' in its node config; start it with "
+                           "--node-config \"partition-id=N num-partitions=M\"") from None
+
+
+def _setup(message: Message, context: Context) -> tuple[FederatedConfig, FederatedData, int]:
+    config = config_from_json(str(message.content[CONFIG_RECORD][CONFIG_KEY]))
+    torch.set_num_threads(config.simulation.torch_threads_per_client)
+    return config, load_federated_data(config.data, config.partition), _partition_id(context)
+
+
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def _device_state_file(message: Message, partition_id: int) -> Path | None:
+    folder = message.content[CONFIG_RECORD].get(DEVICE_STATE_DIR_KEY)
+    return Path(str(folder)) / f"device-{partition_id}.npz" if folder else None
+
+
+def read_device_state(context: Context, state_file: Path | None, server_round: int) -> DeviceState | None:
+    """The device's state from ``Context.state``, else from its durable store (after a restart).
+
+    The store keeps the two latest generations, each tagged with the round that wrote it:
+    a run resumed in the middle of round ``r`` must start from the state before round ``r``.
+    """
+    if DEVICE_STATE_RECORD in context.state.array_records:
+        return DeviceState.from_arrays(_arrays(context.state.array_records[DEVICE_STATE_RECORD]))
+    if state_file is None:
+        return None
+    for candidate in (state_file, state_file.with_suffix(".previous.npz")):
+        if candidate.exists():
+            with np.load(candidate) as stored:
+                if int(stored[ROUND_TAG]) < server_round:
+                    return DeviceState.from_arrays({n: stored[n] for n in stored.files if n != ROUND_TAG})
+    return None
+
+
+def write_device_state(context: Context, state: DeviceState, state_file: Path | None, server_round: int) -> None:
+    arrays = state.to_arrays()
+    context.state[DEVICE_STATE_RECORD] = ArrayRecord({name: Array(value) for name, value in arrays.items()})
+    if state_file is None:
+        return
+    # The device's disk: the new generation is written atomically beside the previous one.
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=state_file.parent, suffix=".tmp")
+    with os.fdopen(handle, "wb") as stream:
+        np.savez(stream, **arrays, **{ROUND_TAG: np.array(server_round)})
+        stream.flush()
+        os.fsync(stream.fileno())
+    if state_file.exists():
+        os.replace(state_file, state_file.with_suffix(".previous.npz"))
+    os.replace(temporary, state_file)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    config, data, partition_id = _setup(message, context)
+    state_file = _device_state_file(message, partition_id)
+    server_round = int(message.content[CONFIG_RECORD][ROUND_KEY])
+    outcome = train_on_device(
+        config,
+        data.device_split(partition_id),
+        _arrays(message.content[PARAMETERS_RECORD]),
+        read_device_state(context, state_file, server_round),
+        server_round,
+        partition_id,
+    )
+    write_device_state(context, outcome.device_state, state_file, server_round)
+    reply = RecordDict({
+        PARAMETERS_RECORD: ArrayRecord({name: Array(value) for name, value in outcome.shared_parameters.items()}),
+        METRICS_RECORD: MetricRecord({
+            "num-examples": outcome.num_examples,
+            "train-loss": outcome.train_loss,
+            "partition-id": partition_id,
+        }),
+    })
+    return Message(reply, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    config, data, partition_id = _setup(message, context)
+    sums = evaluate_on_device(
+        config,
+        data.device_split(partition_id),
+        _arrays(message.content[PARAMETERS_RECORD]),
+        read_device_state(context, _device_state_file(message, partition_id),
+                          int(message.content[CONFIG_RECORD][ROUND_KEY]) + 1),
+        str(message.content[CONFIG_RECORD][EVALUATION_PART_KEY]),
+        partition_id,
+    )
+    reply = RecordDict({METRICS_RECORD: MetricRecord(evaluation_metrics(sums, partition_id))})
+    return Message(reply, reply_to=message)
+
+
+@app.query()
+def describe(message: Message, context: Context) -> Message:
+    """Tells the server which partition this node holds, so sampling can be replayed exactly."""
+    reply = RecordDict({METRICS_RECORD: MetricRecord({"partition-id": _partition_id(context)}),
+                        CONFIG_RECORD: ConfigRecord({"role": "fedrec-device"})})
+    return Message(reply, reply_to=message)

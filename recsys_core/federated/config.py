@@ -1,0 +1,140 @@
+"""The configuration of a federated run, shared by the server, the clients and the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from recsys_core.config import dataclass_from_dict, dataclass_to_dict
+from recsys_core.data.partitions import PartitionConfig
+from recsys_core.errors import ConfigError
+from recsys_core.evaluation import EvaluationConfig
+from recsys_core.experiment import DataConfig, ModelSection
+from recsys_core.models import model_class
+from recsys_core.models.base import config_from_dict
+from recsys_core.training import OptimizerName
+
+StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox"]
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    """What each device does with a training message."""
+
+    epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: OptimizerName = "adam"
+    #: Learning rate of the device's private parameters (user embedding); 0 uses ``learning_rate``.
+    private_learning_rate: float = 0.0
+    #: FedProx proximal term weight on the shared parameters (0: plain local training).
+    proximal_mu: float = 0.0
+
+    def validate(self) -> LocalTrainConfig:
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ConfigError("local.epochs and local.batch_size must be positive")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"local.learning_rate: must be positive, got {self.learning_rate}")
+        if self.private_learning_rate < 0 or self.weight_decay < 0 or self.proximal_mu < 0:
+            raise ConfigError("local.private_learning_rate, weight_decay and proximal_mu must not be negative")
+        return self
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Rounds, client sampling and the aggregation strategy."""
+
+    rounds: int = 20
+    clients_per_round: int = 50
+    #: A round counts only if at least this many sampled clients reply.
+    min_clients: int = 1
+    strategy: StrategyName = "fedavg"
+    #: Server learning rate (FedAdam/FedYogi/FedAdagrad ``eta``; FedAvg scales the mean update by it).
+    server_learning_rate: float = 1.0
+    #: Federated validation every this many rounds on ``clients_per_evaluation`` sampled clients.
+    evaluate_every: int = 5
+    clients_per_evaluation: int = 100
+    #: Evaluate the final model on the test items of every client.
+    final_evaluation: bool = True
+    #: Seconds to wait for replies in one round.
+    round_timeout: float = 600.0
+
+    def validate(self) -> ServerConfig:
+        if self.rounds <= 0:
+            raise ConfigError(f"server.rounds: must be positive, got {self.rounds}")
+        if self.clients_per_round <= 0:
+            raise ConfigError(f"server.clients_per_round: must be positive, got {self.clients_per_round}")
+        if not 1 <= self.min_clients <= self.clients_per_round:
+            raise ConfigError("server.min_clients: must be between 1 and server.clients_per_round")
+        if self.server_learning_rate <= 0 or self.round_timeout <= 0:
+            raise ConfigError("server.server_learning_rate and server.round_timeout must be positive")
+        if self.evaluate_every < 0 or self.clients_per_evaluation < 0:
+            raise ConfigError("server.evaluate_every and server.clients_per_evaluation must not be negative")
+        return self
+
+
+@dataclass(frozen=True)
+class SimulationEngineConfig:
+    """How Flower's simulation engine runs the clients on this machine."""
+
+    num_cpus_per_client: float = 1.0
+    #: Ray workers; 0 lets each client take ``num_cpus_per_client`` of the machine.
+    max_workers: int = 0
+    torch_threads_per_client: int = 1
+    #: Fault injection: these partitions raise on every training call (simulated broken devices).
+    failing_partitions: tuple[int, ...] = ()
+    #: Fault injection: each training call fails with this probability (seeded by run, round, partition).
+    failure_probability: float = 0.0
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Everything a federated run needs; built once from TOML and flags, validated before Ray starts."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    local: LocalTrainConfig = field(default_factory=LocalTrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    simulation: SimulationEngineConfig = field(default_factory=SimulationEngineConfig)
+    seed: int = 0
+    output_dir: str = "runs"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FederatedConfig:
+        return dataclass_from_dict(cls, values)
+
+    def validate(self, num_clients: int | None = None) -> FederatedConfig:
+        """Checks every section; with ``num_clients`` also that the sampling fits the federation."""
+        self.data.preprocessing.validate()
+        self.data.split.validate()
+        if self.data.dataset == "synthetic":
+            self.data.synthetic.validate()
+        self.partition.validate()
+        self.local.validate()
+        self.server.validate()
+        self.evaluation.validate()
+        config_from_dict(model_class(self.model.name).config_class, self.model.options)
+        if self.simulation.num_cpus_per_client <= 0 or self.simulation.torch_threads_per_client <= 0:
+            raise ConfigError("simulation.num_cpus_per_client and torch_threads_per_client must be positive")
+        if not 0.0 <= self.simulation.failure_probability < 1.0:
+            raise ConfigError("simulation.failure_probability: must be in [0, 1)")
+        if num_clients is not None and self.server.clients_per_round > num_clients:
+            raise ConfigError(
+                f"server.clients_per_round = {self.server.clients_per_round} but the federation has only "
+                f"{num_clients} clients; lower it or use a larger dataset"
+            )
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclass_to_dict(self), sort_keys=True)
+
+
+@lru_cache(maxsize=8)
+def config_from_json(text: str) -> FederatedConfig:
+    """Parses the config the server sends with each message (cached: it is the same every round)."""
+    return FederatedConfig.from_dict(json.loads(text))

@@ -1,0 +1,179 @@
+"""The server's round loop: sample, train, aggregate shared parameters, evaluate, record, checkpoint.
+
+Sampling is over *partitions* with a generator seeded by ``(seed, round)``, and
+replies are aggregated in partition order, so a run resumed from its last
+checkpoint continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from recsys_core.bundle import ModelBundle, write_bundle
+from recsys_core.config import dataclass_to_dict
+from recsys_core.evaluation import MetricSums
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays
+from recsys_core.federated.wire import (
+    CONFIG_KEY,
+    CONFIG_RECORD,
+    DEVICE_STATE_DIR_KEY,
+    EVALUATION_PART_KEY,
+    METRICS_RECORD,
+    PARAMETERS_RECORD,
+    ROUND_KEY,
+    metric_sums_from_replies,
+)
+from recsys_core.run_records import write_json
+from server.run_directory import Checkpoint, RunDirectory
+from server.strategies import build_strategy, configure_train, restore_strategy_state, strategy_state
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class FederatedRun:
+    """One federated run driven over a Flower grid."""
+
+    config: FederatedConfig
+    run_directory: RunDirectory
+    on_round: RoundCallback | None = None
+    partition_to_node: dict[int, int] = field(default_factory=dict)
+
+    def message_config(self, server_round: int, **extra: Any) -> ConfigRecord:
+        return ConfigRecord({CONFIG_KEY: self.config.to_json(), ROUND_KEY: server_round,
+                             DEVICE_STATE_DIR_KEY: str(self.run_directory.devices), **extra})
+
+    def discover(self, grid: Grid, expected: int) -> None:
+        """Asks every node which partition it holds (once per run; replies carry no data)."""
+        deadline = time.monotonic() + self.config.server.round_timeout
+        while len(node_ids := sorted(grid.get_node_ids())) < expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(node_ids)} of {expected} nodes connected")
+            time.sleep(0.5)
+        messages = [Message(RecordDict({CONFIG_RECORD: ConfigRecord({"request": "partition"})}),
+                            dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
+        for reply in grid.send_and_receive(messages, timeout=self.config.server.round_timeout):
+            if reply.has_error():
+                log(WARNING, "node %s did not describe itself: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            partition = int(reply.content[METRICS_RECORD]["partition-id"])
+            self.partition_to_node[partition] = reply.metadata.src_node_id
+
+    def sample(self, server_round: int, count: int, purpose: int) -> list[int]:
+        """Sorted partition ids for this round; the same for any run with the same seed."""
+        partitions = np.array(sorted(self.partition_to_node))
+        generator = np.random.default_rng([self.config.seed, server_round, purpose])
+        count = min(count, len(partitions))
+        return sorted(generator.choice(partitions, size=count, replace=False).tolist())
+
+    def evaluate(self, grid: Grid, arrays: ArrayRecord, partitions: list[int], part: str,
+                 server_round: int) -> tuple[dict[str, float], int]:
+        """Federated evaluation: devices rank their own held-out items and send metric sums."""
+        record = RecordDict({PARAMETERS_RECORD: arrays,
+                             CONFIG_RECORD: self.message_config(server_round, **{EVALUATION_PART_KEY: part})})
+        messages = [Message(record, dst_node_id=self.partition_to_node[p], message_type=MessageType.EVALUATE)
+                    for p in partitions]
+        replies = list(grid.send_and_receive(messages, timeout=self.config.server.round_timeout))
+        good = [dict(reply.content[METRICS_RECORD]) for reply in replies if not reply.has_error()]
+        # Add in partition order so the float sums do not depend on reply arrival order.
+        good.sort(key=lambda metrics: int(metrics["partition-id"]))
+        sums: MetricSums = metric_sums_from_replies(good)
+        return sums.means(), len(replies) - len(good)
+
+    def run(self, grid: Grid, resume: bool = False) -> dict[str, Any]:
+        config = self.config
+        data = load_federated_data(config.data, config.partition)
+        self.discover(grid, data.num_clients)
+        initial = build_device_model(config, data.catalog, 1, 0)
+        shared = state_to_arrays(initial.shared_state())
+        strategy = build_strategy(config.server, config.local.proximal_mu)
+        first_round = 1
+        if resume and (checkpoint := self.run_directory.read_checkpoint()) is not None:
+            shared = checkpoint.shared_parameters
+            restore_strategy_state(strategy, checkpoint.strategy_state)
+            first_round = checkpoint.completed_round + 1
+            self.run_directory.truncate_rounds(checkpoint.completed_round)
+            log(INFO, "Resuming after round %d", checkpoint.completed_round)
+        arrays = ArrayRecord({name: Array(value) for name, value in shared.items()})
+        for server_round in range(first_round, config.server.rounds + 1):
+            arrays = self.train_round(grid, strategy, arrays, server_round)
+        return self.finish(grid, arrays, initial)
+
+    def train_round(self, grid: Grid, strategy: Any, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+        config = self.config
+        started = time.perf_counter()
+        partitions = self.sample(server_round, config.server.clients_per_round, purpose=1)
+        node_to_partition = {self.partition_to_node[p]: p for p in partitions}
+        messages = configure_train(strategy, server_round, arrays, self.message_config(server_round), grid,
+                                   [self.partition_to_node[p] for p in partitions])
+        replies = list(grid.send_and_receive(messages, timeout=config.server.round_timeout))
+        # Aggregate in partition order: float sums then do not depend on reply arrival order.
+        replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
+        good = [reply for reply in replies if not reply.has_error()]
+        failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": r.error.reason}
+                    for r in replies if r.has_error()]
+        failures += [{"partition": p, "reason": "no reply before the round timeout"}
+                     for p in set(partitions) - {node_to_partition.get(r.metadata.src_node_id) for r in replies}]
+        record: dict[str, Any] = {
+            "round": server_round,
+            "sampled": len(partitions),
+            "participants": len(good),
+            "failures": failures,
+            "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
+            "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
+        }
+        if len(good) >= config.server.min_clients:
+            aggregated, _ = strategy.aggregate_train(server_round, good)
+            if aggregated is not None:
+                arrays = aggregated
+            weights = np.array([float(r.content[METRICS_RECORD]["num-examples"]) for r in good])
+            losses = np.array([float(r.content[METRICS_RECORD]["train-loss"]) for r in good])
+            record["train_loss"] = float((weights * losses).sum() / max(weights.sum(), 1e-12))
+            record["status"] = "aggregated"
+        else:
+            record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
+            log(WARNING, "round %d: %s; model unchanged", server_round, record["status"])
+        for failure in failures:
+            log(WARNING, "round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
+        if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
+            evaluated = self.sample(server_round, config.server.clients_per_evaluation, purpose=2)
+            record["validation"], record["evaluation_failures"] = self.evaluate(
+                grid, arrays, evaluated, "valid", server_round)
+        record["seconds"] = time.perf_counter() - started
+        shared = {name: array.numpy() for name, array in arrays.items()}
+        self.run_directory.write_checkpoint(Checkpoint(server_round, shared, strategy_state(strategy)))
+        self.run_directory.append_round(record)
+        if self.on_round is not None:
+            self.on_round(record)
+        return arrays
+
+    def finish(self, grid: Grid, arrays: ArrayRecord, initial: Any) -> dict[str, Any]:
+        config = self.config
+        summary: dict[str, Any] = {"rounds": config.server.rounds}
+        if config.server.final_evaluation:
+            everyone = sorted(self.partition_to_node)
+            summary["test"], summary["test_failures"] = self.evaluate(grid, arrays, everyone, "test",
+                                                                      config.server.rounds)
+        rounds = self.run_directory.read_rounds()
+        summary["seconds_total"] = sum(r.get("seconds", 0.0) for r in rounds)
+        summary["failures_total"] = sum(len(r.get("failures", [])) for r in rounds)
+        summary["bytes_up_total"] = sum(r.get("bytes_up", 0) for r in rounds)
+        summary["bytes_down_total"] = sum(r.get("bytes_down", 0) for r in rounds)
+        shared = {name: array.numpy() for name, array in arrays.items()}
+        write_bundle(self.run_directory.path / "final-model", ModelBundle(
+            config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,
+            {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset}))
+        write_json(self.run_directory.path / "summary.json", summary)
+        self.run_directory.write_plots(rounds)
+        return summary

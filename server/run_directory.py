@@ -1,0 +1,142 @@
+"""A federated run's directory: config, per-round records, checkpoints, final model, plots.
+
+Layout::
+
+    RUN_DIR/config.json          the resolved FederatedConfig
+    RUN_DIR/environment.json     Python, platform and package versions
+    RUN_DIR/rounds.jsonl         one JSON object per completed round
+    RUN_DIR/checkpoint/          the last completed round (global model + strategy state)
+    RUN_DIR/devices/             simulated devices' own storage (their private state)
+    RUN_DIR/final-model/         the final global model bundle
+    RUN_DIR/summary.json         final metrics, both protocols
+    RUN_DIR/metrics.png          metrics over rounds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_core.errors import FedrecError
+from recsys_core.run_records import write_json
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    completed_round: int
+    shared_parameters: dict[str, np.ndarray]
+    strategy_state: dict[str, np.ndarray]
+
+
+class RunDirectory:
+    """Reads and writes the files of one federated run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def rounds_file(self) -> Path:
+        return self.path / "rounds.jsonl"
+
+    @property
+    def devices(self) -> Path:
+        return self.path / "devices"
+
+    def append_round(self, record: dict[str, Any]) -> None:
+        """Appends one round's record and flushes it to disk before the next round starts."""
+        with self.rounds_file.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        if not self.rounds_file.exists():
+            return []
+        records = []
+        for number, line in enumerate(self.rounds_file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise FedrecError(f"{self.rounds_file}, line {number}: not a JSON round record") from None
+        return records
+
+    def truncate_rounds(self, last_round: int) -> None:
+        """Drops records of rounds after ``last_round`` (a round interrupted before its checkpoint)."""
+        kept = [record for record in self.read_rounds() if record.get("round", 0) <= last_round]
+        self.rounds_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+
+    def write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Writes the checkpoint atomically: arrays first, then the manifest that names the round."""
+        folder = self.path / "checkpoint"
+        folder.mkdir(exist_ok=True)
+        arrays = {f"shared/{k}": v for k, v in checkpoint.shared_parameters.items()}
+        arrays.update({f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()})
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, folder / f"round-{checkpoint.completed_round}.npz")
+        write_json(folder / "latest.json", {"format": CHECKPOINT_FORMAT, "completed_round": checkpoint.completed_round,
+                                            "arrays": f"round-{checkpoint.completed_round}.npz"})
+        for stale in folder.glob("round-*.npz"):
+            if stale.name != f"round-{checkpoint.completed_round}.npz":
+                stale.unlink(missing_ok=True)
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        """The last completed round's checkpoint, or ``None`` if the run never completed a round."""
+        manifest_path = self.path / "checkpoint" / "latest.json"
+        if not manifest_path.exists():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if manifest.get("format") != CHECKPOINT_FORMAT:
+                raise FedrecError(f"{manifest_path}: unknown checkpoint format {manifest.get('format')!r}")
+            with np.load(manifest_path.parent / manifest["arrays"]) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, KeyError) as error:
+            raise FedrecError(f"{manifest_path.parent}: checkpoint is unreadable ({error}); "
+                              "start a new run or restore the folder from a backup") from None
+        return Checkpoint(
+            completed_round=int(manifest["completed_round"]),
+            shared_parameters={k.removeprefix("shared/"): v for k, v in arrays.items() if k.startswith("shared/")},
+            strategy_state={k.removeprefix("strategy/"): v for k, v in arrays.items() if k.startswith("strategy/")},
+        )
+
+    def write_plots(self, rounds: list[dict[str, Any]]) -> Path | None:
+        """``metrics.png``: training loss and validation metrics over rounds."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if not rounds:
+            return None
+        figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
+        trained = [r for r in rounds if r.get("train_loss") is not None]
+        loss_axis.plot([r["round"] for r in trained], [r["train_loss"] for r in trained], marker=".")
+        loss_axis.set(title="training loss (mean over clients)", xlabel="round", ylabel="loss")
+        evaluated = [r for r in rounds if r.get("validation")]
+        for metric in ("full/ndcg@10", "full/hr@10", "sampled/hr@10"):
+            points = [(r["round"], r["validation"][metric]) for r in evaluated if metric in r["validation"]]
+            if points:
+                metric_axis.plot(*zip(*points), marker="o", label=metric)
+        metric_axis.set(title="federated validation", xlabel="round")
+        if evaluated:
+            metric_axis.legend()
+        figure.tight_layout()
+        path = self.path / "metrics.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path

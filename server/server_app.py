@@ -1,0 +1,82 @@
+"""The Flower ServerApp.
+
+``fedrec simulate`` builds it with :func:`make_server_app` (config resolved, progress
+callback attached); ``flwr run .`` uses the module-level ``app``, which reads the same
+config keys from the run config: ``config`` (a TOML file) plus dotted overrides such
+as ``server.rounds=5``, and optionally ``run-dir`` and ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from recsys_core.config import apply_overrides, read_toml
+from recsys_core.errors import FedrecError
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.run_records import environment_record, new_run_directory, write_json
+from server.rounds import FederatedRun, RoundCallback
+from server.run_directory import RunDirectory
+
+RESERVED_KEYS = ("config", "run-dir", "resume")
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> FederatedConfig:
+    """The FederatedConfig named by ``flwr run``'s run config (same keys as ``fedrec simulate``)."""
+    values = read_toml(str(run_config["config"])) if run_config.get("config") else {}
+    # pyproject.toml lists every overridable key with "" as its default: "" means "not set here".
+    overrides = [f"{key}={_toml_literal(value)}" for key, value in run_config.items()
+                 if key not in RESERVED_KEYS and value != ""]
+    return FederatedConfig.from_dict(apply_overrides(values, overrides))
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def prepare_run_directory(config: FederatedConfig, run_dir: str | None, resume: bool) -> RunDirectory:
+    """A new run directory (config and environment recorded), or the existing one when resuming."""
+    if resume:
+        if not run_dir or not Path(run_dir, "config.json").exists():
+            raise FedrecError(f"cannot resume: {run_dir} is not a fedrec run directory (no config.json)")
+        return RunDirectory(run_dir)
+    path = Path(run_dir) if run_dir else new_run_directory(
+        config.output_dir, f"federated-{config.data.dataset}-{config.model.name}")
+    directory = RunDirectory(path)
+    write_json(directory.path / "config.json", json.loads(config.to_json()))
+    write_json(directory.path / "environment.json", environment_record())
+    return directory
+
+
+def make_server_app(config: FederatedConfig, run_directory: RunDirectory, resume: bool = False,
+                    on_round: RoundCallback | None = None, results: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp bound to a resolved config; the final summary is stored in ``results``."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        summary = FederatedRun(config, run_directory, on_round).run(grid, resume=resume)
+        if results is not None:
+            results.update(summary)
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_config = dict(context.run_config)
+    config = config_from_run_config(run_config)
+    resume = bool(run_config.get("resume", False))
+    directory = prepare_run_directory(config, str(run_config.get("run-dir") or "") or None, resume)
+    FederatedRun(config, directory).run(grid, resume=resume)

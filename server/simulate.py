@@ -1,0 +1,85 @@
+"""``fedrec simulate``: run the ServerApp and ClientApp on Flower's simulation engine (Ray).
+
+The ClientApp is loaded by reference, as ``flwr run`` loads it from pyproject.toml,
+so the server package never imports the client package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any
+
+from flwr.clientapp import ClientApp
+
+from recsys_core.errors import ConfigError
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.device import load_federated_data
+from server.rounds import RoundCallback
+from server.run_directory import RunDirectory
+from server.server_app import make_server_app, prepare_run_directory
+
+CLIENT_APP_REFERENCE = "client.client_app:app"
+
+
+def load_client_app(reference: str = CLIENT_APP_REFERENCE) -> ClientApp:
+    module_name, _, attribute = reference.partition(":")
+    app = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(app, ClientApp):
+        raise ConfigError(f"{reference} is not a Flower ClientApp")
+    return app
+
+
+def validate_before_start(config: FederatedConfig) -> int:
+    """Validates the config against the data; returns the number of clients. Runs before Ray starts."""
+    config.validate()
+    data = load_federated_data(config.data, config.partition)
+    config.validate(num_clients=data.num_clients)
+    return data.num_clients
+
+
+def backend_config(config: FederatedConfig) -> dict[str, Any]:
+    workers = config.simulation.max_workers or os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": config.simulation.num_cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": int(workers * config.simulation.num_cpus_per_client),
+            "include_dashboard": False,
+            "log_to_driver": False,
+        },
+    }
+
+
+def keep_ray_on_loopback() -> None:
+    """Makes Ray bind to 127.0.0.1 only; by default it listens on every interface of the machine.
+
+    Ray maps an explicit 127.0.0.1 node address back to the public one unless its
+    single-machine mode is forced, which is what this variable does.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def run_federated_simulation(
+    config: FederatedConfig,
+    run_dir: str | None = None,
+    resume: bool = False,
+    on_round: RoundCallback | None = None,
+    verbose: bool = False,
+) -> tuple[RunDirectory, dict[str, Any]]:
+    """Runs a whole simulation; returns the run directory and the final summary."""
+    num_clients = validate_before_start(config)
+    directory = prepare_run_directory(config, run_dir, resume)
+    results: dict[str, Any] = {}
+    server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results)
+    keep_ray_on_loopback()
+    from flwr.common.logger import FLOWER_LOGGER
+    from flwr.simulation import run_simulation
+
+    if not verbose:
+        FLOWER_LOGGER.setLevel(logging.WARNING)
+    run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=num_clients,
+                   backend_config=backend_config(config), verbose_logging=verbose)
+    if not results:
+        raise RuntimeError(f"the simulation ended without a result; see the log above and {directory.path}")
+    return directory, results

@@ -1,0 +1,79 @@
+"""Aggregation strategies: Flower's own, driven round by round by :mod:`server.rounds`.
+
+We use the strategies for their aggregation maths (weighted averaging, server
+optimisers) and do node sampling ourselves, seeded per round, so that a resumed
+run samples exactly the clients an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedProx, FedYogi, Strategy
+
+from recsys_core.federated.config import ServerConfig
+
+#: Server-optimiser moments of Flower's FedOpt strategies: the only strategy state that outlives a round
+#: (the current global arrays are handed to the strategy again by ``configure_train``).
+STATE_ATTRIBUTES = ("m_t", "v_t")
+
+
+def build_strategy(config: ServerConfig, proximal_mu: float) -> Strategy:
+    """The Flower strategy named in the config, sending to every node we hand it."""
+    common = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 1,
+              "min_available_nodes": 1}
+    if config.strategy == "fedprox":
+        return FedProx(proximal_mu=proximal_mu, **common)
+    if config.strategy == "fedadam":
+        return FedAdam(eta=config.server_learning_rate, **common)
+    if config.strategy == "fedyogi":
+        return FedYogi(eta=config.server_learning_rate, **common)
+    if config.strategy == "fedadagrad":
+        return FedAdagrad(eta=config.server_learning_rate, **common)
+    # FedAvg with a server learning rate: FedAvgM without momentum scales the mean update.
+    return FedAvgM(server_learning_rate=config.server_learning_rate, server_momentum=0.0, **common)
+
+
+class SampledGrid:
+    """A view of the grid that offers only the nodes we sampled, so the strategy sends to exactly them."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = list(node_ids)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+
+def configure_train(strategy: Strategy, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                    grid: Grid, node_ids: list[int]) -> list[Message]:
+    """Training messages for exactly ``node_ids`` (the strategy also records the round's arrays)."""
+    return list(strategy.configure_train(server_round, arrays, config, SampledGrid(grid, node_ids)))
+
+
+def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
+    """The strategy's round-to-round state as flat arrays, for checkpoints."""
+    flat: dict[str, np.ndarray] = {}
+    for attribute in STATE_ATTRIBUTES:
+        value = getattr(strategy, attribute, None)
+        if isinstance(value, dict):
+            for name, array in value.items():
+                flat[f"{attribute}/{name}"] = np.asarray(array)
+    return flat
+
+
+def restore_strategy_state(strategy: Strategy, flat: dict[str, np.ndarray]) -> None:
+    """Puts checkpointed state back into a fresh strategy of the same kind."""
+    restored: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in flat.items():
+        attribute, name = key.split("/", 1)
+        restored.setdefault(attribute, {})[name] = array
+    for attribute, values in restored.items():
+        if attribute in STATE_ATTRIBUTES:
+            setattr(strategy, attribute, values)

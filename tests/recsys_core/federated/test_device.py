@@ -1,0 +1,114 @@
+"""The device-side update, without Flower: private state stays, evaluation sums match central."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_core.evaluation import MetricSums
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.device import (
+    DeviceState,
+    SimulatedDeviceError,
+    build_device_model,
+    evaluate_on_device,
+    load_federated_data,
+    state_to_arrays,
+    train_on_device,
+)
+from recsys_core.models import CatalogInfo, build_model
+from recsys_core.training import evaluate_model, seeded
+
+SMALL = {"gmf_dim": 8, "mlp_layers": [16, 8]}
+
+
+def config(**sections) -> FederatedConfig:
+    values = {"data": {"synthetic": {"n_users": 40, "n_items": 80, "seed": 1}},
+              "model": {"name": "neumf", "options": SMALL}, "local": {"epochs": 1, "learning_rate": 0.01}}
+    values.update(sections)
+    return FederatedConfig.from_dict(values).validate()
+
+
+def global_shared(cfg: FederatedConfig) -> dict[str, np.ndarray]:
+    data = load_federated_data(cfg.data, cfg.partition)
+    return state_to_arrays(build_device_model(cfg, data.catalog, 1, 0).shared_state())
+
+
+def test_training_returns_shared_parameters_only_and_keeps_private_state() -> None:
+    cfg = config()
+    data = load_federated_data(cfg.data, cfg.partition)
+    shared = global_shared(cfg)
+    outcome = train_on_device(cfg, data.device_split(3), shared, None, 1, 3)
+    assert set(outcome.shared_parameters) == set(shared)
+    assert not any("user" in name for name in outcome.shared_parameters)
+    assert set(outcome.device_state.private_parameters) == {"gmf_user_embedding.weight", "mlp_user_embedding.weight"}
+    assert outcome.device_state.private_parameters["gmf_user_embedding.weight"].shape == (1, 8)
+    assert outcome.num_examples == data.device_split(3).train.n_interactions
+    # The next round starts from the kept private state and its optimiser moments.
+    again = train_on_device(cfg, data.device_split(3), outcome.shared_parameters, outcome.device_state, 2, 3)
+    assert again.device_state.optimizer_state
+    before = outcome.device_state.private_parameters["gmf_user_embedding.weight"]
+    assert not np.array_equal(before, again.device_state.private_parameters["gmf_user_embedding.weight"])
+
+
+def test_device_state_round_trips_through_flat_arrays() -> None:
+    state = DeviceState({"a.weight": np.ones((1, 2))}, {"0/exp_avg": np.zeros((1, 2)), "0/step": np.array(3.0)})
+    restored = DeviceState.from_arrays(state.to_arrays())
+    assert restored.private_parameters.keys() == state.private_parameters.keys()
+    assert restored.optimizer_state.keys() == state.optimizer_state.keys()
+
+
+def test_same_round_same_partition_same_update() -> None:
+    cfg = config()
+    data = load_federated_data(cfg.data, cfg.partition)
+    shared = global_shared(cfg)
+    first = train_on_device(cfg, data.device_split(5), shared, None, 4, 5)
+    second = train_on_device(cfg, data.device_split(5), shared, None, 4, 5)
+    for name in shared:
+        np.testing.assert_array_equal(first.shared_parameters[name], second.shared_parameters[name])
+
+
+def test_device_evaluation_sums_equal_one_central_pass() -> None:
+    cfg = config()
+    data = load_federated_data(cfg.data, cfg.partition)
+    with seeded(3):
+        central = build_model("neumf", CatalogInfo.from_log(data.split.train), SMALL)
+    from recsys_core.data.sampling import SeenItems
+
+    seen = SeenItems.from_logs(data.split.train, data.split.valid, data.split.test)
+    expected = evaluate_model(central, data.split, "test", seen, cfg.evaluation).means()
+    shared = state_to_arrays(central.shared_state())
+    total = MetricSums()
+    for partition in range(data.num_clients):
+        user = int(data.partitioners[0].users_of(partition)[0])
+        private = {name: value[user : user + 1].detach().numpy()
+                   for name, value in central.private_state().items()}
+        total.add(evaluate_on_device(cfg, data.device_split(partition), shared, DeviceState(private, {}),
+                                     "test", partition))
+    measured = total.means()
+    for name, value in expected.items():
+        if "coverage" not in name:
+            assert measured[name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_fault_injection_fails_the_named_partition() -> None:
+    cfg = config(simulation={"failing_partitions": [2]})
+    data = load_federated_data(cfg.data, cfg.partition)
+    with pytest.raises(SimulatedDeviceError, match="partition 2"):
+        train_on_device(cfg, data.device_split(2), global_shared(cfg), None, 1, 2)
+
+
+def test_more_clients_per_round_than_clients_is_rejected() -> None:
+    from recsys_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="clients_per_round = 50 but the federation has only 40"):
+        config().validate(num_clients=40)
+
+
+def test_sequence_models_have_nothing_private() -> None:
+    cfg = config(model={"name": "sasrec", "options": {"hidden_dim": 16, "max_length": 10}})
+    data = load_federated_data(cfg.data, cfg.partition)
+    outcome = train_on_device(cfg, data.device_split(0), global_shared(cfg), None, 1, 0)
+    assert outcome.device_state.private_parameters == {}
+    assert torch.is_tensor(torch.from_numpy(outcome.shared_parameters["item_embedding.weight"]))

@@ -1,0 +1,160 @@
+"""End to end on Flower's real simulation engine, kept small enough for CI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation
+
+from recsys_core.federated.config import FederatedConfig
+from server.cli import main
+from server.rounds import FederatedRun
+from server.run_directory import RunDirectory
+from server.server_app import prepare_run_directory
+from server.simulate import (
+    backend_config,
+    keep_ray_on_loopback,
+    load_client_app,
+    run_federated_simulation,
+    validate_before_start,
+)
+
+N_USERS = 12
+
+
+def tiny_config(tmp_path: Path, rounds: int) -> FederatedConfig:
+    return FederatedConfig.from_dict({
+        "data": {"synthetic": {"n_users": N_USERS, "n_items": 40, "seed": 2}},
+        "model": {"name": "neumf", "options": {"gmf_dim": 4, "mlp_layers": [8, 4]}},
+        "local": {"epochs": 1, "learning_rate": 0.01},
+        "server": {"rounds": rounds, "clients_per_round": 6, "min_clients": 3, "evaluate_every": 2,
+                   "clients_per_evaluation": 6, "server_learning_rate": 2.0},
+        "simulation": {"failing_partitions": [3]},
+        "output_dir": str(tmp_path),
+    })
+
+
+class RecordingGrid:
+    """Passes everything to the real grid and keeps every message in both directions."""
+
+    def __init__(self, grid) -> None:
+        self.grid = grid
+        self.sent: list = []
+        self.received: list = []
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        self.sent += messages
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.received += replies
+        return replies
+
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("recorded")
+    config = tiny_config(tmp_path, rounds=4).validate()
+    directory = prepare_run_directory(config, None, resume=False)
+    recorders: list[RecordingGrid] = []
+    summary: dict = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _(grid, context) -> None:
+        recorders.append(RecordingGrid(grid))
+        summary.update(FederatedRun(config, directory).run(recorders[0]))
+
+    keep_ray_on_loopback()
+    run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=N_USERS,
+                   backend_config=backend_config(config))
+    return config, directory, recorders[0], summary
+
+
+def private_rows(directory: RunDirectory) -> list[np.ndarray]:
+    rows = []
+    for path in directory.devices.glob("device-*.npz"):
+        with np.load(path) as stored:
+            rows += [stored[name][0] for name in stored.files if name.startswith("private/")]
+    return rows
+
+
+def test_run_directory_holds_records_plots_and_model(recorded_run) -> None:
+    _, directory, _, summary = recorded_run
+    rounds = directory.read_rounds()
+    assert [record["round"] for record in rounds] == [1, 2, 3, 4]
+    assert all(record["bytes_up"] > 0 and record["bytes_down"] > 0 and record["seconds"] > 0 for record in rounds)
+    assert "full/ndcg@10" in rounds[1]["validation"]
+    assert (directory.path / "metrics.png").stat().st_size > 0
+    assert (directory.path / "final-model" / "manifest.json").exists()
+    assert summary["test"]["full/ndcg@10"] >= 0
+    assert json.loads((directory.path / "config.json").read_text())["server"]["rounds"] == 4
+
+
+def test_a_failing_client_is_counted_and_the_round_proceeds(recorded_run) -> None:
+    _, directory, _, _ = recorded_run
+    rounds = directory.read_rounds()
+    failed = [record for record in rounds if record["failures"]]
+    assert failed, "partition 3 was never sampled; pick another seed"
+    for record in failed:
+        assert record["failures"][0]["partition"] == 3
+        assert "configured to fail" in record["failures"][0]["reason"]
+        assert record["participants"] == record["sampled"] - 1
+        assert record["status"] == "aggregated"
+
+
+def test_private_parameters_never_leave_the_device(recorded_run) -> None:
+    _, directory, recorder, _ = recorded_run
+    rows = private_rows(directory)
+    assert rows, "devices stored no private parameters"
+    outgoing = [reply for reply in recorder.received if not reply.has_error()]
+    assert outgoing
+    for message in recorder.sent + outgoing:
+        for record in message.content.array_records.values():
+            for name, array in record.items():
+                assert "user_embedding" not in name
+                values = array.numpy()
+                if values.ndim == 2:
+                    for row in rows:
+                        if values.shape[1] == row.shape[0]:
+                            assert not (values == row).all(axis=1).any(), f"a private row travelled in {name}"
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Path) -> None:
+    _, uninterrupted, _, summary = recorded_run
+    interrupted, _ = run_federated_simulation(tiny_config(tmp_path, rounds=2))
+    resumed, resumed_summary = run_federated_simulation(tiny_config(tmp_path, rounds=4),
+                                                        run_dir=str(interrupted.path), resume=True)
+    with np.load(uninterrupted.path / "final-model" / "parameters.npz") as expected, \
+            np.load(resumed.path / "final-model" / "parameters.npz") as measured:
+        for name in expected.files:
+            np.testing.assert_array_equal(expected[name], measured[name])
+    assert resumed_summary["test"] == summary["test"]
+    assert [r["round"] for r in resumed.read_rounds()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rounds", "0"], "server.rounds"),
+        (["--clients-per-round", "999"], "only 500 clients"),
+        (["--model", "transformer9000"], "unknown model"),
+        (["--dataset", "ml-7k"], "ml-7k"),
+        (["--set", "server.round=3"], "server.round"),
+    ],
+)
+def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
+    code = main(["simulate", "--output-dir", str(tmp_path), *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_validation_counts_clients(tmp_path: Path) -> None:
+    assert validate_before_start(tiny_config(tmp_path, rounds=1)) == N_USERS
