@@ -120,7 +120,10 @@ def command_simulate(args: argparse.Namespace) -> int:
         values = json_file(args.resume)
         config = FederatedConfig.from_dict(apply_overrides(values, list(args.set or [])))
     else:
-        config = FederatedConfig.from_dict(_simulate_values(args))
+        values = _simulate_values(args)
+        if not args.config and not args.dataset:
+            values = apply_overrides(values, [f"data.dataset={_quoted(_default_dataset(args.data_dir))}"])
+        config = FederatedConfig.from_dict(values)
     console.print(f"Federated [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/]: "
                   f"{config.server.rounds} rounds, {config.server.clients_per_round} clients per round, "
                   f"strategy {config.server.strategy}")
@@ -131,6 +134,8 @@ def command_simulate(args: argparse.Namespace) -> int:
 
         def on_round(record: dict[str, Any]) -> None:
             status = f"{record['participants']}/{record['sampled']} clients"
+            if record["failures"]:
+                status += f" ({len(record['failures'])} failed)"
             if record.get("train_loss") is not None:
                 status += f"  loss {record['train_loss']:.4f}"
             if record.get("validation"):
@@ -147,6 +152,13 @@ def command_simulate(args: argparse.Namespace) -> int:
     console.print(f"Run directory: [bold]{directory.path}[/] (rounds.jsonl, summary.json, metrics.png, "
                   f"final-model/); continue an interrupted run with fedrec simulate --resume {directory.path}")
     return 0
+
+
+def _default_dataset(data_dir: str | None) -> str:
+    """MovieLens 100K when its files are in the data directory, else the embedded synthetic data."""
+    from recsys_core.data.registry import dataset_info
+
+    return "ml-100k" if dataset_info("ml-100k", data_dir=data_dir, with_summary=False).get("present") else "synthetic"
 
 
 def json_file(run_dir: str) -> dict[str, Any]:

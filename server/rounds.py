@@ -7,16 +7,15 @@ checkpoint continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from recsys_core.bundle import ModelBundle, write_bundle
@@ -24,6 +23,7 @@ from recsys_core.config import dataclass_to_dict
 from recsys_core.evaluation import MetricSums
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays
+from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,
@@ -40,6 +40,15 @@ from server.strategies import build_strategy, configure_train, restore_strategy_
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
+logger = logging.getLogger("fedrec.server")
+
+
+def short_reason(reason: str) -> str:
+    """The last meaningful line of a client error (Ray wraps it in several lines of traceback)."""
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    last = lines[-1] if lines else "unknown error"
+    return last.split("Message: ", 1)[-1].rstrip("'>")
+
 
 @dataclass
 class FederatedRun:
@@ -55,27 +64,30 @@ class FederatedRun:
                              DEVICE_STATE_DIR_KEY: str(self.run_directory.devices), **extra})
 
     def discover(self, grid: Grid, expected: int) -> None:
-        """Asks every node which partition it holds (once per run; replies carry no data)."""
-        deadline = time.monotonic() + self.config.server.round_timeout
-        while len(node_ids := sorted(grid.get_node_ids())) < expected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(node_ids)} of {expected} nodes connected")
+        """Asks every node which partition it holds (once per run; replies carry no data).
+
+        Waits up to ``server.connect_timeout`` seconds for one node per partition, then goes on
+        with the nodes that are there (a deployment where not every device is online).
+        """
+        deadline = time.monotonic() + self.config.server.connect_timeout
+        while len(node_ids := sorted(grid.get_node_ids())) < expected and time.monotonic() < deadline:
             time.sleep(0.5)
+        if len(node_ids) < self.config.server.min_clients:
+            raise RuntimeError(f"only {len(node_ids)} nodes connected, fewer than server.min_clients")
+        if len(node_ids) < expected:
+            logger.warning("%d of %d clients connected; continuing with those", len(node_ids), expected)
         messages = [Message(RecordDict({CONFIG_RECORD: ConfigRecord({"request": "partition"})}),
                             dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
         for reply in grid.send_and_receive(messages, timeout=self.config.server.round_timeout):
             if reply.has_error():
-                log(WARNING, "node %s did not describe itself: %s", reply.metadata.src_node_id, reply.error.reason)
+                logger.warning("node %s did not describe itself: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue
             partition = int(reply.content[METRICS_RECORD]["partition-id"])
             self.partition_to_node[partition] = reply.metadata.src_node_id
 
     def sample(self, server_round: int, count: int, purpose: int) -> list[int]:
         """Sorted partition ids for this round; the same for any run with the same seed."""
-        partitions = np.array(sorted(self.partition_to_node))
-        generator = np.random.default_rng([self.config.seed, server_round, purpose])
-        count = min(count, len(partitions))
-        return sorted(generator.choice(partitions, size=count, replace=False).tolist())
+        return sample_partitions(self.config.seed, server_round, purpose, list(self.partition_to_node), count)
 
     def evaluate(self, grid: Grid, arrays: ArrayRecord, partitions: list[int], part: str,
                  server_round: int) -> tuple[dict[str, float], int]:
@@ -104,7 +116,7 @@ class FederatedRun:
             restore_strategy_state(strategy, checkpoint.strategy_state)
             first_round = checkpoint.completed_round + 1
             self.run_directory.truncate_rounds(checkpoint.completed_round)
-            log(INFO, "Resuming after round %d", checkpoint.completed_round)
+            logger.info("Resuming after round %d", checkpoint.completed_round)
         arrays = ArrayRecord({name: Array(value) for name, value in shared.items()})
         for server_round in range(first_round, config.server.rounds + 1):
             arrays = self.train_round(grid, strategy, arrays, server_round)
@@ -113,7 +125,7 @@ class FederatedRun:
     def train_round(self, grid: Grid, strategy: Any, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         config = self.config
         started = time.perf_counter()
-        partitions = self.sample(server_round, config.server.clients_per_round, purpose=1)
+        partitions = self.sample(server_round, config.server.clients_per_round, TRAINING)
         node_to_partition = {self.partition_to_node[p]: p for p in partitions}
         messages = configure_train(strategy, server_round, arrays, self.message_config(server_round), grid,
                                    [self.partition_to_node[p] for p in partitions])
@@ -121,8 +133,8 @@ class FederatedRun:
         # Aggregate in partition order: float sums then do not depend on reply arrival order.
         replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
         good = [reply for reply in replies if not reply.has_error()]
-        failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": r.error.reason}
-                    for r in replies if r.has_error()]
+        failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": short_reason(r.error.reason),
+                     "detail": r.error.reason} for r in replies if r.has_error()]
         failures += [{"partition": p, "reason": "no reply before the round timeout"}
                      for p in set(partitions) - {node_to_partition.get(r.metadata.src_node_id) for r in replies}]
         record: dict[str, Any] = {
@@ -143,11 +155,11 @@ class FederatedRun:
             record["status"] = "aggregated"
         else:
             record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
-            log(WARNING, "round %d: %s; model unchanged", server_round, record["status"])
+            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
         for failure in failures:
-            log(WARNING, "round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
+            logger.warning("round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
         if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
-            evaluated = self.sample(server_round, config.server.clients_per_evaluation, purpose=2)
+            evaluated = self.sample(server_round, config.server.clients_per_evaluation, EVALUATION)
             record["validation"], record["evaluation_failures"] = self.evaluate(
                 grid, arrays, evaluated, "valid", server_round)
         record["seconds"] = time.perf_counter() - started

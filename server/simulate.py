@@ -77,7 +77,11 @@ def run_federated_simulation(
     from flwr.simulation import run_simulation
 
     if not verbose:
-        FLOWER_LOGGER.setLevel(logging.WARNING)
+        # Flower's INFO lines and its run_simulation deprecation notice would bury the progress bar;
+        # client failures still reach the progress display and rounds.jsonl.
+        FLOWER_LOGGER.setLevel(logging.ERROR)
+        logging.getLogger("fedrec").setLevel(logging.ERROR)
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=num_clients,
                    backend_config=backend_config(config), verbose_logging=verbose)
     if not results:

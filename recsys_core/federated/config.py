@@ -23,9 +23,9 @@ StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox"]
 class LocalTrainConfig:
     """What each device does with a training message."""
 
-    epochs: int = 1
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 0.01
     weight_decay: float = 0.0
     optimizer: OptimizerName = "adam"
     #: Learning rate of the device's private parameters (user embedding); 0 uses ``learning_rate``.
@@ -52,8 +52,9 @@ class ServerConfig:
     #: A round counts only if at least this many sampled clients reply.
     min_clients: int = 1
     strategy: StrategyName = "fedavg"
-    #: Server learning rate (FedAdam/FedYogi/FedAdagrad ``eta``; FedAvg scales the mean update by it).
-    server_learning_rate: float = 1.0
+    #: Server learning rate (FedAdam/FedYogi/FedAdagrad ``eta``; FedAvg scales the mean update by it,
+    #: which matters for item embeddings that only a few sampled clients touch in a round).
+    server_learning_rate: float = 10.0
     #: Federated validation every this many rounds on ``clients_per_evaluation`` sampled clients.
     evaluate_every: int = 5
     clients_per_evaluation: int = 100
@@ -61,6 +62,8 @@ class ServerConfig:
     final_evaluation: bool = True
     #: Seconds to wait for replies in one round.
     round_timeout: float = 600.0
+    #: Seconds to wait at the start for one node per client before going on with those connected.
+    connect_timeout: float = 30.0
 
     def validate(self) -> ServerConfig:
         if self.rounds <= 0:

@@ -1,0 +1,108 @@
+"""A federated run as a plain Python loop, without Flower: the baseline of the overhead benchmark.
+
+It samples the same partitions per round as the ServerApp (``FederatedRun.sample``'s
+rule), runs the same device update (``train_on_device``) one client after another,
+and aggregates like FedAvg with a server learning rate (weights = local examples).
+Use it to measure what Flower adds, and to tune federated hyper-parameters quickly.
+
+    python simulations/benchmarks/plain_loop.py --config simulations/ml-100k.toml \
+        --data-dir ../shared/datasets [--set server.rounds=50] [--evaluate-every 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from recsys_core.config import apply_overrides, read_toml
+from recsys_core.evaluation import MetricSums
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.device import (
+    DeviceState,
+    FederatedData,
+    build_device_model,
+    evaluate_on_device,
+    load_federated_data,
+    state_to_arrays,
+    train_on_device,
+)
+from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
+
+Arrays = dict[str, np.ndarray]
+
+
+def fedavg(shared: Arrays, updates: list[tuple[Arrays, int]], server_learning_rate: float) -> Arrays:
+    total = float(sum(weight for _, weight in updates))
+    mean = {name: sum(arrays[name] * (weight / total) for arrays, weight in updates) for name in shared}
+    return {name: shared[name] + server_learning_rate * (mean[name] - shared[name]) for name in shared}
+
+
+def evaluate_all(config: FederatedConfig, data: FederatedData, shared: Arrays, states: dict[int, DeviceState],
+                 partitions: list[int], part: str) -> dict[str, float]:
+    total = MetricSums()
+    for partition in partitions:
+        total.add(evaluate_on_device(config, data.device_split(partition), shared, states.get(partition), part,
+                                     partition))
+    return total.means()
+
+
+def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
+                   on_round: Callable[[dict], None] | None = None) -> dict:
+    """Runs ``config.server.rounds`` rounds; returns per-round seconds and the final test metrics."""
+    data = load_federated_data(config.data, config.partition)
+    shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
+    states: dict[int, DeviceState] = {}
+    rounds = []
+    for server_round in range(1, config.server.rounds + 1):
+        started = time.perf_counter()
+        updates = []
+        sampled = sample_partitions(config.seed, server_round, TRAINING, range(data.num_clients),
+                                    config.server.clients_per_round)
+        for partition in sampled:
+            outcome = train_on_device(config, data.device_split(partition), shared, states.get(partition),
+                                      server_round, partition)
+            states[partition] = outcome.device_state
+            updates.append((outcome.shared_parameters, outcome.num_examples))
+        shared = fedavg(shared, updates, config.server.server_learning_rate)
+        record = {"round": server_round, "seconds": time.perf_counter() - started}
+        if evaluate_every and server_round % evaluate_every == 0:
+            evaluated = sample_partitions(config.seed, server_round, EVALUATION, range(data.num_clients),
+                                          config.server.clients_per_evaluation)
+            record["validation"] = evaluate_all(config, data, shared, states, evaluated, "valid")
+        rounds.append(record)
+        if on_round is not None:
+            on_round(record)
+    test = evaluate_all(config, data, shared, states, list(range(data.num_clients)), "test")
+    return {"rounds": rounds, "test": test}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--evaluate-every", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    overrides = ([f'data.data_dir="{args.data_dir}"'] if args.data_dir else []) + args.set
+    config = FederatedConfig.from_dict(apply_overrides(read_toml(args.config), overrides)).validate()
+
+    def show(record: dict) -> None:
+        validation = record.get("validation", {})
+        print(f"round {record['round']}: {record['seconds']:.2f} s"
+              + (f"  valid ndcg@10 {validation['full/ndcg@10']:.4f}" if validation else ""), flush=True)
+
+    result = run_plain_loop(config, args.evaluate_every, show)
+    print(json.dumps({"test": {k: v for k, v in result["test"].items() if k.endswith("@10")},
+                      "mean_round_seconds": float(np.mean([r["seconds"] for r in result["rounds"]]))}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
