@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
 
-    python simulations/benchmarks/centralized_baselines.py --data-dir ../shared/datasets \
+    python -m simulations.benchmarks.centralized_baselines --data-dir ../shared/datasets \
         [--configs simulations/centralized/ml-100k-*.toml] [--output runs/benchmarks]
 
 Prints a Markdown table (the one in docs/benchmarks.md) with each learned model's

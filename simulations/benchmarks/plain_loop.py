@@ -5,7 +5,7 @@ rule), runs the same device update (``train_on_device``) one client after anothe
 and aggregates like FedAvg with a server learning rate (weights = local examples).
 Use it to measure what Flower adds, and to tune federated hyper-parameters quickly.
 
-    python simulations/benchmarks/plain_loop.py --config simulations/ml-100k.toml \
+    python -m simulations.benchmarks.plain_loop --config simulations/ml-100k.toml \
         --data-dir ../shared/datasets [--set server.rounds=50] [--evaluate-every 10]
 """
 
