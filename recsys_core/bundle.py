@@ -48,7 +48,7 @@ def write_bundle(folder: str | Path, bundle: ModelBundle) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     parameters = folder / "parameters.npz"
-    np.savez(parameters, **bundle.shared_parameters)
+    np.savez(parameters, **bundle.shared_parameters)  # type: ignore[arg-type]
     write_json(folder / "manifest.json", {
         "schema_version": BUNDLE_SCHEMA_VERSION,
         "model": bundle.model,

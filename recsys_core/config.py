@@ -71,7 +71,7 @@ def _convert(value: Any, expected: Any, key: str) -> Any:
     if dataclasses.is_dataclass(expected):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return dataclass_from_dict(expected, value, prefix=f"{key}.")
+        return dataclass_from_dict(typing.cast(type, expected), value, prefix=f"{key}.")
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is Any:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from recsys_core.data.interactions import InteractionLog
-from recsys_core.data.parsing import Field, read_header, read_table
+from recsys_core.data.parsing import Field, FieldKind, read_header, read_table
 from recsys_core.errors import ConfigError, DataFormatError, DatasetNotFoundError, FedrecError
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class ColumnMapping:
         return {role: column for role, column in roles.items() if column is not None}
 
 
-_KINDS = {"user": "id", "item": "id", "rating": "float", "timestamp": "timestamp"}
+_KINDS: dict[str, FieldKind] = {"user": "id", "item": "id", "rating": "float", "timestamp": "timestamp"}
 _LABELS = {"user": "user id", "item": "item id", "rating": "rating", "timestamp": "timestamp"}
 
 

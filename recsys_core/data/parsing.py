@@ -10,7 +10,7 @@ message that says what was expected.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from operator import methodcaller
@@ -98,7 +98,7 @@ def iter_text_chunks(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     balance_quotes: bool = False,
-) -> Iterator[TextChunk]:
+) -> Generator[TextChunk, None, None]:
     """Yields the file's non-empty lines in blocks of about ``chunk_bytes``.
 
     Blocks end at a line break. With ``balance_quotes`` a block never ends inside

@@ -10,6 +10,7 @@ parameters go back to the server. Every random draw is seeded by
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -196,11 +197,11 @@ def evaluate_on_device(
     return evaluate_model(model, split, "valid" if part == "valid" else "test", seen, config.evaluation)
 
 
-def _proximal_term(parameters: list[torch.nn.Parameter], mu: float):
+def _proximal_term(parameters: list[torch.nn.Parameter], mu: float) -> Callable[[], torch.Tensor]:
     anchors = [parameter.detach().clone() for parameter in parameters]
 
     def proximal() -> torch.Tensor:
-        return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(parameters, anchors))
+        return 0.5 * mu * torch.stack([((p - a) ** 2).sum() for p, a in zip(parameters, anchors)]).sum()
 
     return proximal
 

@@ -16,6 +16,7 @@ from recsys_core.models.base import Batch, CatalogInfo, ModelConfig, Recommender
 class Popularity(Recommender):
     name = "popularity"
     trains_with_gradients = False
+    item_counts: torch.Tensor
 
     def __init__(self, catalog: CatalogInfo, config: ModelConfig) -> None:
         super().__init__(catalog, config)
