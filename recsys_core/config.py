@@ -100,7 +100,7 @@ def dataclass_from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") 
         raise ConfigError(f"unknown config key(s) {names}; known keys here: "
                           f"{', '.join(prefix + name for name in sorted(known))}")
     converted = {name: _convert(value, hints[name], prefix + name) for name, value in values.items()}
-    return cls(**converted)  # type: ignore[return-value]
+    return cls(**converted)
 
 
 def dataclass_to_dict(instance: Any) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def run_local_epochs(
             if model.has_auxiliary_phase:
                 for each in auxiliary_optimizers:
                     each.zero_grad(set_to_none=True)
-                model.auxiliary_loss(batch).backward()
+                model.auxiliary_loss().backward()
                 for each in auxiliary_optimizers:
                     each.step()
             total += float(per_sample.detach().sum())

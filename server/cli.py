@@ -18,6 +18,7 @@ from rich.table import Table
 
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.errors import FedrecError
+from recsys_core.models import MODELS
 
 console = Console()
 error_console = Console(stderr=True)
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="dataset name (fedrec datasets list), 'synthetic' or 'file'")
     train.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
     train.add_argument("--download", action="store_true", help="download a missing dataset")
-    train.add_argument("--model", help="model name: popularity, neumf, sasrec")
+    train.add_argument("--model", help=f"model name: {', '.join(MODELS)}")
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--output-dir", help="where run directories go (default: runs)")
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--config", help="TOML file, e.g. simulations/synthetic.toml")
     simulate.add_argument("--dataset", help="dataset name, 'synthetic' or 'file'")
     simulate.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
-    simulate.add_argument("--model", help="model name")
+    simulate.add_argument("--model", help=f"model name: {', '.join(MODELS)}")
     simulate.add_argument("--rounds", type=int)
     simulate.add_argument("--clients-per-round", type=int)
     simulate.add_argument("--seed", type=int)

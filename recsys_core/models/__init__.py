@@ -5,12 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from recsys_core.errors import ConfigError
+from recsys_core.models.autoencoder import MultDAE, MultVAE
 from recsys_core.models.base import CatalogInfo, ModelConfig, Recommender, config_from_dict
+from recsys_core.models.caser import Caser
+from recsys_core.models.content import ContentBased
+from recsys_core.models.gan import IRGAN
+from recsys_core.models.gru4rec import GRU4Rec
+from recsys_core.models.hybrid import Hybrid
 from recsys_core.models.neumf import NeuMF
 from recsys_core.models.popularity import Popularity
 from recsys_core.models.sasrec import SASRec
 
-MODELS: dict[str, type[Recommender]] = {model.name: model for model in (Popularity, NeuMF, SASRec)}
+MODELS: dict[str, type[Recommender]] = {
+    model.name: model
+    for model in (Popularity, NeuMF, SASRec, MultDAE, MultVAE, Caser, GRU4Rec, IRGAN, ContentBased, Hybrid)
+}
 
 
 def model_class(name: str) -> type[Recommender]:

@@ -11,6 +11,15 @@ A model says four things:
    silently mis-clips a ``[B, 1]`` loss);
 4. ``score``: one score per catalogue item for each user, for ranking and for
    on-device recommendation.
+
+Adversarial models need a second, alternating training step that a per-sample
+loss cannot express. They name the sub-modules that :meth:`~Recommender.per_sample_loss`
+trains in ``per_sample_modules`` (the discriminator: the only part that reads real
+data, so the only part a DP engine wraps and clips), set ``has_auxiliary_phase``
+and implement :meth:`~Recommender.auxiliary_loss` for the rest (the generator),
+which reads no data. :func:`recsys_core.training.run_local_epochs` takes one
+auxiliary step after each per-sample step. Every other model leaves these at their
+defaults and trains as before.
 """
 
 from __future__ import annotations
@@ -61,10 +70,16 @@ class Recommender(nn.Module, ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
-    #: Names of sub-modules whose parameters are indexed by user and private to that user.
+    #: Names (dotted paths allowed) of sub-modules whose parameters are indexed by user and
+    #: private to that user.
     private_modules: ClassVar[tuple[str, ...]] = ()
     #: False for count-based models (Popularity) that are fitted by :meth:`fit_statistics`.
     trains_with_gradients: ClassVar[bool] = True
+    #: Sub-modules whose parameters :meth:`per_sample_loss` trains, i.e. what a DP engine must
+    #: wrap; empty means the whole model. Parameters outside them belong to the auxiliary phase.
+    per_sample_modules: ClassVar[tuple[str, ...]] = ()
+    #: True when :meth:`auxiliary_loss` defines a second training step (a GAN's generator step).
+    has_auxiliary_phase: ClassVar[bool] = False
 
     def __init__(self, catalog: CatalogInfo, config: ModelConfig) -> None:
         super().__init__()
@@ -75,7 +90,8 @@ class Recommender(nn.Module, ABC):
     # -- shared and private parameters -------------------------------------------------------
     def is_private(self, parameter_name: str) -> bool:
         """Whether a parameter (or buffer) belongs to one user and must stay on the device."""
-        return parameter_name.split(".", 1)[0] in self.private_modules
+        return any(parameter_name == module or parameter_name.startswith(module + ".")
+                   for module in self.private_modules)
 
     def shared_state(self) -> dict[str, torch.Tensor]:
         """Parameters and buffers that federated learning averages across devices."""
@@ -96,6 +112,31 @@ class Recommender(nn.Module, ABC):
     @abstractmethod
     def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         """The loss of each sample in ``batch``; shape ``[B]``."""
+
+    def per_sample_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters :meth:`per_sample_loss` updates (those a DP optimiser gets)."""
+        if not self.per_sample_modules:
+            return [parameter for parameter in self.parameters() if parameter.requires_grad]
+        return [parameter for name in self.per_sample_modules
+                for parameter in self.get_submodule(name).parameters() if parameter.requires_grad]
+
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters :meth:`auxiliary_loss` updates: all the others."""
+        per_sample = {id(parameter) for parameter in self.per_sample_parameters()}
+        return [parameter for parameter in self.parameters()
+                if parameter.requires_grad and id(parameter) not in per_sample]
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """Scalar loss of the auxiliary step, taken right after each per-sample step.
+
+        Only models with ``has_auxiliary_phase`` implement it. It takes no batch on
+        purpose: it must not read real data, nor which samples the current batch
+        holds (DP-SGD's subsampling keeps that secret), only outputs of
+        ``per_sample_modules`` computed without gradient and its own randomness
+        from torch's generator. It updates only :meth:`auxiliary_parameters`, which
+        are then post-processing of a DP-trained module and need no noise of their own.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no auxiliary training phase")
 
     def fit_statistics(self, log: InteractionLog) -> None:
         """Fits count-based state; only models with ``trains_with_gradients = False`` need it."""

@@ -113,7 +113,10 @@ class SASRec(Recommender):
         """Hidden state at every position of ``[B, L]`` left-padded item sequences; ``[B, L, d]``."""
         length = sequences.shape[1]
         is_item = (sequences != PADDING_ITEM).unsqueeze(-1).to(torch.float32)
-        positions = torch.arange(length, device=sequences.device)
+        # One row of positions per sample, not one shared [L] row: Opacus reads dimension 0 of every
+        # layer's input as the batch, and a shared row gives wrong per-sample gradients for the
+        # position embedding (silently when L equals the batch size, a crash in clipping otherwise).
+        positions = torch.arange(length, device=sequences.device).expand_as(sequences).contiguous()
         states = self.item_embedding(sequences) * math.sqrt(self.config.hidden_dim)
         states = self.embedding_dropout(states + self.position_embedding(positions)) * is_item
         causal = torch.ones(length, length, dtype=torch.bool, device=sequences.device).tril()

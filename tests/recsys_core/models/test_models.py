@@ -10,10 +10,20 @@ from recsys_core.data.splits import SplitConfig, split_log
 from recsys_core.data.synthetic import SyntheticConfig, generate_synthetic
 from recsys_core.errors import ConfigError
 from recsys_core.models import MODELS, CatalogInfo, build_model
-from recsys_core.training import seeded
+from recsys_core.training import make_optimizer, run_local_epochs, seeded
 
 GRADIENT_MODELS = [name for name, cls in MODELS.items() if cls.trains_with_gradients]
-SMALL_OPTIONS = {"neumf": {"gmf_dim": 8, "mlp_layers": [16, 8]}, "sasrec": {"hidden_dim": 16, "max_length": 10}}
+SMALL_OPTIONS = {
+    "neumf": {"gmf_dim": 8, "mlp_layers": [16, 8]},
+    "sasrec": {"hidden_dim": 16, "max_length": 10},
+    "mult_dae": {"hidden_dims": [32, 16]},
+    "mult_vae": {"hidden_dims": [32, 16], "total_anneal_steps": 100},
+    "caser": {"embedding_dim": 8, "max_length": 4, "targets": 2, "vertical_filters": 2, "horizontal_filters": 4},
+    "gru4rec": {"embedding_dim": 16, "hidden_dim": 16, "max_length": 10},
+    "irgan": {"embedding_dim": 8},
+    "content": {"embedding_dim": 8, "hidden_dims": [16], "profile_length": 5},
+    "hybrid": {"embedding_dim": 8, "hidden_dims": [16], "profile_length": 5},
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +72,32 @@ def test_private_parameters_are_exactly_the_user_tables(log) -> None:
     assert not set(neumf.private_state()) & set(neumf.shared_state())
     assert "gmf_item_embedding.weight" in neumf.shared_state()
     assert make("sasrec", log).private_state() == {}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_private_modules_are_exactly_the_user_tables(name: str, log) -> None:
+    model = make(name, log)
+    private = model.private_state()
+    assert not set(private) & set(model.shared_state())
+    assert all(value.shape[0] == log.n_users for value in private.values())
+    user_tables = {f"{module_name}.weight" for module_name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Embedding) and module.num_embeddings == log.n_users}
+    assert set(private) == user_tables
+
+
+@pytest.mark.parametrize("name", GRADIENT_MODELS)
+def test_training_is_deterministic_under_a_seed(name: str, log) -> None:
+    def trained_state() -> dict[str, torch.Tensor]:
+        model = make(name, log)
+        optimizer = make_optimizer(model.parameters(), "adam", 1e-2)
+        with seeded(0):
+            run_local_epochs(model, log, optimizer, 1, 64, np.random.default_rng(0))
+        return model.state_dict()
+
+    first, second = trained_state(), trained_state()
+    assert list(first) == list(second)
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
 
 
 def test_sasrec_ignores_padding_and_future_items(log) -> None:
