@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_options import SMALL_OPTIONS
 
 from recsys_core.evaluation import MetricSums
 from recsys_core.federated.config import FederatedConfig
@@ -17,7 +18,7 @@ from recsys_core.federated.device import (
     state_to_arrays,
     train_on_device,
 )
-from recsys_core.models import CatalogInfo, build_model
+from recsys_core.models import MODELS, CatalogInfo, build_model
 from recsys_core.training import evaluate_model, seeded
 
 SMALL = {"gmf_dim": 8, "mlp_layers": [16, 8]}
@@ -112,3 +113,17 @@ def test_sequence_models_have_nothing_private() -> None:
     outcome = train_on_device(cfg, data.device_split(0), global_shared(cfg), None, 1, 0)
     assert outcome.device_state.private_parameters == {}
     assert torch.is_tensor(torch.from_numpy(outcome.shared_parameters["item_embedding.weight"]))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_trains_on_a_device_and_keeps_its_private_part(name: str) -> None:
+    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})})
+    data = load_federated_data(cfg.data, cfg.partition)
+    shared = global_shared(cfg)
+    outcome = train_on_device(cfg, data.device_split(1), shared, None, 1, 1)
+    assert set(outcome.shared_parameters) == set(shared)
+    model = build_device_model(cfg, data.catalog, 1, 1)
+    assert set(outcome.device_state.private_parameters) == set(model.private_state())
+    assert not set(outcome.shared_parameters) & set(model.private_state())
+    sums = evaluate_on_device(cfg, data.device_split(1), outcome.shared_parameters, outcome.device_state, "test", 1)
+    assert sums.num_users == 1

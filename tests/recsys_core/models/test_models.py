@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_options import SMALL_OPTIONS
 
 from recsys_core.data.splits import SplitConfig, split_log
 from recsys_core.data.synthetic import SyntheticConfig, generate_synthetic
@@ -13,17 +14,6 @@ from recsys_core.models import MODELS, CatalogInfo, build_model
 from recsys_core.training import make_optimizer, run_local_epochs, seeded
 
 GRADIENT_MODELS = [name for name, cls in MODELS.items() if cls.trains_with_gradients]
-SMALL_OPTIONS = {
-    "neumf": {"gmf_dim": 8, "mlp_layers": [16, 8]},
-    "sasrec": {"hidden_dim": 16, "max_length": 10},
-    "mult_dae": {"hidden_dims": [32, 16]},
-    "mult_vae": {"hidden_dims": [32, 16], "total_anneal_steps": 100},
-    "caser": {"embedding_dim": 8, "max_length": 4, "targets": 2, "vertical_filters": 2, "horizontal_filters": 4},
-    "gru4rec": {"embedding_dim": 16, "hidden_dim": 16, "max_length": 10},
-    "irgan": {"embedding_dim": 8},
-    "content": {"embedding_dim": 8, "hidden_dims": [16], "profile_length": 5},
-    "hybrid": {"embedding_dim": 8, "hidden_dims": [16], "profile_length": 5},
-}
 
 
 @pytest.fixture(scope="module")
