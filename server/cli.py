@@ -26,25 +26,25 @@ error_console = Console(stderr=True)
 HEADLINE_METRICS = ("ndcg@10", "hr@10", "recall@10", "mrr@10")
 
 
-def _train_values(args: argparse.Namespace) -> dict[str, Any]:
+#: Command-line flags and the config keys they set; later sources win: file, flags, --set.
+TRAIN_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
+               "epochs": "train.epochs", "seed": "train.seed", "output_dir": "output_dir"}
+SIMULATE_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
+                  "rounds": "server.rounds", "clients_per_round": "server.clients_per_round", "seed": "seed",
+                  "output_dir": "output_dir"}
+
+
+def _config_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
     """Config file, then explicit flags, then ``--set`` overrides: later wins."""
     values: dict[str, Any] = read_toml(args.config) if args.config else {}
-    flags = []
-    if args.dataset:
-        flags.append(f"data.dataset={_quoted(args.dataset)}")
-    if args.data_dir:
-        flags.append(f"data.data_dir={_quoted(args.data_dir)}")
-    if args.download:
-        flags.append("data.download=true")
-    if args.model:
-        flags.append(f"model.name={_quoted(args.model)}")
-    if args.epochs is not None:
-        flags.append(f"train.epochs={args.epochs}")
-    if args.seed is not None:
-        flags.append(f"train.seed={args.seed}")
-    if args.output_dir:
-        flags.append(f"output_dir={_quoted(args.output_dir)}")
-    return apply_overrides(values, flags + list(args.set or []))
+    overrides = []
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={_quoted(value) if isinstance(value, str) else value}")
+    if getattr(args, "download", False):
+        overrides.append("data.download=true")
+    return apply_overrides(values, overrides + list(args.set or []))
 
 
 def _quoted(text: str) -> str:
@@ -69,7 +69,7 @@ def metrics_table(title: str, metrics: dict[str, float]) -> Table:
 def command_train(args: argparse.Namespace) -> int:
     from recsys_core.experiment import ExperimentConfig, run_experiment
 
-    config = ExperimentConfig.from_dict(_train_values(args))
+    config = ExperimentConfig.from_dict(_config_values(args, TRAIN_FLAGS))
     console.print(f"Training [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/] "
                   f"(seed {config.train.seed}); validation metric {config.train.validation_metric}")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
@@ -93,26 +93,6 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate_values(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = read_toml(args.config) if args.config else {}
-    flags = []
-    if args.dataset:
-        flags.append(f"data.dataset={_quoted(args.dataset)}")
-    if args.data_dir:
-        flags.append(f"data.data_dir={_quoted(args.data_dir)}")
-    if args.model:
-        flags.append(f"model.name={_quoted(args.model)}")
-    if args.rounds is not None:
-        flags.append(f"server.rounds={args.rounds}")
-    if args.clients_per_round is not None:
-        flags.append(f"server.clients_per_round={args.clients_per_round}")
-    if args.seed is not None:
-        flags.append(f"seed={args.seed}")
-    if args.output_dir:
-        flags.append(f"output_dir={_quoted(args.output_dir)}")
-    return apply_overrides(values, flags + list(args.set or []))
-
-
 def command_simulate(args: argparse.Namespace) -> int:
     from recsys_core.federated.config import FederatedConfig
     from server.simulate import run_federated_simulation
@@ -121,7 +101,7 @@ def command_simulate(args: argparse.Namespace) -> int:
         values = json_file(args.resume)
         config = FederatedConfig.from_dict(apply_overrides(values, list(args.set or [])))
     else:
-        values = _simulate_values(args)
+        values = _config_values(args, SIMULATE_FLAGS)
         if not args.config and not args.dataset:
             values = apply_overrides(values, [f"data.dataset={_quoted(_default_dataset(args.data_dir))}"])
         config = FederatedConfig.from_dict(values)

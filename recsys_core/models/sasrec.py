@@ -25,8 +25,7 @@ from torch import nn
 from torch.nn import functional
 
 from recsys_core.data.interactions import InteractionLog
-from recsys_core.data.sampling import SeenItems, sample_unseen_items
-from recsys_core.data.sequences import PADDING_ITEM, recent_item_sequences
+from recsys_core.data.sequences import PADDING_ITEM, next_item_samples, recent_item_sequences
 from recsys_core.errors import ConfigError
 from recsys_core.models.base import Batch, CatalogInfo, ModelConfig, Recommender
 
@@ -127,17 +126,8 @@ class SASRec(Recommender):
         return self.final_norm(states)
 
     def training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
-        counts = np.diff(log.user_offsets)
-        users = np.flatnonzero(counts >= 2)
-        window = recent_item_sequences(log, users, self.config.max_length + 1)
-        inputs, positives = window[:, :-1], window[:, 1:]
-        negatives = sample_unseen_items(users, self.config.max_length, SeenItems.from_logs(log), generator) + 1
-        negatives = np.where(inputs != PADDING_ITEM, negatives, PADDING_ITEM)
-        return {
-            "sequences": torch.from_numpy(np.ascontiguousarray(inputs)),
-            "positives": torch.from_numpy(np.ascontiguousarray(positives)),
-            "negatives": torch.from_numpy(np.ascontiguousarray(negatives)),
-        }
+        samples = next_item_samples(log, self.config.max_length, generator)
+        return {name: torch.from_numpy(values) for name, values in samples.items()}
 
     def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         states = self.encode(batch["sequences"])
