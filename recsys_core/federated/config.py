@@ -32,14 +32,21 @@ class LocalTrainConfig:
     private_learning_rate: float = 0.0
     #: FedProx proximal term weight on the shared parameters (0: plain local training).
     proximal_mu: float = 0.0
+    #: Epochs a device spends fitting only its private parameters (the user embedding) to the
+    #: global model it has just received, before it ranks items. A device that was not sampled
+    #: for training lately would otherwise rank with a stale or untrained user embedding.
+    #: Nothing of this leaves the device; 0 ranks with the private state as last trained.
+    private_refit_epochs: int = 0
 
     def validate(self) -> LocalTrainConfig:
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ConfigError("local.epochs and local.batch_size must be positive")
         if self.learning_rate <= 0:
             raise ConfigError(f"local.learning_rate: must be positive, got {self.learning_rate}")
-        if self.private_learning_rate < 0 or self.weight_decay < 0 or self.proximal_mu < 0:
-            raise ConfigError("local.private_learning_rate, weight_decay and proximal_mu must not be negative")
+        if min(self.private_learning_rate, self.weight_decay, self.proximal_mu, self.private_refit_epochs) < 0:
+            raise ConfigError(
+                "local.private_learning_rate, weight_decay, proximal_mu and private_refit_epochs must not be negative"
+            )
         return self
 
 

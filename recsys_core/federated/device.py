@@ -108,6 +108,10 @@ def build_device_model(config: FederatedConfig, catalog: CatalogInfo, n_local_us
         return build_model(config.model.name, local_catalog, config.model.options)
 
 
+#: Stands in for the round number in the seed of a refit, which happens outside any training round.
+REFIT_ROUND_TAG = 2**31 - 1
+
+
 def _seed(run_seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([run_seed, server_round, partition_id]).generate_state(1)[0])
 
@@ -193,8 +197,28 @@ def evaluate_on_device(
     load_device_model(model, shared, state)
     if not model.trains_with_gradients and not shared:
         model.fit_statistics(split.train)
+    refit_private_parameters(config, model, split, partition_id)
     seen = SeenItems.from_logs(split.train, split.valid, split.test)
     return evaluate_model(model, split, "valid" if part == "valid" else "test", seen, config.evaluation)
+
+
+def refit_private_parameters(config: FederatedConfig, model: Recommender, split: DatasetSplit,
+                             partition_id: int) -> None:
+    """Fits the private parameters alone to the loaded global model (``local.private_refit_epochs``).
+
+    The shared parameters stay as the server sent them. Seeded by the run seed and the
+    partition, so the same global model always gives the same rankings.
+    """
+    local = config.local
+    private = [parameter for name, parameter in model.named_parameters() if model.is_private(name)]
+    if local.private_refit_epochs == 0 or not private or not model.trains_with_gradients:
+        return
+    optimizer = make_optimizer(private, local.optimizer, local.private_learning_rate or local.learning_rate,
+                               local.weight_decay)
+    seed = _seed(config.seed, REFIT_ROUND_TAG, partition_id)
+    with seeded(seed):
+        run_local_epochs(model, split.train, [optimizer], local.private_refit_epochs, local.batch_size,
+                         np.random.default_rng(seed))
 
 
 def _proximal_term(parameters: list[torch.nn.Parameter], mu: float) -> Callable[[], torch.Tensor]:

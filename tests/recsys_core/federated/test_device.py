@@ -14,7 +14,9 @@ from recsys_core.federated.device import (
     SimulatedDeviceError,
     build_device_model,
     evaluate_on_device,
+    load_device_model,
     load_federated_data,
+    refit_private_parameters,
     state_to_arrays,
     train_on_device,
 )
@@ -127,3 +129,30 @@ def test_every_model_trains_on_a_device_and_keeps_its_private_part(name: str) ->
     assert not set(outcome.shared_parameters) & set(model.private_state())
     sums = evaluate_on_device(cfg, data.device_split(1), outcome.shared_parameters, outcome.device_state, "test", 1)
     assert sums.num_users == 1
+
+
+def test_refit_moves_only_private_parameters_and_lowers_the_local_loss() -> None:
+    cfg = config(local={"epochs": 1, "learning_rate": 0.01, "private_refit_epochs": 5})
+    data = load_federated_data(cfg.data, cfg.partition)
+    split = data.device_split(7)
+    shared = global_shared(cfg)
+
+    def device_model():
+        model = build_device_model(cfg, CatalogInfo.from_log(split.train), 1, 7)
+        load_device_model(model, shared, None)
+        return model
+
+    def local_loss(model) -> float:
+        with seeded(0), torch.no_grad():
+            samples = model.training_samples(split.train, np.random.default_rng(0))
+            return float(model.per_sample_loss(samples).mean())
+
+    before, refitted, again = device_model(), device_model(), device_model()
+    refit_private_parameters(cfg, refitted, split, 7)
+    refit_private_parameters(cfg, again, split, 7)
+    for name, value in before.shared_state().items():
+        torch.testing.assert_close(refitted.shared_state()[name], value, rtol=0, atol=0)
+    for name, value in before.private_state().items():
+        assert not torch.equal(refitted.private_state()[name], value), name
+        torch.testing.assert_close(again.private_state()[name], refitted.private_state()[name], rtol=0, atol=0)
+    assert local_loss(refitted) < local_loss(before)
