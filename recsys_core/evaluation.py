@@ -41,6 +41,9 @@ class EvaluationConfig:
     sampled_negatives: int = 99
     seed: int = 0
     batch_size: int = 256
+    #: Full ranking leaves out the items each user had before (the standard protocol).
+    #: False ranks every item, as some papers do; only for comparison with them.
+    exclude_history: bool = True
 
     def validate(self) -> EvaluationConfig:
         if not self.cutoffs or any(k <= 0 for k in self.cutoffs):
@@ -217,6 +220,8 @@ def evaluate_ranking(
             raise ValueError(f"score function returned shape {tuple(scores.shape)}, expected "
                              f"{(len(batch), targets.n_items)}")
         history_items, history_valid = _padded_rows(history, batch)
+        if not config.exclude_history:
+            history_valid = torch.zeros_like(history_valid)
         target_items, target_valid = _padded_rows(targets, batch)
         full, top_items = _full_ranking(scores, history_items, history_valid, target_items, target_valid,
                                         config.cutoffs)

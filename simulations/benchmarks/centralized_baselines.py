@@ -36,7 +36,8 @@ def run_one(path: Path, data_dir: str | None, output: Path, overrides: list[str]
     started = time.perf_counter()
     result = run_experiment(config, on_epoch=lambda report: print(
         f"  {path.stem} epoch {report.epoch}: loss {report.train_loss:.4f}"
-        + (f" valid ndcg@10 {report.validation['full/ndcg@10']:.4f}" if report.validation else ""),
+        + (f" valid ndcg@10 {report.validation['full/ndcg@10']:.4f}"
+           f" sampled hr@10 {report.validation['sampled/hr@10']:.4f}" if report.validation else ""),
         flush=True))
     return {
         "config": str(path.relative_to(REPOSITORY_ROOT)) if path.is_relative_to(REPOSITORY_ROOT) else str(path),

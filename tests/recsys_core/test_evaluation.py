@@ -30,10 +30,11 @@ def one_user_log(items: list[int], n_items: int = 5) -> InteractionLog:
     )
 
 
-def evaluate_one(history: list[int], targets: list[int], cutoffs=(1, 3), scores=SCORES) -> dict[str, float]:
+def evaluate_one(history: list[int], targets: list[int], cutoffs=(1, 3), scores=SCORES,
+                 exclude_history: bool = True) -> dict[str, float]:
     history_log, target_log = one_user_log(history), one_user_log(targets)
     seen = SeenItems.from_logs(history_log, target_log)
-    config = EvaluationConfig(cutoffs=cutoffs, sampled_negatives=2)
+    config = EvaluationConfig(cutoffs=cutoffs, sampled_negatives=2, exclude_history=exclude_history)
     return evaluate_ranking(lambda users: scores, target_log, history_log, seen, config).means()
 
 
@@ -53,6 +54,13 @@ def test_full_ranking_single_target_third() -> None:
     assert metrics["full/ndcg@3"] == pytest.approx(1 / math.log2(4))
     assert metrics["full/mrr@3"] == pytest.approx(1 / 3)
     assert metrics["full/recall@3"] == 1.0
+
+
+def test_full_ranking_over_all_items_keeps_history_in_the_ranking() -> None:
+    # Ranking every item: 1 (0.9) stays in front of the target 4 (0.7), which is second.
+    metrics = evaluate_one(history=[1], targets=[4], exclude_history=False)
+    assert metrics["full/hr@1"] == 0.0
+    assert metrics["full/ndcg@3"] == pytest.approx(1 / math.log2(3))
 
 
 def test_full_ranking_two_targets() -> None:
