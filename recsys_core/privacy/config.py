@@ -1,0 +1,139 @@
+"""The privacy settings of a run: local DP-SGD on each device, user-level DP-FedAvg, or both.
+
+Each mode has its own section and is off unless ``enabled``; a disabled section is
+ignored. :meth:`PrivacyConfig.validate` rejects the settings under which the stated
+guarantee would be void, before any training starts, with one error naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsys_core.config import dataclass_from_dict
+from recsys_core.errors import ConfigError
+from recsys_core.privacy.names import ACCOUNTANT_NAMES, NOISE_PLACEMENTS, AccountantName, NoisePlacement
+
+#: Where the section sits in a run config; error messages name keys from here.
+SECTION = "privacy"
+
+
+def _check_noise_multiplier(key: str, value: float) -> None:
+    # NaN fails every comparison, hence "not (good)" rather than "bad".
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}: must be positive and finite, got {value}")
+
+
+def _check_delta(key: str, value: float, population: int | None, population_name: str) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"{key}: must be in (0, 1), got {value}")
+    # delta is the chance the guarantee fails outright; at 1/n one of the n protected units can be exposed.
+    if population is not None and population >= 1 and not value < 1 / population:
+        raise ConfigError(f"{key}: must be below 1 / {population_name} = 1/{population} = {1 / population:.3g}, "
+                          f"got {value}")
+
+
+def _check_accountant(key: str, value: str) -> None:
+    if value not in ACCOUNTANT_NAMES:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, ACCOUNTANT_NAMES))}")
+
+
+@dataclass(frozen=True)
+class LocalPrivacyConfig:
+    """Interaction-level DP-SGD (Opacus) on every device, with a per-device budget."""
+
+    enabled: bool = False
+    #: Standard deviation of the gradient noise over ``per_sample_clip_norm``.
+    noise_multiplier: float = 1.0
+    #: Each example's gradient is clipped to this L2 norm (Opacus's ``max_grad_norm``).
+    per_sample_clip_norm: float = 1.0
+    #: A device declines a round that would take its epsilon above this (at ``target_delta``); inf: never.
+    target_epsilon: float = 8.0
+    #: Must be below 1 / (the fewest training examples on any device).
+    target_delta: float = 1e-5
+    accountant: AccountantName = "rdp"
+
+    def validate(self, min_local_examples: int | None = None) -> LocalPrivacyConfig:
+        prefix = f"{SECTION}.local"
+        _check_noise_multiplier(f"{prefix}.noise_multiplier", self.noise_multiplier)
+        if not (self.per_sample_clip_norm > 0 and math.isfinite(self.per_sample_clip_norm)):
+            raise ConfigError(f"{prefix}.per_sample_clip_norm: must be positive and finite, "
+                              f"got {self.per_sample_clip_norm}")
+        if not self.target_epsilon > 0:
+            raise ConfigError(f"{prefix}.target_epsilon: the budget must be positive, got {self.target_epsilon}")
+        _check_delta(f"{prefix}.target_delta", self.target_delta, min_local_examples,
+                     "(the fewest training examples on a device)")
+        _check_accountant(f"{prefix}.accountant", self.accountant)
+        return self
+
+
+@dataclass(frozen=True)
+class UserLevelPrivacyConfig:
+    """User-level DP-FedAvg: clipped client updates, Gaussian noise on their sum."""
+
+    enabled: bool = False
+    #: Standard deviation of the noise on the sum of updates, over ``clip_norm``.
+    noise_multiplier: float = 1.0
+    #: Each client's shared-parameter update is clipped to this L2 norm (over all its arrays).
+    clip_norm: float = 1.0
+    #: ``central``: the server adds the noise; ``distributed``: each client adds a share (for secure aggregation).
+    noise_placement: NoisePlacement = "central"
+    #: Distributed noise: shares are sized so that this many surviving clients carry the full noise.
+    #: Rounds with fewer survivors are under-noised and must be discarded.
+    min_surviving_clients: int = 1
+    #: Must be below 1 / (number of users).
+    target_delta: float = 1e-5
+    accountant: AccountantName = "rdp"
+
+    def validate(self, num_users: int | None = None, clients_per_round: int | None = None) -> UserLevelPrivacyConfig:
+        prefix = f"{SECTION}.user_level"
+        _check_noise_multiplier(f"{prefix}.noise_multiplier", self.noise_multiplier)
+        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise ConfigError(f"{prefix}.clip_norm: must be positive and finite, got {self.clip_norm}")
+        if self.noise_placement not in NOISE_PLACEMENTS:
+            raise ConfigError(f"{prefix}.noise_placement: {self.noise_placement!r} is not one of "
+                              f"{', '.join(map(repr, NOISE_PLACEMENTS))}")
+        if self.min_surviving_clients < 1:
+            raise ConfigError(f"{prefix}.min_surviving_clients: must be at least 1, got {self.min_surviving_clients}")
+        if (self.noise_placement == "distributed" and clients_per_round is not None
+                and self.min_surviving_clients > clients_per_round):
+            raise ConfigError(f"{prefix}.min_surviving_clients: {self.min_surviving_clients} exceeds "
+                              f"server.clients_per_round = {clients_per_round}; no round could ever count")
+        _check_delta(f"{prefix}.target_delta", self.target_delta, num_users, "(number of users)")
+        _check_accountant(f"{prefix}.accountant", self.accountant)
+        return self
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Both privacy modes; either, both or neither may be enabled."""
+
+    local: LocalPrivacyConfig = field(default_factory=LocalPrivacyConfig)
+    user_level: UserLevelPrivacyConfig = field(default_factory=UserLevelPrivacyConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return self.local.enabled or self.user_level.enabled
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PrivacyConfig:
+        """Builds from the ``[privacy]`` table; unknown keys and wrong types raise :class:`ConfigError`."""
+        return dataclass_from_dict(cls, values, prefix=f"{SECTION}.")
+
+    def validate(
+        self,
+        num_users: int | None = None,
+        min_local_examples: int | None = None,
+        clients_per_round: int | None = None,
+    ) -> PrivacyConfig:
+        """Checks the enabled sections; the optional counts enable the delta and survivor checks.
+
+        ``num_users``: clients in the federation (user-level delta must be below its inverse).
+        ``min_local_examples``: the fewest training examples on any device (local delta likewise).
+        """
+        if self.local.enabled:
+            self.local.validate(min_local_examples=min_local_examples)
+        if self.user_level.enabled:
+            self.user_level.validate(num_users=num_users, clients_per_round=clients_per_round)
+        return self
