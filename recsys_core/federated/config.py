@@ -14,6 +14,7 @@ from recsys_core.evaluation import EvaluationConfig
 from recsys_core.experiment import DataConfig, ModelSection
 from recsys_core.models import model_class
 from recsys_core.models.base import config_from_dict
+from recsys_core.privacy.config import PrivacyConfig
 from recsys_core.training import OptimizerName
 
 StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox"]
@@ -111,6 +112,8 @@ class FederatedConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationEngineConfig = field(default_factory=SimulationEngineConfig)
+    #: Local DP-SGD and user-level DP-FedAvg; both off by default.
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     seed: int = 0
     output_dir: str = "runs"
 
@@ -118,8 +121,13 @@ class FederatedConfig:
     def from_dict(cls, values: dict[str, Any]) -> FederatedConfig:
         return dataclass_from_dict(cls, values)
 
-    def validate(self, num_clients: int | None = None) -> FederatedConfig:
-        """Checks every section; with ``num_clients`` also that the sampling fits the federation."""
+    def validate(self, num_clients: int | None = None, min_local_examples: int | None = None) -> FederatedConfig:
+        """Checks every section; with ``num_clients`` also that the sampling fits the federation.
+
+        ``min_local_examples`` (the fewest training samples on a device), when the caller
+        knows it, enables the local-DP delta check up front; a device checks its own count
+        again before it trains (:func:`recsys_core.federated.device.train_on_device`).
+        """
         self.data.preprocessing.validate()
         self.data.split.validate()
         if self.data.dataset == "synthetic":
@@ -133,6 +141,10 @@ class FederatedConfig:
             raise ConfigError("simulation.num_cpus_per_client and torch_threads_per_client must be positive")
         if not 0.0 <= self.simulation.failure_probability < 1.0:
             raise ConfigError("simulation.failure_probability: must be in [0, 1)")
+        self.privacy.validate(num_users=num_clients, min_local_examples=min_local_examples,
+                              clients_per_round=self.server.clients_per_round)
+        if self.privacy.local.enabled:
+            require_gradient_model(self.model.name)
         if num_clients is not None and self.server.clients_per_round > num_clients:
             raise ConfigError(
                 f"server.clients_per_round = {self.server.clients_per_round} but the federation has only "
@@ -142,6 +154,15 @@ class FederatedConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclass_to_dict(self), sort_keys=True)
+
+
+def require_gradient_model(model_name: str) -> None:
+    """Local DP-SGD privatises gradient steps; a model fitted by counting has none to privatise."""
+    if not model_class(model_name).trains_with_gradients:
+        raise ConfigError(
+            f"privacy.local: model {model_name!r} is fitted by counting, not by gradient steps, so DP-SGD "
+            "cannot make it private; disable privacy.local or choose a model that trains with gradients"
+        )
 
 
 @lru_cache(maxsize=8)

@@ -10,9 +10,11 @@ parameters go back to the server. Every random draw is seeded by
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.evaluation import MetricSums
 from recsys_core.experiment import DataConfig, load_interactions
-from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.config import FederatedConfig, require_gradient_model
 from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.training import evaluate_model, make_optimizer, run_local_epochs, seeded
 
@@ -68,32 +70,59 @@ def _load_federated_data(data_json: str, partition: PartitionConfig) -> Federate
     return FederatedData(split, partitioners)  # type: ignore[arg-type]
 
 
+#: Key of the privacy accountant's JSON state (UTF-8 bytes as uint8) in :meth:`DeviceState.to_arrays`.
+ACCOUNTANT_KEY = "privacy/accountant"
+
+
 @dataclass
 class DeviceState:
-    """What a device keeps between rounds: private parameters and their optimiser state."""
+    """What a device keeps between rounds: private parameters, their optimiser state and,
+    under local DP, its privacy accountant (:meth:`PrivacyAccountant.to_dict`).
+
+    The accountant must never be lost or reset: its history is what the device has spent.
+    """
 
     private_parameters: Arrays
     optimizer_state: Arrays
+    privacy_accountant: dict[str, Any] | None = None
 
     def to_arrays(self) -> Arrays:
         """Flat arrays for storage (Flower ``Context.state`` or a file)."""
         flat = {f"private/{name}": value for name, value in self.private_parameters.items()}
         flat.update({f"optimizer/{name}": value for name, value in self.optimizer_state.items()})
+        if self.privacy_accountant is not None:
+            # Array stores hold numbers only: the JSON travels as its bytes.
+            text = json.dumps(self.privacy_accountant, sort_keys=True)
+            flat[ACCOUNTANT_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
         return flat
 
     @classmethod
     def from_arrays(cls, flat: Arrays) -> DeviceState:
         private = {k.removeprefix("private/"): v for k, v in flat.items() if k.startswith("private/")}
         optimizer = {k.removeprefix("optimizer/"): v for k, v in flat.items() if k.startswith("optimizer/")}
-        return cls(private, optimizer)
+        accountant = None
+        if ACCOUNTANT_KEY in flat:
+            accountant = json.loads(np.asarray(flat[ACCOUNTANT_KEY], dtype=np.uint8).tobytes().decode("utf-8"))
+        return cls(private, optimizer, accountant)
 
 
 @dataclass
 class TrainOutcome:
+    """A device's reply to a training message.
+
+    ``declined`` is True when the device did not train (local DP: the round would exceed
+    its privacy budget); then ``num_examples`` is 0, the shared parameters are the ones
+    received and ``decline_reason`` says why. ``privacy_epsilon`` is the device's local-DP
+    epsilon spent so far (at ``privacy.local.target_delta``), None without local DP.
+    """
+
     shared_parameters: Arrays
     device_state: DeviceState
     num_examples: int
     train_loss: float
+    declined: bool = False
+    decline_reason: str = ""
+    privacy_epsilon: float | None = None
 
 
 def state_to_arrays(state: dict[str, torch.Tensor]) -> Arrays:
@@ -152,8 +181,12 @@ def train_on_device(
 ) -> TrainOutcome:
     """One round of local training; returns the new shared parameters and the device's new state."""
     inject_faults(config, server_round, partition_id)
+    if config.privacy.local.enabled:
+        require_gradient_model(config.model.name)
     model = build_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users, partition_id)
     load_device_model(model, shared, state)
+    if config.privacy.local.enabled:
+        return _train_with_local_dp(config, split, model, shared, state, server_round, partition_id)
     local = config.local
     if not model.trains_with_gradients:
         model.fit_statistics(split.train)
@@ -182,6 +215,132 @@ def train_on_device(
         {} if private_optimizer is None else _optimizer_state_to_arrays(private_optimizer),
     )
     return TrainOutcome(state_to_arrays(model.shared_state()), new_state, split.train.n_interactions, losses[-1])
+
+
+def _train_with_local_dp(
+    config: FederatedConfig,
+    split: DatasetSplit,
+    model: Recommender,
+    shared: Arrays,
+    state: DeviceState | None,
+    server_round: int,
+    partition_id: int,
+) -> TrainOutcome:
+    """One round of local DP-SGD (:mod:`recsys_core.privacy.local_dp`), or a declined round.
+
+    The device declines, with a normal outcome, when the round's planned steps would take
+    its epsilon above ``privacy.local.target_epsilon``. The Poisson batches and the noise
+    come from the device's own entropy, not from the run seed: the server knows the seed,
+    and noise it can regenerate protects nothing. The reported ``train_loss`` is NaN: the
+    exact local loss would leave the device outside the guarantee.
+    """
+    # Imported here: Opacus costs a second or more to import, and only DP devices need it.
+    from recsys_core.privacy import local_dp
+    from recsys_core.privacy.accountant import PrivacyAccountant
+
+    privacy, local = config.privacy.local, config.local
+    accountant = PrivacyAccountant(privacy.accountant)
+    if state is not None and state.privacy_accountant is not None:
+        accountant = PrivacyAccountant.from_dict(state.privacy_accountant)
+    engine = local_dp.private_engine(model)
+    work = engine.model
+    seed = _seed(config.seed, server_round, partition_id)
+    sample_generator = np.random.default_rng(seed)
+    with seeded(seed):
+        first_epoch = work.training_samples(split.train, sample_generator)
+    num_samples = local_dp.samples_count(first_epoch)
+
+    def unchanged(reason: str) -> TrainOutcome:
+        kept = state if state is not None else DeviceState(state_to_arrays(model.private_state()), {})
+        kept = DeviceState(kept.private_parameters, kept.optimizer_state, accountant.to_dict())
+        return TrainOutcome(dict(shared), kept, 0, float("nan"), declined=True, decline_reason=reason,
+                            privacy_epsilon=accountant.epsilon(privacy.target_delta))
+
+    if num_samples == 0:
+        return unchanged("no training samples on this device")
+    privacy.validate(min_local_examples=num_samples)
+    schedule = local_dp.PoissonSchedule(num_samples, local.batch_size)
+    steps = schedule.steps(local.epochs)
+    if math.isfinite(privacy.target_epsilon) and accountant.would_exceed(
+        target_epsilon=privacy.target_epsilon, delta=privacy.target_delta,
+        noise_multiplier=privacy.noise_multiplier, sampling_rate=schedule.sampling_rate, steps=steps,
+    ):
+        return unchanged(f"privacy budget: {steps} more steps would exceed epsilon {privacy.target_epsilon} "
+                         f"at delta {privacy.target_delta}")
+    optimizer, auxiliary, private_parameters = _local_dp_optimizers(config, work, state)
+    secret = np.random.default_rng()  # OS entropy: unknown to the server
+    noise_generator = torch.Generator().manual_seed(int(secret.integers(2**63 - 1)))
+    dp_optimizer = engine.optimizer(optimizer, noise_multiplier=privacy.noise_multiplier,
+                                    clip_norm=privacy.per_sample_clip_norm, schedule=schedule,
+                                    noise_generator=noise_generator)
+    with seeded(seed):
+        local_dp.run_private_epochs(engine, split.train, dp_optimizer, auxiliary, local.epochs, schedule,
+                                    sample_generator, secret, noise_generator, first_epoch)
+    accountant.record(privacy.noise_multiplier, schedule.sampling_rate, steps)
+    new_state = DeviceState(
+        state_to_arrays(work.private_state()),
+        _parameter_state_to_arrays(private_parameters, [optimizer, *auxiliary]),
+        accountant.to_dict(),
+    )
+    return TrainOutcome(state_to_arrays(work.shared_state()), new_state, split.train.n_interactions, float("nan"),
+                        privacy_epsilon=accountant.epsilon(privacy.target_delta))
+
+
+def _local_dp_optimizers(
+    config: FederatedConfig, model: Recommender, state: DeviceState | None
+) -> tuple[torch.optim.Optimizer, list[torch.optim.Optimizer], list[torch.nn.Parameter]]:
+    """The optimiser DP wraps (per-sample parameters), plain ones for the rest, and the private parameters.
+
+    Shared and private per-sample parameters sit in one optimiser (two learning-rate
+    groups) so that Opacus clips each sample's gradient over both at once. The private
+    parameters' optimiser state is restored from ``state``, indexed as without DP.
+    """
+    from recsys_core.privacy.local_dp import grouped_optimizer
+
+    local = config.local
+    named = dict(model.named_parameters())
+    per_sample = {id(parameter) for parameter in model.per_sample_parameters()}
+    private_rate = local.private_learning_rate or local.learning_rate
+
+    def groups(in_per_sample: bool) -> list[tuple[list[torch.nn.Parameter], float]]:
+        chosen = {n: p for n, p in named.items() if p.requires_grad and (id(p) in per_sample) == in_per_sample}
+        return [([p for n, p in chosen.items() if not model.is_private(n)], local.learning_rate),
+                ([p for n, p in chosen.items() if model.is_private(n)], private_rate)]
+
+    def make(parameters: list[torch.nn.Parameter], rate: float) -> torch.optim.Optimizer:
+        return make_optimizer(parameters, local.optimizer, rate, local.weight_decay)
+
+    optimizer = grouped_optimizer(groups(True), make)
+    if optimizer is None:
+        raise ValueError(f"model {model.name!r} has no per-sample parameters to train")
+    auxiliary = grouped_optimizer(groups(False), make)
+    optimizers = [optimizer] if auxiliary is None else [optimizer, auxiliary]
+    private_parameters = [p for n, p in named.items() if model.is_private(n)]
+    if state is not None and state.optimizer_state:
+        _parameter_state_from_arrays(state.optimizer_state, private_parameters, optimizers)
+    return optimizer, optimizers[1:], private_parameters
+
+
+def _parameter_state_to_arrays(parameters: list[torch.nn.Parameter],
+                               optimizers: list[torch.optim.Optimizer]) -> Arrays:
+    """Optimiser state of ``parameters``, keyed ``"{index in parameters}/{key}"`` whichever optimiser holds it."""
+    arrays: Arrays = {}
+    for index, parameter in enumerate(parameters):
+        for optimizer in optimizers:
+            for key, value in optimizer.state.get(parameter, {}).items():
+                arrays[f"{index}/{key}"] = np.asarray(value.detach().cpu().numpy() if torch.is_tensor(value) else value)
+    return arrays
+
+
+def _parameter_state_from_arrays(arrays: Arrays, parameters: list[torch.nn.Parameter],
+                                 optimizers: list[torch.optim.Optimizer]) -> None:
+    for index, values in _optimizer_state_from_arrays(arrays).items():
+        if index >= len(parameters):
+            continue
+        parameter = parameters[index]
+        for optimizer in optimizers:
+            if any(parameter is p for group in optimizer.param_groups for p in group["params"]):
+                optimizer.state[parameter] = values
 
 
 def evaluate_on_device(

@@ -80,6 +80,9 @@ class Recommender(nn.Module, ABC):
     per_sample_modules: ClassVar[tuple[str, ...]] = ()
     #: True when :meth:`auxiliary_loss` defines a second training step (a GAN's generator step).
     has_auxiliary_phase: ClassVar[bool] = False
+    #: Whether Opacus's ghost clipping (its fastest per-sample clipping) handles the model;
+    #: False makes local DP use per-sample gradient hooks instead.
+    ghost_clipping_supported: ClassVar[bool] = True
 
     def __init__(self, catalog: CatalogInfo, config: ModelConfig) -> None:
         super().__init__()

@@ -91,6 +91,9 @@ class TransformerBlock(nn.Module):
 class SASRec(Recommender):
     name = "sasrec"
     config_class = SASRecConfig
+    # item_embedding embeds the inputs and scores positives and negatives: Opacus's ghost
+    # clipping rejects a module called several times in one pass ("Parameter tying").
+    ghost_clipping_supported = False
 
     def __init__(self, catalog: CatalogInfo, config: SASRecConfig) -> None:
         super().__init__(catalog, config)

@@ -156,3 +156,16 @@ def test_refit_moves_only_private_parameters_and_lowers_the_local_loss() -> None
         assert not torch.equal(refitted.private_state()[name], value), name
         torch.testing.assert_close(again.private_state()[name], refitted.private_state()[name], rtol=0, atol=0)
     assert local_loss(refitted) < local_loss(before)
+
+
+def test_device_state_carries_the_privacy_accountant_through_flat_arrays() -> None:
+    from recsys_core.federated.device import ACCOUNTANT_KEY
+
+    accountant = {"format": 1, "accountant": "rdp", "history": [[1.1, 0.25, 12]]}
+    state = DeviceState({"a.weight": np.ones((1, 2))}, {}, accountant)
+    flat = state.to_arrays()
+    assert flat[ACCOUNTANT_KEY].dtype == np.uint8
+    assert DeviceState.from_arrays(flat).privacy_accountant == accountant
+    # States written before local DP existed have no accountant.
+    old_format = DeviceState({"a.weight": np.ones((1, 2))}, {}).to_arrays()
+    assert DeviceState.from_arrays(old_format).privacy_accountant is None
