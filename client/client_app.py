@@ -119,6 +119,9 @@ def train(message: Message, context: Context) -> Message:
             "num-examples": outcome.num_examples,
             "train-loss": outcome.train_loss,
             "partition-id": partition_id,
+            # A device whose privacy budget is spent declines with a normal reply.
+            "declined": int(outcome.declined),
+            **({} if outcome.privacy_epsilon is None else {"privacy-epsilon": outcome.privacy_epsilon}),
         }),
     })
     return Message(reply, reply_to=message)

@@ -117,6 +117,8 @@ def command_simulate(args: argparse.Namespace) -> int:
             status = f"{record['participants']}/{record['sampled']} clients"
             if record["failures"]:
                 status += f" ({len(record['failures'])} failed)"
+            if record.get("declined"):
+                status += f" ({len(record['declined'])} out of privacy budget)"
             if record.get("train_loss") is not None:
                 status += f"  loss {record['train_loss']:.4f}"
             if record.get("validation"):

@@ -132,7 +132,10 @@ class FederatedRun:
         replies = list(grid.send_and_receive(messages, timeout=config.server.round_timeout))
         # Aggregate in partition order: float sums then do not depend on reply arrival order.
         replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
-        good = [reply for reply in replies if not reply.has_error()]
+        answered = [reply for reply in replies if not reply.has_error()]
+        declined = [node_to_partition.get(r.metadata.src_node_id) for r in answered
+                    if int(r.content[METRICS_RECORD].get("declined", 0))]
+        good = [r for r in answered if not int(r.content[METRICS_RECORD].get("declined", 0))]
         failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": short_reason(r.error.reason),
                      "detail": r.error.reason} for r in replies if r.has_error()]
         failures += [{"partition": p, "reason": "no reply before the round timeout"}
@@ -141,6 +144,7 @@ class FederatedRun:
             "round": server_round,
             "sampled": len(partitions),
             "participants": len(good),
+            "declined": declined,
             "failures": failures,
             "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
             "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
@@ -151,7 +155,11 @@ class FederatedRun:
                 arrays = aggregated
             weights = np.array([float(r.content[METRICS_RECORD]["num-examples"]) for r in good])
             losses = np.array([float(r.content[METRICS_RECORD]["train-loss"]) for r in good])
-            record["train_loss"] = float((weights * losses).sum() / max(weights.sum(), 1e-12))
+            # Under local DP a device reports no loss (NaN): the exact loss is not covered by its guarantee.
+            reported = np.isfinite(losses)
+            if reported.any():
+                record["train_loss"] = float((weights[reported] * losses[reported]).sum()
+                                             / max(weights[reported].sum(), 1e-12))
             record["status"] = "aggregated"
         else:
             record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"

@@ -158,3 +158,17 @@ def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: l
 
 def test_validation_counts_clients(tmp_path: Path) -> None:
     assert validate_before_start(tiny_config(tmp_path, rounds=1)) == N_USERS
+
+
+def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -> None:
+    values = json.loads(tiny_config(tmp_path, rounds=2).to_json())
+    values["simulation"]["failing_partitions"] = []
+    # A budget far below what one round of DP-SGD spends: every sampled device declines.
+    values["privacy"] = {"local": {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 0.01,
+                                   "target_delta": 1e-3}}
+    values["server"]["evaluate_every"] = 0
+    directory, _ = run_federated_simulation(FederatedConfig.from_dict(values))
+    for record in directory.read_rounds():
+        assert record["declined"] and len(record["declined"]) == record["sampled"]
+        assert record["participants"] == 0 and not record["failures"]
+        assert record["status"].startswith("skipped")
