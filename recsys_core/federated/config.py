@@ -145,6 +145,10 @@ class FederatedConfig:
                               clients_per_round=self.server.clients_per_round)
         if self.privacy.local.enabled:
             require_gradient_model(self.model.name)
+        if self.privacy.user_level.enabled:
+            # Accepting it would run without the promised guarantee; refuse until the server applies it.
+            raise ConfigError("privacy.user_level: user-level DP-FedAvg is not wired into the federated run yet "
+                              "(its maths is in recsys_core.privacy.user_level); use privacy.local for now")
         if num_clients is not None and self.server.clients_per_round > num_clients:
             raise ConfigError(
                 f"server.clients_per_round = {self.server.clients_per_round} but the federation has only "

@@ -169,3 +169,10 @@ def test_device_state_carries_the_privacy_accountant_through_flat_arrays() -> No
     # States written before local DP existed have no accountant.
     old_format = DeviceState({"a.weight": np.ones((1, 2))}, {}).to_arrays()
     assert DeviceState.from_arrays(old_format).privacy_accountant is None
+
+
+def test_user_level_privacy_is_refused_until_the_server_applies_it() -> None:
+    from recsys_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="privacy.user_level"):
+        config(privacy={"user_level": {"enabled": True, "target_delta": 1e-3}})
