@@ -133,9 +133,9 @@ class FederatedRun:
         # Aggregate in partition order: float sums then do not depend on reply arrival order.
         replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
         answered = [reply for reply in replies if not reply.has_error()]
-        declined = [node_to_partition.get(r.metadata.src_node_id) for r in answered
-                    if int(r.content[METRICS_RECORD].get("declined", 0))]
-        good = [r for r in answered if not int(r.content[METRICS_RECORD].get("declined", 0))]
+        said_no = [bool(int(r.content[METRICS_RECORD].get("declined", 0))) for r in answered]
+        declined = [node_to_partition.get(r.metadata.src_node_id) for r, no in zip(answered, said_no) if no]
+        good = [r for r, no in zip(answered, said_no) if not no]
         failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": short_reason(r.error.reason),
                      "detail": r.error.reason} for r in replies if r.has_error()]
         failures += [{"partition": p, "reason": "no reply before the round timeout"}
