@@ -7,6 +7,7 @@ optimiser state stay in ``Context.state``; only shared parameters are sent back.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ from recsys_core.federated.wire import (
     EVALUATION_PART_KEY,
     METRICS_RECORD,
     PARAMETERS_RECORD,
+    PRIVACY_ACCOUNTANT_KEY,
     ROUND_KEY,
     evaluation_metrics,
 )
@@ -113,8 +115,10 @@ def train(message: Message, context: Context) -> Message:
         partition_id,
     )
     write_device_state(context, outcome.device_state, state_file, server_round)
+    accountant = outcome.device_state.privacy_accountant
     reply = RecordDict({
-        PARAMETERS_RECORD: ArrayRecord({name: Array(value) for name, value in outcome.shared_parameters.items()}),
+        # Shared parameters, or under user-level DP the clipped update: never the private ones.
+        PARAMETERS_RECORD: ArrayRecord({name: Array(value) for name, value in outcome.payload.items()}),
         METRICS_RECORD: MetricRecord({
             "num-examples": outcome.num_examples,
             "train-loss": outcome.train_loss,
@@ -123,6 +127,9 @@ def train(message: Message, context: Context) -> Message:
             "declined": int(outcome.declined),
             **({} if outcome.privacy_epsilon is None else {"privacy-epsilon": outcome.privacy_epsilon}),
         }),
+        # The accountant's history (mechanism, sampling rate, steps): what the run's privacy ledger needs.
+        CONFIG_RECORD: ConfigRecord({} if accountant is None
+                                    else {PRIVACY_ACCOUNTANT_KEY: json.dumps(accountant, sort_keys=True)}),
     })
     return Message(reply, reply_to=message)
 

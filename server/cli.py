@@ -66,6 +66,26 @@ def metrics_table(title: str, metrics: dict[str, float]) -> Table:
     return table
 
 
+def privacy_table(privacy: dict[str, Any]) -> Table:
+    """What the run guarantees: one row per privacy mode, each with its unit, epsilon at delta and accountant."""
+    table = Table(title="Privacy guarantee")
+    for column in ("mode", "unit of privacy", "epsilon", "delta", "accountant", "assumption"):
+        table.add_column(column)
+    if local := privacy.get("local"):
+        table.add_row("local DP-SGD", local["unit_of_privacy"],
+                      f"{local['epsilon_max']:.3g} max per device (median {local['epsilon_median']:.3g}, "
+                      f"budget {local['target_epsilon']:g})",
+                      f"{local['delta']:g}", local["accountant"], local["sampling"])
+    if user := privacy.get("user_level"):
+        claim = "amplified" if user["claimed"] == "with_amplification" else "not amplified"
+        table.add_row(f"user-level DP-FedAvg ({user['noise_placement']} noise)", user["unit_of_privacy"],
+                      f"{user['claimed_epsilon']:.3g} claimed ({claim}; "
+                      f"{user['epsilon_with_amplification']:.3g} with amplification, "
+                      f"{user['epsilon_without_amplification']:.3g} without)",
+                      f"{user['delta']:g}", user["accountant"], user["reason"])
+    return table
+
+
 def command_train(args: argparse.Namespace) -> int:
     from recsys_core.experiment import ExperimentConfig, run_experiment
 
@@ -130,6 +150,10 @@ def command_simulate(args: argparse.Namespace) -> int:
     if summary.get("test"):
         console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "
                                     f"all clients", summary["test"]))
+    if summary.get("privacy"):
+        console.print(privacy_table(summary["privacy"]))
+        console.print(f"Privacy ledger: {directory.path / summary['privacy']['ledger']} "
+                      "(every schedule; a reviewer recomputes each epsilon from it alone)")
     console.print(f"{summary['seconds_total']:.1f} s in rounds, {summary['failures_total']} client failures, "
                   f"{summary['bytes_up_total'] / 1e6:.1f} MB up, {summary['bytes_down_total'] / 1e6:.1f} MB down")
     console.print(f"Run directory: [bold]{directory.path}[/] (rounds.jsonl, summary.json, metrics.png, "

@@ -31,16 +31,24 @@ from recsys_core.federated.wire import (
     EVALUATION_PART_KEY,
     METRICS_RECORD,
     PARAMETERS_RECORD,
+    PRIVACY_ACCOUNTANT_KEY,
     ROUND_KEY,
     metric_sums_from_replies,
+    update_problem,
 )
+from recsys_core.privacy.ledger import write_ledger
 from recsys_core.run_records import write_json
+from server.privacy import LEDGER_FILE, privacy_summary, run_ledger, user_level_step
 from server.run_directory import Checkpoint, RunDirectory
 from server.strategies import build_strategy, configure_train, restore_strategy_state, strategy_state
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
 logger = logging.getLogger("fedrec.server")
+
+
+def _reply_arrays(reply: Message) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in reply.content[PARAMETERS_RECORD].items()}
 
 
 def short_reason(reason: str) -> str:
@@ -135,9 +143,14 @@ class FederatedRun:
         answered = [reply for reply in replies if not reply.has_error()]
         said_no = [bool(int(r.content[METRICS_RECORD].get("declined", 0))) for r in answered]
         declined = [node_to_partition.get(r.metadata.src_node_id) for r, no in zip(answered, said_no) if no]
-        good = [r for r, no in zip(answered, said_no) if not no]
+        current = {name: array.numpy() for name, array in arrays.items()}
+        sent = [r for r, no in zip(answered, said_no) if not no]
+        problems = [update_problem(_reply_arrays(r), current) for r in sent]
+        good = [r for r, problem in zip(sent, problems) if problem is None]
         failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": short_reason(r.error.reason),
                      "detail": r.error.reason} for r in replies if r.has_error()]
+        failures += [{"partition": node_to_partition.get(r.metadata.src_node_id),
+                      "reason": f"update rejected: {problem}"} for r, problem in zip(sent, problems) if problem]
         failures += [{"partition": p, "reason": "no reply before the round timeout"}
                      for p in set(partitions) - {node_to_partition.get(r.metadata.src_node_id) for r in replies}]
         record: dict[str, Any] = {
@@ -149,21 +162,39 @@ class FederatedRun:
             "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
             "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
         }
-        if len(good) >= config.server.min_clients:
-            aggregated, _ = strategy.aggregate_train(server_round, good)
-            if aggregated is not None:
-                arrays = aggregated
+        if config.privacy.enabled:
+            # For the privacy ledger: whose update left the device, and each device's accountant history.
+            record["joined"] = sorted(node_to_partition[r.metadata.src_node_id] for r in sent)
+            record["local_privacy"] = {
+                str(node_to_partition[r.metadata.src_node_id]): str(r.content[CONFIG_RECORD][PRIVACY_ACCOUNTANT_KEY])
+                for r in answered
+                if CONFIG_RECORD in r.content and PRIVACY_ACCOUNTANT_KEY in r.content[CONFIG_RECORD]}
+        user_level = config.privacy.user_level
+        if len(good) < config.server.min_clients:
+            record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
+            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
+        elif (user_level.enabled and user_level.noise_placement == "distributed"
+              and len(good) < user_level.min_surviving_clients):
+            # The shares were sized for min_surviving_clients: fewer carry too little noise to release.
+            record["status"] = (f"discarded: {len(good)} updates, fewer than privacy.user_level."
+                                f"min_surviving_clients = {user_level.min_surviving_clients}")
+            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
+        else:
+            if user_level.enabled:
+                updated = user_level_step(config, current, [_reply_arrays(r) for r in good])
+                arrays = ArrayRecord({name: Array(value) for name, value in updated.items()})
+            else:
+                aggregated, _ = strategy.aggregate_train(server_round, good)
+                if aggregated is not None:
+                    arrays = aggregated
             weights = np.array([float(r.content[METRICS_RECORD]["num-examples"]) for r in good])
             losses = np.array([float(r.content[METRICS_RECORD]["train-loss"]) for r in good])
-            # Under local DP a device reports no loss (NaN): the exact loss is not covered by its guarantee.
+            # Under DP a device reports no loss (NaN): the exact loss is not covered by its guarantee.
             reported = np.isfinite(losses)
             if reported.any():
                 record["train_loss"] = float((weights[reported] * losses[reported]).sum()
                                              / max(weights[reported].sum(), 1e-12))
             record["status"] = "aggregated"
-        else:
-            record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
-            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
         for failure in failures:
             logger.warning("round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
         if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
@@ -194,6 +225,10 @@ class FederatedRun:
         write_bundle(self.run_directory.path / "final-model", ModelBundle(
             config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,
             {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset}))
+        ledger = run_ledger(config, load_federated_data(config.data, config.partition).num_clients, rounds)
+        if ledger is not None:
+            write_ledger(ledger, self.run_directory.path / LEDGER_FILE)
+            summary["privacy"] = privacy_summary(ledger)
         write_json(self.run_directory.path / "summary.json", summary)
         self.run_directory.write_plots(rounds)
         return summary

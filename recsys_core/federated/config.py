@@ -144,11 +144,13 @@ class FederatedConfig:
         self.privacy.validate(num_users=num_clients, min_local_examples=min_local_examples,
                               clients_per_round=self.server.clients_per_round)
         if self.privacy.local.enabled:
-            require_gradient_model(self.model.name)
+            require_gradient_model(self.model.name, "privacy.local")
         if self.privacy.user_level.enabled:
-            # Accepting it would run without the promised guarantee; refuse until the server applies it.
-            raise ConfigError("privacy.user_level: user-level DP-FedAvg is not wired into the federated run yet "
-                              "(its maths is in recsys_core.privacy.user_level); use privacy.local for now")
+            require_gradient_model(self.model.name, "privacy.user_level")
+            if self.server.strategy != "fedavg":
+                # The noisy mean is applied with the server learning rate; FedOpt moments are not wired in.
+                raise ConfigError(f"privacy.user_level: runs with server.strategy = 'fedavg' only, "
+                                  f"got {self.server.strategy!r}")
         if num_clients is not None and self.server.clients_per_round > num_clients:
             raise ConfigError(
                 f"server.clients_per_round = {self.server.clients_per_round} but the federation has only "
@@ -160,12 +162,12 @@ class FederatedConfig:
         return json.dumps(dataclass_to_dict(self), sort_keys=True)
 
 
-def require_gradient_model(model_name: str) -> None:
-    """Local DP-SGD privatises gradient steps; a model fitted by counting has none to privatise."""
+def require_gradient_model(model_name: str, section: str = "privacy.local") -> None:
+    """DP-SGD privatises gradient steps and DP-FedAvg clips float updates; a model fitted by counting has neither."""
     if not model_class(model_name).trains_with_gradients:
         raise ConfigError(
-            f"privacy.local: model {model_name!r} is fitted by counting, not by gradient steps, so DP-SGD "
-            "cannot make it private; disable privacy.local or choose a model that trains with gradients"
+            f"{section}: model {model_name!r} is fitted by counting, not by gradient steps, so {section} "
+            f"cannot make it private; disable {section} or choose a model that trains with gradients"
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from recsys_core.evaluation import MetricSums
 
 PARAMETERS_RECORD = "arrays"
@@ -35,3 +37,26 @@ def metric_sums_from_replies(replies: list[dict[str, float | int]]) -> MetricSum
             int(reply[USERS_KEY]),
         ))
     return total
+
+#: A device under local DP sends its accountant's state (JSON, ``PrivacyAccountant.to_dict``) for the ledger.
+PRIVACY_ACCOUNTANT_KEY = "privacy-accountant"
+
+
+def update_problem(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> str | None:
+    """Why a device's arrays cannot be aggregated with ``reference`` (the global model), or None.
+
+    The server runs this on every reply before aggregating: a device that sends other
+    arrays, other shapes or non-finite values is rejected alone and the round goes on.
+    """
+    missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
+    if missing or extra:
+        return f"arrays do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+    for name, expected in reference.items():
+        value = arrays[name]
+        if value.shape != expected.shape:
+            return f"array {name!r} has shape {tuple(value.shape)}, expected {tuple(expected.shape)}"
+        if not np.issubdtype(value.dtype, np.floating) and np.issubdtype(expected.dtype, np.floating):
+            return f"array {name!r} has dtype {value.dtype}, expected floating point"
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            return f"array {name!r} holds NaN or infinite values"
+    return None

@@ -19,7 +19,7 @@ snapped mechanism; the accounting here is unchanged by that choice.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -124,6 +124,58 @@ def distributed_noise_share(
     """
     return generator.normal(0.0, distributed_noise_std(noise_multiplier, clip_norm, min_surviving_clients),
                             size=shape)
+
+
+def privatize_update(
+    update: Mapping[str, np.ndarray], clip_norm: float, noise_std: float | None, generator: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """The device side of DP-FedAvg: ``update`` clipped to ``clip_norm``, plus a noise share if ``noise_std``.
+
+    Under distributed noise ``noise_std`` is :func:`distributed_noise_std`; the generator
+    must be the device's own secret (OS entropy), since noise the server can regenerate
+    protects nothing. The result keeps each array's dtype.
+    """
+    clipped, _ = clip_update(update, clip_norm)
+    if noise_std is None:
+        return clipped
+    return {name: (np.asarray(array, dtype=np.float64) + generator.normal(0.0, noise_std, size=np.shape(array)))
+            .astype(np.asarray(array).dtype) for name, array in clipped.items()}
+
+
+def noisy_mean_update(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    *,
+    expected_clients: int,
+    clip_norm: float,
+    central_noise_multiplier: float | None,
+    generator: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """The server side of DP-FedAvg: (sum of clipped updates + noise) / ``expected_clients`` (float64).
+
+    ``central_noise_multiplier``: the server clips every update again (it sees them, and the
+    guarantee must not rest on clients clipping honestly) and adds Gaussian noise of
+    standard deviation sigma * C to the sum. ``None``: distributed noise, already inside
+    the updates, which must then not be clipped again (the noise would be shrunk).
+
+    The denominator is the planned number of clients per round, not the number that
+    replied: a data-independent constant, so one user moves the mean by at most
+    C / expected_clients whoever else dropped out.
+    """
+    if expected_clients < 1:
+        raise ValueError(f"expected_clients: must be at least 1, got {expected_clients}")
+    if not updates:
+        raise ValueError("updates: need at least one client update")
+    names = list(updates[0])
+    total = {name: np.zeros(np.shape(updates[0][name]), dtype=np.float64) for name in names}
+    for update in updates:
+        if central_noise_multiplier is not None:
+            update, _ = clip_update(update, clip_norm)
+        for name in names:
+            total[name] += np.asarray(update[name], dtype=np.float64)
+    if central_noise_multiplier is not None:
+        for name in names:
+            total[name] += central_noise(total[name].shape, central_noise_multiplier, clip_norm, generator)
+    return {name: value / expected_clients for name, value in total.items()}
 
 
 def sampling_assumption(sampling: ClientSampling) -> str:

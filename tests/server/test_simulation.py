@@ -172,3 +172,37 @@ def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -
         assert record["declined"] and len(record["declined"]) == record["sampled"]
         assert record["participants"] == 0 and not record["failures"]
         assert record["status"].startswith("skipped")
+
+
+def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path) -> None:
+    from recsys_core.privacy.ledger import load_ledger, verify
+
+    values = json.loads(tiny_config(tmp_path, rounds=3).to_json())
+    values["server"].update({"evaluate_every": 0, "min_clients": 1})
+    values["privacy"] = {
+        "local": {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 50.0, "target_delta": 1e-3},
+        # Shares sized for 6 survivors of 6: a round where partition 3 fails (configured above) is discarded.
+        "user_level": {"enabled": True, "noise_multiplier": 1.0, "clip_norm": 0.1, "target_delta": 1e-2,
+                       "noise_placement": "distributed", "min_surviving_clients": 6},
+    }
+    config = FederatedConfig.from_dict(values)
+    directory, summary = run_federated_simulation(config)
+    rounds = directory.read_rounds()
+    ledger = verify(load_ledger(directory.path / "privacy-ledger.json"))
+    written = load_ledger(directory.path / "privacy-ledger.json")
+    joined = {client.client_id: client.rounds_joined for client in written.clients}
+    assert len(joined) == N_USERS
+    assert sum(joined.values()) == sum(len(record["joined"]) for record in rounds) > 0
+    # Every device that trained reported its accountant; its epsilon is positive, within its budget.
+    trained = [client for client in written.clients if client.local_steps > 0]
+    assert trained and all(0 < client.local_epsilon <= 50.0 for client in trained)
+    assert ledger.user_level is not None and written.user_level is not None
+    assert written.user_level.epsilon.claimed == "without_amplification"
+    assert summary["privacy"]["user_level"]["claimed_epsilon"] == written.user_level.epsilon.claimed_epsilon
+    for record in rounds:
+        # Clipped updates carry neither counts nor losses.
+        assert "train_loss" not in record
+        partition_3_failed = any(failure["partition"] == 3 for failure in record["failures"])
+        assert record["status"].startswith("discarded") == partition_3_failed
+        assert record["status"] == "aggregated" or partition_3_failed
+    assert any(record["status"] == "aggregated" for record in rounds)

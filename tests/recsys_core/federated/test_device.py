@@ -171,8 +171,46 @@ def test_device_state_carries_the_privacy_accountant_through_flat_arrays() -> No
     assert DeviceState.from_arrays(old_format).privacy_accountant is None
 
 
-def test_user_level_privacy_is_refused_until_the_server_applies_it() -> None:
+def test_user_level_privacy_sends_the_clipped_update_and_hides_count_and_loss() -> None:
+    clip_norm = 0.05
+    cfg = config(privacy={"user_level": {"enabled": True, "clip_norm": clip_norm, "target_delta": 1e-3}})
+    data = load_federated_data(cfg.data, cfg.partition)
+    shared = global_shared(cfg)
+    outcome = train_on_device(cfg, data.device_split(3), shared, None, 1, 3)
+    plain = train_on_device(config(), data.device_split(3), shared, None, 1, 3)
+    update = outcome.clipped_update
+    assert update is not None and outcome.payload is update and set(update) == set(shared)
+    norm = np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in update.values()))
+    assert norm <= clip_norm
+    # Central noise: the device sends its true update scaled down to the clip norm, nothing else.
+    true_update = {n: plain.shared_parameters[n] - shared[n] for n in shared}
+    true_norm = np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in true_update.values()))
+    assert true_norm > clip_norm
+    for name in shared:
+        np.testing.assert_allclose(update[name], true_update[name] * (norm / true_norm), atol=1e-6)
+    assert outcome.num_examples == 1 and np.isnan(outcome.train_loss)
+    assert set(outcome.device_state.private_parameters) == set(plain.device_state.private_parameters)
+
+
+def test_distributed_user_level_noise_is_added_on_the_device() -> None:
+    sections = {"enabled": True, "clip_norm": 0.05, "target_delta": 1e-3, "noise_multiplier": 2.0,
+                "noise_placement": "distributed", "min_surviving_clients": 4}
+    cfg = config(privacy={"user_level": sections}, server={"clients_per_round": 8})
+    data = load_federated_data(cfg.data, cfg.partition)
+    shared = global_shared(cfg)
+    first = train_on_device(cfg, data.device_split(3), shared, None, 1, 3).clipped_update
+    second = train_on_device(cfg, data.device_split(3), shared, None, 1, 3).clipped_update
+    assert first is not None and second is not None
+    # Same seed, same training: only the secret noise differs, with std sigma * C / sqrt(4) per coordinate.
+    difference = np.concatenate([(first[n] - second[n]).ravel() for n in first])
+    assert np.std(difference) == pytest.approx(np.sqrt(2) * 2.0 * 0.05 / 2, rel=0.1)
+
+
+def test_user_level_privacy_needs_a_gradient_model_and_fedavg() -> None:
     from recsys_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="privacy.user_level"):
-        config(privacy={"user_level": {"enabled": True, "target_delta": 1e-3}})
+    user_level = {"user_level": {"enabled": True, "target_delta": 1e-3}}
+    with pytest.raises(ConfigError, match="privacy.user_level: model 'popularity'"):
+        config(privacy=user_level, model={"name": "popularity"})
+    with pytest.raises(ConfigError, match="server.strategy = 'fedavg' only"):
+        config(privacy=user_level, server={"strategy": "fedadam"})

@@ -12,6 +12,8 @@ from recsys_core.privacy.user_level import (
     clip_update,
     distributed_noise_share,
     distributed_noise_std,
+    noisy_mean_update,
+    privatize_update,
     user_level_epsilon,
 )
 
@@ -100,6 +102,38 @@ def test_distributed_shares_sum_to_at_least_the_full_variance(survivors):
     assert survivors * distributed_noise_std(SIGMA, CLIP, min_surviving_clients) ** 2 == pytest.approx(declared)
     assert declared >= full_variance
     assert_variance(total, declared)
+
+
+def test_the_noise_the_server_adds_to_the_mean_has_the_declared_variance():
+    # Zero updates isolate the noise: mean = noise / expected_clients, so its variance is (sigma C / n)^2.
+    expected_clients = 4
+    zeros = [{"w": np.zeros(SAMPLES, dtype=np.float32)} for _ in range(3)]
+    mean = noisy_mean_update(zeros, expected_clients=expected_clients, clip_norm=CLIP,
+                             central_noise_multiplier=SIGMA, generator=np.random.default_rng(11))
+    assert_variance(mean["w"], (SIGMA * CLIP / expected_clients) ** 2)
+
+
+def test_server_clips_again_under_central_noise_and_divides_by_the_planned_count():
+    generator = np.random.default_rng(3)
+    honest = {"w": np.array([0.3, 0.4])}  # norm 0.5, below C = 1
+    hostile = {"w": np.array([30.0, 40.0])}  # did not clip: norm 50
+    mean = noisy_mean_update([honest, hostile], expected_clients=10, clip_norm=1.0,
+                             central_noise_multiplier=1e-9, generator=generator)
+    np.testing.assert_allclose(mean["w"], (np.array([0.3, 0.4]) + np.array([0.6, 0.8])) / 10, atol=1e-6)
+    # Distributed noise: the updates already carry the noise and are summed as sent.
+    summed = noisy_mean_update([honest, honest], expected_clients=4, clip_norm=1.0,
+                               central_noise_multiplier=None, generator=generator)
+    np.testing.assert_allclose(summed["w"], np.array([0.3, 0.4]) / 2)
+
+
+def test_device_share_is_clipped_first_then_noised_with_the_given_std():
+    update = {"w": np.full(SAMPLES, 1.0, dtype=np.float32)}
+    std = distributed_noise_std(SIGMA, CLIP, 4)
+    sent = privatize_update(update, CLIP, std, np.random.default_rng(5))
+    assert sent["w"].dtype == np.float32
+    clipped_value = CLIP / math.sqrt(SAMPLES)
+    assert_variance(sent["w"] - clipped_value, std**2)
+    assert joint_norm(privatize_update(update, CLIP, None, np.random.default_rng(5))) <= CLIP
 
 
 def test_epsilon_with_amplification_is_below_without_and_the_claim_is_conservative():
