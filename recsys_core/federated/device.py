@@ -285,7 +285,7 @@ def _train_with_local_dp(
     seed = _seed(config.seed, server_round, partition_id)
     sample_generator = np.random.default_rng(seed)
     with seeded(seed):
-        first_epoch = work.training_samples(split.train, sample_generator)
+        first_epoch = work.private_training_samples(split.train, sample_generator)
     num_samples = local_dp.samples_count(first_epoch)
 
     def unchanged(reason: str) -> TrainOutcome:

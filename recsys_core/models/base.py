@@ -112,6 +112,14 @@ class Recommender(nn.Module, ABC):
         Negatives and any other randomness come from ``generator``.
         """
 
+    def private_training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
+        """The samples DP-SGD clips one by one: each must hold all that one unit of privacy adds.
+
+        The default is :meth:`training_samples`; a model whose samples split one
+        interaction (NeuMF's separate negative pairs) groups them here.
+        """
+        return self.training_samples(log, generator)
+
     @abstractmethod
     def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         """The loss of each sample in ``batch``; shape ``[B]``."""

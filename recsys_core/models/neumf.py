@@ -56,34 +56,48 @@ class NeuMF(Recommender):
             nn.init.normal_(embedding.weight, std=0.01)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Logits of ``[B, 1]`` user and item id tensors; returns ``[B]``.
+        """Logits of shape ``[B, L]`` for ``users`` ``[B, 1]`` against ``items`` ``[B, L]``.
 
         Ids arrive 2-D because Opacus's per-sample gradient code for embeddings
-        expects that shape.
+        expects that shape; ``L`` is 1 for single pairs, or a positive with its negatives.
         """
-        gmf = self.gmf_user_embedding(users).squeeze(1) * self.gmf_item_embedding(items).squeeze(1)
-        mlp_input = torch.cat(
-            [self.mlp_user_embedding(users).squeeze(1), self.mlp_item_embedding(items).squeeze(1)], dim=1
-        )
-        return self.output(torch.cat([gmf, self.mlp(mlp_input)], dim=1)).squeeze(1)
+        item_gmf, item_mlp = self.gmf_item_embedding(items), self.mlp_item_embedding(items)
+        gmf = self.gmf_user_embedding(users) * item_gmf
+        user_mlp = self.mlp_user_embedding(users).expand(-1, items.shape[1], -1)
+        mlp_input = torch.cat([user_mlp, item_mlp], dim=2)
+        return self.output(torch.cat([gmf, self.mlp(mlp_input)], dim=2)).squeeze(2)
 
     def training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
+        """One sample per (user, item) pair: each positive and each of its negatives."""
+        grouped = self.private_training_samples(log, generator)
+        width = grouped["items"].shape[1]
+        return {
+            "users": grouped["users"].repeat_interleave(width, dim=0).contiguous(),
+            "items": grouped["items"].reshape(-1, 1).contiguous(),
+            "labels": grouped["labels"].reshape(-1, 1).contiguous(),
+        }
+
+    def private_training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
+        """One sample per interaction: its positive item with its negatives (``[n, 1 + negatives]``).
+
+        Removing an interaction removes its negatives too, so under DP-SGD they must sit in
+        one sample, clipped together; otherwise one interaction would be 1 + negatives samples.
+        """
         negatives_per_positive = self.config.negatives_per_positive
         negatives = sample_unseen_items(
             log.user_ids, negatives_per_positive, SeenItems.from_logs(log), generator
         )
-        users = np.repeat(log.user_ids, 1 + negatives_per_positive)
-        items = np.concatenate([log.item_ids[:, None], negatives], axis=1).reshape(-1)
-        labels = np.tile(np.r_[1.0, np.zeros(negatives_per_positive)], log.n_interactions)
+        items = np.concatenate([log.item_ids[:, None], negatives], axis=1)
+        labels = np.tile(np.r_[1.0, np.zeros(negatives_per_positive)], (log.n_interactions, 1))
         return {
-            "users": torch.from_numpy(users).unsqueeze(1).contiguous(),
-            "items": torch.from_numpy(items).unsqueeze(1).contiguous(),
+            "users": torch.from_numpy(np.asarray(log.user_ids)).unsqueeze(1).contiguous(),
+            "items": torch.from_numpy(items).contiguous(),
             "labels": torch.from_numpy(labels.astype(np.float32)),
         }
 
     def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         logits = self(batch["users"], batch["items"])
-        return functional.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")
+        return functional.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none").sum(dim=1)
 
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
         n_items = self.catalog.n_items

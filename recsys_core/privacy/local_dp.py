@@ -19,7 +19,7 @@ post-processing of the noised steps. (A GAN's generator, outside ``per_sample_mo
 reads no data and gets a plain optimiser, see :mod:`recsys_core.models.gan`.)
 
 The unit of privacy is one *training sample* as the model builds them
-(:meth:`~recsys_core.models.base.Recommender.training_samples`): a positive with its
+(:meth:`~recsys_core.models.base.Recommender.private_training_samples`): a positive with its
 negatives for NeuMF, a user's whole sequence for SASRec and GRU4Rec, a whole history
 for Mult-DAE. As in Opacus, the number of samples on the device is treated as public:
 it sets the sampling rate and the number of steps.
@@ -228,7 +228,7 @@ def run_private_epochs(
         # Opacus's hooks on embeddings (integer inputs need no gradient) make torch warn on every backward.
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         for epoch in range(epochs):
-            samples = first_epoch if epoch == 0 and first_epoch is not None else model.training_samples(
+            samples = first_epoch if epoch == 0 and first_epoch is not None else model.private_training_samples(
                 log, sample_generator)
             if samples_count(samples) != schedule.num_samples:
                 raise RuntimeError(f"{model.name} built {samples_count(samples)} samples in epoch {epoch + 1}, "

@@ -83,7 +83,7 @@ def dp_module(model: Recommender) -> torch.nn.Module:
 
 
 def batches(model: Recommender, log) -> list[dict[str, torch.Tensor]]:
-    samples = model.training_samples(log, np.random.default_rng(0))
+    samples = model.private_training_samples(log, np.random.default_rng(0))
     assert len(next(iter(samples.values()))) >= 2 * BATCH
     return [{key: value[step * BATCH : (step + 1) * BATCH] for key, value in samples.items()} for step in range(2)]
 

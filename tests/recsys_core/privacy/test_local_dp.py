@@ -55,7 +55,7 @@ def round_schedule(cfg: FederatedConfig) -> PoissonSchedule:
     data = load_federated_data(cfg.data, cfg.partition)
     split = data.device_split(PARTITION)
     model = build_device_model(cfg, CatalogInfo.from_log(split.train), 1, PARTITION)
-    samples = model.training_samples(split.train, np.random.default_rng(0))
+    samples = model.private_training_samples(split.train, np.random.default_rng(0))
     return PoissonSchedule(local_dp.samples_count(samples), cfg.local.batch_size)
 
 
