@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from flwr.serverapp.strategy import FedAdam
 
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.privacy.accountant import PrivacyAccountant, ScheduleEntry, compute_epsilon
@@ -23,14 +24,20 @@ from recsys_core.privacy.ledger import (
     user_level_privacy_record,
 )
 from recsys_core.privacy.user_level import noisy_mean_update, user_level_epsilon
+from server.strategies import fedadam_step
 
 Arrays = dict[str, np.ndarray]
 
 LEDGER_FILE = "privacy-ledger.json"
 
 
-def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arrays]) -> Arrays:
-    """The new global shared parameters: current + server lr * noisy mean of the clipped updates.
+def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arrays], fedadam: FedAdam | None = None,
+                    server_round: int = 1) -> Arrays:
+    """The new global shared parameters from the noisy mean of the clipped updates.
+
+    FedAvg: current + server lr * mean. With ``fedadam`` (Flower's strategy, for its
+    settings and moments) the noisy mean is FedAdam's pseudo-gradient; either is
+    post-processing of the noisy mean, so the guarantee is the same.
 
     Central noise is drawn from OS entropy: the run seed is public, and noise that can be
     regenerated from it could be subtracted from the released model. A DP run therefore
@@ -45,6 +52,8 @@ def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arra
         central_noise_multiplier=user_level.noise_multiplier if central else None,
         generator=np.random.default_rng(),
     )
+    if fedadam is not None:
+        return fedadam_step(fedadam, current, {name: current[name] + mean[name] for name in current}, server_round)
     rate = config.server.server_learning_rate
     return {name: (np.asarray(value, dtype=np.float64) + rate * mean[name]).astype(value.dtype)
             for name, value in current.items()}

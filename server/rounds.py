@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam
 
 from recsys_core.bundle import ModelBundle, write_bundle
 from recsys_core.config import dataclass_to_dict
@@ -181,7 +182,8 @@ class FederatedRun:
             logger.warning("round %d: %s; model unchanged", server_round, record["status"])
         else:
             if user_level.enabled:
-                updated = user_level_step(config, current, [_reply_arrays(r) for r in good])
+                updated = user_level_step(config, current, [_reply_arrays(r) for r in good],
+                                          strategy if isinstance(strategy, FedAdam) else None, server_round)
                 arrays = ArrayRecord({name: Array(value) for name, value in updated.items()})
             else:
                 aggregated, _ = strategy.aggregate_train(server_round, good)

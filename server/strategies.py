@@ -51,6 +51,28 @@ class SampledGrid:
         return getattr(self._grid, name)
 
 
+def fedadam_step(strategy: FedAdam, current: dict[str, np.ndarray], aggregated: dict[str, np.ndarray],
+                 server_round: int) -> dict[str, np.ndarray]:
+    """Flower's FedAdam update from already-aggregated arrays, with the strategy's own state and settings.
+
+    ``FedAdam.aggregate_train`` averages replies by example count first; DP-FedAvg
+    needs its own noisy mean, so this applies the same server-optimiser maths to it
+    (and keeps ``m_t``/``v_t`` on the strategy, where checkpoints look for them).
+    """
+    delta = {name: aggregated[name] - current[name] for name in current}
+    if not strategy.m_t:
+        strategy.m_t = {name: np.zeros_like(value) for name, value in delta.items()}
+    if not strategy.v_t:
+        strategy.v_t = {name: np.zeros_like(value) for name, value in delta.items()}
+    strategy.m_t = {n: strategy.beta_1 * strategy.m_t[n] + (1 - strategy.beta_1) * delta[n] for n in current}
+    strategy.v_t = {n: strategy.beta_2 * strategy.v_t[n] + (1 - strategy.beta_2) * delta[n] ** 2 for n in current}
+    # Flower's bias-corrected step size, with its round offset.
+    eta = (strategy.eta * np.sqrt(1 - np.power(strategy.beta_2, server_round + 1.0))
+           / (1 - np.power(strategy.beta_1, server_round + 1.0)))
+    return {n: (current[n] + eta * strategy.m_t[n] / (np.sqrt(strategy.v_t[n]) + strategy.tau)).astype(current[n].dtype)
+            for n in current}
+
+
 def configure_train(strategy: Strategy, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                     grid: Grid, node_ids: list[int]) -> list[Message]:
     """Training messages for exactly ``node_ids`` (the strategy also records the round's arrays)."""

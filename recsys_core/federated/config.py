@@ -147,9 +147,9 @@ class FederatedConfig:
             require_gradient_model(self.model.name, "privacy.local")
         if self.privacy.user_level.enabled:
             require_gradient_model(self.model.name, "privacy.user_level")
-            if self.server.strategy != "fedavg":
-                # The noisy mean is applied with the server learning rate; FedOpt moments are not wired in.
-                raise ConfigError(f"privacy.user_level: runs with server.strategy = 'fedavg' only, "
+            if self.server.strategy not in ("fedavg", "fedadam"):
+                # The server applies the noisy mean itself; only these two server optimisers are wired in.
+                raise ConfigError(f"privacy.user_level: runs with server.strategy 'fedavg' or 'fedadam', "
                                   f"got {self.server.strategy!r}")
         if num_clients is not None and self.server.clients_per_round > num_clients:
             raise ConfigError(

@@ -3,7 +3,7 @@
 It samples the same partitions per round as the ServerApp (``FederatedRun.sample``'s
 rule), runs the same device update (``train_on_device``) one client after another,
 and aggregates like FedAvg with a server learning rate (weights = local examples), or
-like Flower's FedAdam.
+like Flower's FedAdam, with DP-FedAvg's noisy mean under ``privacy.user_level``.
 Use it to measure what Flower adds, and to tune federated hyper-parameters quickly.
 
     python -m simulations.benchmarks.plain_loop --config simulations/ml-100k.toml \
@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from flwr.serverapp.strategy import FedAdam
 
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.evaluation import MetricSums
@@ -34,6 +35,8 @@ from recsys_core.federated.device import (
     train_on_device,
 )
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
+from server.privacy import user_level_step
+from server.strategies import fedadam_step
 
 Arrays = dict[str, np.ndarray]
 
@@ -44,21 +47,14 @@ def fedavg(shared: Arrays, updates: list[tuple[Arrays, int]], server_learning_ra
     return {name: shared[name] + server_learning_rate * (mean[name] - shared[name]) for name in shared}
 
 
-class FedAdamMaths:
-    """Flower's FedAdam update (``flwr.serverapp.strategy.FedAdam`` defaults: beta 0.9/0.99, tau 1e-3)."""
-
-    def __init__(self, eta: float, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3) -> None:
-        self.eta, self.beta_1, self.beta_2, self.tau = eta, beta_1, beta_2, tau
-        self.m: Arrays = {}
-        self.v: Arrays = {}
-
-    def __call__(self, shared: Arrays, updates: list[tuple[Arrays, int]], server_round: int) -> Arrays:
-        mean = fedavg(shared, updates, 1.0)
-        delta = {name: mean[name] - shared[name] for name in shared}
-        self.m = {n: self.beta_1 * self.m.get(n, 0.0) + (1 - self.beta_1) * delta[n] for n in shared}
-        self.v = {n: self.beta_2 * self.v.get(n, 0.0) + (1 - self.beta_2) * delta[n] ** 2 for n in shared}
-        eta = self.eta * np.sqrt(1 - self.beta_2 ** (server_round + 1.0)) / (1 - self.beta_1 ** (server_round + 1.0))
-        return {n: shared[n] + eta * self.m[n] / (np.sqrt(self.v[n]) + self.tau) for n in shared}
+def aggregate(config: FederatedConfig, shared: Arrays, updates: list[tuple[Arrays, int]], fedadam: FedAdam | None,
+              server_round: int) -> Arrays:
+    """The server's step: FedAvg with a server learning rate or FedAdam, over plain or DP-FedAvg updates."""
+    if config.privacy.user_level.enabled:
+        return user_level_step(config, shared, [update for update, _ in updates], fedadam, server_round)
+    if fedadam is not None:
+        return fedadam_step(fedadam, shared, fedavg(shared, updates, 1.0), server_round)
+    return fedavg(shared, updates, config.server.server_learning_rate)
 
 
 def evaluate_all(config: FederatedConfig, data: FederatedData, shared: Arrays, states: dict[int, DeviceState],
@@ -79,7 +75,8 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
     rounds = []
     if config.server.strategy not in ("fedavg", "fedadam"):
         raise ValueError(f"the plain loop runs fedavg and fedadam only, not {config.server.strategy!r}")
-    fedadam = FedAdamMaths(config.server.server_learning_rate) if config.server.strategy == "fedadam" else None
+    # Flower's FedAdam object holds the server optimiser's settings and moments; no engine runs.
+    fedadam = FedAdam(eta=config.server.server_learning_rate) if config.server.strategy == "fedadam" else None
     for server_round in range(1, config.server.rounds + 1):
         started = time.perf_counter()
         updates = []
@@ -89,11 +86,10 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
             outcome = train_on_device(config, data.device_split(partition), shared, states.get(partition),
                                       server_round, partition)
             states[partition] = outcome.device_state
-            updates.append((outcome.shared_parameters, outcome.num_examples))
-        if fedadam is not None:
-            shared = fedadam(shared, updates, server_round)
-        else:
-            shared = fedavg(shared, updates, config.server.server_learning_rate)
+            if not outcome.declined:
+                updates.append((outcome.payload, outcome.num_examples))
+        if updates:
+            shared = aggregate(config, shared, updates, fedadam, server_round)
         record = {"round": server_round, "seconds": time.perf_counter() - started}
         if evaluate_every and server_round % evaluate_every == 0:
             evaluated = sample_partitions(config.seed, server_round, EVALUATION, range(data.num_clients),

@@ -206,11 +206,11 @@ def test_distributed_user_level_noise_is_added_on_the_device() -> None:
     assert np.std(difference) == pytest.approx(np.sqrt(2) * 2.0 * 0.05 / 2, rel=0.1)
 
 
-def test_user_level_privacy_needs_a_gradient_model_and_fedavg() -> None:
+def test_user_level_privacy_needs_a_gradient_model_and_fedavg_or_fedadam() -> None:
     from recsys_core.errors import ConfigError
 
     user_level = {"user_level": {"enabled": True, "target_delta": 1e-3}}
     with pytest.raises(ConfigError, match="privacy.user_level: model 'popularity'"):
         config(privacy=user_level, model={"name": "popularity"})
-    with pytest.raises(ConfigError, match="server.strategy = 'fedavg' only"):
-        config(privacy=user_level, server={"strategy": "fedadam"})
+    with pytest.raises(ConfigError, match="server.strategy 'fedavg' or 'fedadam', got 'fedyogi'"):
+        config(privacy=user_level, server={"strategy": "fedyogi"})
