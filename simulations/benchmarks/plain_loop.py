@@ -67,8 +67,11 @@ def evaluate_all(config: FederatedConfig, data: FederatedData, shared: Arrays, s
 
 
 def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
-                   on_round: Callable[[dict], None] | None = None) -> dict:
-    """Runs ``config.server.rounds`` rounds; returns per-round seconds and the final test metrics."""
+                   on_round: Callable[[dict], None] | None = None, test_clients: int = 0) -> dict:
+    """Runs ``config.server.rounds`` rounds; returns per-round seconds and the final test metrics.
+
+    ``test_clients``: test on that many seeded clients instead of all (large federations).
+    """
     data = load_federated_data(config.data, config.partition)
     shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
     states: dict[int, DeviceState] = {}
@@ -80,17 +83,19 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
     for server_round in range(1, config.server.rounds + 1):
         started = time.perf_counter()
         updates = []
+        declined = 0
         sampled = sample_partitions(config.seed, server_round, TRAINING, range(data.num_clients),
                                     config.server.clients_per_round)
         for partition in sampled:
             outcome = train_on_device(config, data.device_split(partition), shared, states.get(partition),
                                       server_round, partition)
             states[partition] = outcome.device_state
+            declined += outcome.declined
             if not outcome.declined:
                 updates.append((outcome.payload, outcome.num_examples))
         if updates:
             shared = aggregate(config, shared, updates, fedadam, server_round)
-        record = {"round": server_round, "seconds": time.perf_counter() - started}
+        record = {"round": server_round, "seconds": time.perf_counter() - started, "declined": declined}
         if evaluate_every and server_round % evaluate_every == 0:
             evaluated = sample_partitions(config.seed, server_round, EVALUATION, range(data.num_clients),
                                           config.server.clients_per_evaluation)
@@ -98,7 +103,10 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
         rounds.append(record)
         if on_round is not None:
             on_round(record)
-    test = evaluate_all(config, data, shared, states, list(range(data.num_clients)), "test")
+    tested = list(range(data.num_clients))
+    if test_clients:
+        tested = sample_partitions(config.seed, 0, EVALUATION, tested, test_clients)
+    test = evaluate_all(config, data, shared, states, tested, "test")
     return {"rounds": rounds, "test": test}
 
 
