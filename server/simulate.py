@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from recsys_core.errors import ConfigError
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.device import load_federated_data
+from server import message_delivery
 from server.rounds import RoundCallback
 from server.run_directory import RunDirectory
 from server.server_app import make_server_app, prepare_run_directory
@@ -73,6 +74,7 @@ def run_federated_simulation(
     results: dict[str, Any] = {}
     server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results)
     keep_ray_on_loopback()
+    message_delivery.install()
     from flwr.common.logger import FLOWER_LOGGER
     from flwr.simulation import run_simulation
 
