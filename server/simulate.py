@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 from flwr.clientapp import ClientApp
 
 from recsys_core.errors import ConfigError
@@ -33,10 +34,20 @@ def load_client_app(reference: str = CLIENT_APP_REFERENCE) -> ClientApp:
 
 
 def validate_before_start(config: FederatedConfig) -> int:
-    """Validates the config against the data; returns the number of clients. Runs before Ray starts."""
+    """Validates the config against the data; returns the number of clients. Runs before Ray starts.
+
+    Under local DP the delta must be below 1 / (the fewest training examples on a
+    device); the count used here is interactions, which no model's DP samples exceed
+    except NeuMF's, which equal them. Each device checks its exact count again.
+    """
     config.validate()
     data = load_federated_data(config.data, config.partition)
-    config.validate(num_clients=data.num_clients)
+    min_local_examples = None
+    if config.privacy.local.enabled:
+        train = data.partitioners[0]
+        per_partition = np.bincount(train.assignment[np.asarray(train.log.user_ids)], minlength=data.num_clients)
+        min_local_examples = int(per_partition.min())
+    config.validate(num_clients=data.num_clients, min_local_examples=min_local_examples)
     return data.num_clients
 
 

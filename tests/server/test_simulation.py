@@ -147,6 +147,16 @@ def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Pat
         (["--model", "transformer9000"], "unknown model"),
         (["--dataset", "ml-7k"], "ml-7k"),
         (["--set", "server.round=3"], "server.round"),
+        # Bad privacy settings: one error naming the key, before any training.
+        (["--set", "privacy.user_level.enabled=true", "--set", "privacy.user_level.noise_multiplier=0"],
+         "privacy.user_level.noise_multiplier"),
+        (["--set", "privacy.user_level.enabled=true", "--set", "privacy.user_level.target_delta=0.01"],
+         "below 1 / (number of users) = 1/500"),
+        (["--set", "privacy.local.enabled=true", "--set", "privacy.local.target_delta=0.5"],
+         "privacy.local.target_delta: must be below 1 / (the fewest training examples on a device)"),
+        (["--set", "privacy.local.enabled=true", "--set", "privacy.local.target_epsilon=0"],
+         "privacy.local.target_epsilon"),
+        (["--model", "popularity", "--set", "privacy.local.enabled=true"], "model 'popularity' is fitted by counting"),
     ],
 )
 def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
