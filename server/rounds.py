@@ -60,6 +60,62 @@ def short_reason(reason: str) -> str:
 
 
 @dataclass
+class SortedReplies:
+    """A round's replies: usable updates, devices that declined, and failures with their reasons."""
+
+    good: list[Message]
+    #: Replies whose update left the device (usable or rejected), for the privacy ledger.
+    sent: list[Message]
+    answered: list[Message]
+    declined: list[int | None]
+    failures: list[dict[str, Any]]
+    node_to_partition: dict[int, int]
+
+    def privacy_record(self) -> dict[str, Any]:
+        """Whose update left the device, and each device's accountant history, for the privacy ledger."""
+        partition_of = self.node_to_partition
+        return {
+            "joined": sorted(partition_of[r.metadata.src_node_id] for r in self.sent),
+            "local_privacy": {
+                str(partition_of[r.metadata.src_node_id]): str(r.content[CONFIG_RECORD][PRIVACY_ACCOUNTANT_KEY])
+                for r in self.answered
+                if CONFIG_RECORD in r.content and PRIVACY_ACCOUNTANT_KEY in r.content[CONFIG_RECORD]},
+        }
+
+
+def reply_problem(reply: Message, current: dict[str, np.ndarray]) -> str | None:
+    """Why a device's training reply cannot be used, or None: malformed arrays or metrics."""
+    if PARAMETERS_RECORD not in reply.content or METRICS_RECORD not in reply.content:
+        return f"reply lacks the {PARAMETERS_RECORD!r} or {METRICS_RECORD!r} record"
+    metrics = reply.content[METRICS_RECORD]
+    for key in ("num-examples", "train-loss"):
+        if not isinstance(metrics.get(key), (int, float)):
+            return f"metric {key!r} is missing or not a number"
+    if not float(metrics["num-examples"]) >= 0:
+        return f"metric 'num-examples' is negative ({metrics['num-examples']})"
+    return update_problem(_reply_arrays(reply), current)
+
+
+def sort_replies(replies: list[Message], partitions: list[int], node_to_partition: dict[int, int],
+                 current: dict[str, np.ndarray]) -> SortedReplies:
+    """Splits replies into usable updates, declines, rejected updates, client errors and missing replies."""
+    answered = [reply for reply in replies if not reply.has_error()]
+    said_no = [bool(int(r.content[METRICS_RECORD].get("declined", 0))) if METRICS_RECORD in r.content else False
+               for r in answered]
+    declined = [node_to_partition.get(r.metadata.src_node_id) for r, no in zip(answered, said_no) if no]
+    sent = [r for r, no in zip(answered, said_no) if not no]
+    problems = [reply_problem(r, current) for r in sent]
+    failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": short_reason(r.error.reason),
+                 "detail": r.error.reason} for r in replies if r.has_error()]
+    failures += [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": f"update rejected: {problem}"}
+                 for r, problem in zip(sent, problems) if problem]
+    failures += [{"partition": p, "reason": "no reply before the round timeout"}
+                 for p in set(partitions) - {node_to_partition.get(r.metadata.src_node_id) for r in replies}]
+    good = [r for r, problem in zip(sent, problems) if problem is None]
+    return SortedReplies(good, sent, answered, declined, failures, node_to_partition)
+
+
+@dataclass
 class FederatedRun:
     """One federated run driven over a Flower grid."""
 
@@ -141,63 +197,22 @@ class FederatedRun:
         replies = list(grid.send_and_receive(messages, timeout=config.server.round_timeout))
         # Aggregate in partition order: float sums then do not depend on reply arrival order.
         replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
-        answered = [reply for reply in replies if not reply.has_error()]
-        said_no = [bool(int(r.content[METRICS_RECORD].get("declined", 0))) for r in answered]
-        declined = [node_to_partition.get(r.metadata.src_node_id) for r, no in zip(answered, said_no) if no]
         current = {name: array.numpy() for name, array in arrays.items()}
-        sent = [r for r, no in zip(answered, said_no) if not no]
-        problems = [update_problem(_reply_arrays(r), current) for r in sent]
-        good = [r for r, problem in zip(sent, problems) if problem is None]
-        failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": short_reason(r.error.reason),
-                     "detail": r.error.reason} for r in replies if r.has_error()]
-        failures += [{"partition": node_to_partition.get(r.metadata.src_node_id),
-                      "reason": f"update rejected: {problem}"} for r, problem in zip(sent, problems) if problem]
-        failures += [{"partition": p, "reason": "no reply before the round timeout"}
-                     for p in set(partitions) - {node_to_partition.get(r.metadata.src_node_id) for r in replies}]
+        sorted_replies = sort_replies(replies, partitions, node_to_partition, current)
+        good = sorted_replies.good
         record: dict[str, Any] = {
             "round": server_round,
             "sampled": len(partitions),
             "participants": len(good),
-            "declined": declined,
-            "failures": failures,
+            "declined": sorted_replies.declined,
+            "failures": sorted_replies.failures,
             "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
             "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
         }
         if config.privacy.enabled:
-            # For the privacy ledger: whose update left the device, and each device's accountant history.
-            record["joined"] = sorted(node_to_partition[r.metadata.src_node_id] for r in sent)
-            record["local_privacy"] = {
-                str(node_to_partition[r.metadata.src_node_id]): str(r.content[CONFIG_RECORD][PRIVACY_ACCOUNTANT_KEY])
-                for r in answered
-                if CONFIG_RECORD in r.content and PRIVACY_ACCOUNTANT_KEY in r.content[CONFIG_RECORD]}
-        user_level = config.privacy.user_level
-        if len(good) < config.server.min_clients:
-            record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
-            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
-        elif (user_level.enabled and user_level.noise_placement == "distributed"
-              and len(good) < user_level.min_surviving_clients):
-            # The shares were sized for min_surviving_clients: fewer carry too little noise to release.
-            record["status"] = (f"discarded: {len(good)} updates, fewer than privacy.user_level."
-                                f"min_surviving_clients = {user_level.min_surviving_clients}")
-            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
-        else:
-            if user_level.enabled:
-                updated = user_level_step(config, current, [_reply_arrays(r) for r in good],
-                                          strategy if isinstance(strategy, FedAdam) else None, server_round)
-                arrays = ArrayRecord({name: Array(value) for name, value in updated.items()})
-            else:
-                aggregated, _ = strategy.aggregate_train(server_round, good)
-                if aggregated is not None:
-                    arrays = aggregated
-            weights = np.array([float(r.content[METRICS_RECORD]["num-examples"]) for r in good])
-            losses = np.array([float(r.content[METRICS_RECORD]["train-loss"]) for r in good])
-            # Under DP a device reports no loss (NaN): the exact loss is not covered by its guarantee.
-            reported = np.isfinite(losses)
-            if reported.any():
-                record["train_loss"] = float((weights[reported] * losses[reported]).sum()
-                                             / max(weights[reported].sum(), 1e-12))
-            record["status"] = "aggregated"
-        for failure in failures:
+            record.update(sorted_replies.privacy_record())
+        arrays = self.aggregate(strategy, arrays, current, good, server_round, record)
+        for failure in sorted_replies.failures:
             logger.warning("round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
         if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
             evaluated = self.sample(server_round, config.server.clients_per_evaluation, EVALUATION)
@@ -209,6 +224,40 @@ class FederatedRun:
         self.run_directory.append_round(record)
         if self.on_round is not None:
             self.on_round(record)
+        return arrays
+
+    def aggregate(self, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray], good: list[Message],
+                  server_round: int, record: dict[str, Any]) -> ArrayRecord:
+        """The round's new global arrays (unchanged when too few updates); sets ``status`` and ``train_loss``."""
+        config = self.config
+        user_level = config.privacy.user_level
+        if len(good) < config.server.min_clients:
+            record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
+            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
+            return arrays
+        if (user_level.enabled and user_level.noise_placement == "distributed"
+                and len(good) < user_level.min_surviving_clients):
+            # The shares were sized for min_surviving_clients: fewer carry too little noise to release.
+            record["status"] = (f"discarded: {len(good)} updates, fewer than privacy.user_level."
+                                f"min_surviving_clients = {user_level.min_surviving_clients}")
+            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
+            return arrays
+        if user_level.enabled:
+            updated = user_level_step(config, current, [_reply_arrays(r) for r in good],
+                                      strategy if isinstance(strategy, FedAdam) else None, server_round)
+            arrays = ArrayRecord({name: Array(value) for name, value in updated.items()})
+        else:
+            aggregated, _ = strategy.aggregate_train(server_round, good)
+            if aggregated is not None:
+                arrays = aggregated
+        weights = np.array([float(r.content[METRICS_RECORD]["num-examples"]) for r in good])
+        losses = np.array([float(r.content[METRICS_RECORD]["train-loss"]) for r in good])
+        # Under DP a device reports no loss (NaN): the exact loss is not covered by its guarantee.
+        reported = np.isfinite(losses)
+        if reported.any():
+            record["train_loss"] = float((weights[reported] * losses[reported]).sum()
+                                         / max(weights[reported].sum(), 1e-12))
+        record["status"] = "aggregated"
         return arrays
 
     def finish(self, grid: Grid, arrays: ArrayRecord, initial: Any) -> dict[str, Any]:
