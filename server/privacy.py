@@ -54,7 +54,7 @@ def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arra
     )
     if fedadam is not None:
         return fedadam_step(fedadam, current, {name: current[name] + mean[name] for name in current}, server_round)
-    rate = config.server.server_learning_rate
+    rate = config.server.learning_rate_at(server_round)
     return {name: (np.asarray(value, dtype=np.float64) + rate * mean[name]).astype(value.dtype)
             for name, value in current.items()}
 

@@ -41,7 +41,13 @@ from recsys_core.privacy.ledger import write_ledger
 from recsys_core.run_records import write_json
 from server.privacy import LEDGER_FILE, privacy_summary, run_ledger, user_level_step
 from server.run_directory import Checkpoint, RunDirectory
-from server.strategies import build_strategy, configure_train, restore_strategy_state, strategy_state
+from server.strategies import (
+    build_strategy,
+    configure_train,
+    restore_strategy_state,
+    set_learning_rate,
+    strategy_state,
+)
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -231,6 +237,7 @@ class FederatedRun:
         """The round's new global arrays (unchanged when too few updates); sets ``status`` and ``train_loss``."""
         config = self.config
         user_level = config.privacy.user_level
+        set_learning_rate(strategy, config.server.learning_rate_at(server_round))
         if len(good) < config.server.min_clients:
             record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
             logger.warning("round %d: %s; model unchanged", server_round, record["status"])

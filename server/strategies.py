@@ -34,7 +34,11 @@ def build_strategy(config: ServerConfig, proximal_mu: float) -> Strategy:
     if config.strategy == "fedadagrad":
         return FedAdagrad(eta=config.server_learning_rate, **common)
     # FedAvg with a server learning rate: FedAvgM without momentum scales the mean update.
-    return FedAvgM(server_learning_rate=config.server_learning_rate, server_momentum=0.0, **common)
+    strategy = FedAvgM(server_learning_rate=config.server_learning_rate, server_momentum=0.0, **common)
+    # FedAvgM tracks the current model only when its server step is on, which it decides once from the
+    # initial rate; a scheduled rate may leave 1.0 later, so keep it on (at rate 1 the step is the mean).
+    strategy.server_opt = True
+    return strategy
 
 
 class SampledGrid:
@@ -49,6 +53,14 @@ class SampledGrid:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._grid, name)
+
+
+def set_learning_rate(strategy: Strategy, rate: float) -> None:
+    """Sets this round's server learning rate (``server.final_server_learning_rate`` schedules it)."""
+    if isinstance(strategy, FedAvgM):
+        strategy.server_learning_rate = rate
+    elif isinstance(strategy, (FedAdam, FedYogi, FedAdagrad)):
+        strategy.eta = rate
 
 
 def fedadam_step(strategy: FedAdam, current: dict[str, np.ndarray], aggregated: dict[str, np.ndarray],

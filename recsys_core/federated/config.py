@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -63,6 +64,9 @@ class ServerConfig:
     #: Server learning rate (FedAdam/FedYogi/FedAdagrad ``eta``; FedAvg scales the mean update by it,
     #: which matters for item embeddings that only a few sampled clients touch in a round).
     server_learning_rate: float = 10.0
+    #: If positive, the server learning rate follows a cosine from ``server_learning_rate`` in round 1
+    #: down to this in the last round; 0 keeps it constant.
+    final_server_learning_rate: float = 0.0
     #: Federated validation every this many rounds on ``clients_per_evaluation`` sampled clients.
     evaluate_every: int = 5
     clients_per_evaluation: int = 100
@@ -84,7 +88,18 @@ class ServerConfig:
             raise ConfigError("server.server_learning_rate and server.round_timeout must be positive")
         if self.evaluate_every < 0 or self.clients_per_evaluation < 0:
             raise ConfigError("server.evaluate_every and server.clients_per_evaluation must not be negative")
+        if not 0 <= self.final_server_learning_rate <= self.server_learning_rate:
+            raise ConfigError(f"server.final_server_learning_rate: must be between 0 and server.server_learning_rate "
+                              f"= {self.server_learning_rate}, got {self.final_server_learning_rate}")
         return self
+
+    def learning_rate_at(self, server_round: int) -> float:
+        """The server learning rate of ``server_round`` (1-based): constant, or the cosine schedule."""
+        if self.final_server_learning_rate == 0 or self.rounds == 1:
+            return self.server_learning_rate
+        progress = min(max((server_round - 1) / (self.rounds - 1), 0.0), 1.0)
+        span = self.server_learning_rate - self.final_server_learning_rate
+        return self.final_server_learning_rate + span * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,14 @@ def fedavg(shared: Arrays, updates: list[tuple[Arrays, int]], server_learning_ra
 def aggregate(config: FederatedConfig, shared: Arrays, updates: list[tuple[Arrays, int]], fedadam: FedAdam | None,
               server_round: int) -> Arrays:
     """The server's step: FedAvg with a server learning rate or FedAdam, over plain or DP-FedAvg updates."""
+    rate = config.server.learning_rate_at(server_round)
+    if fedadam is not None:
+        fedadam.eta = rate
     if config.privacy.user_level.enabled:
         return user_level_step(config, shared, [update for update, _ in updates], fedadam, server_round)
     if fedadam is not None:
         return fedadam_step(fedadam, shared, fedavg(shared, updates, 1.0), server_round)
-    return fedavg(shared, updates, config.server.server_learning_rate)
+    return fedavg(shared, updates, rate)
 
 
 def evaluate_all(config: FederatedConfig, data: FederatedData, shared: Arrays, states: dict[int, DeviceState],

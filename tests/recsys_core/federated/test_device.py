@@ -214,3 +214,17 @@ def test_user_level_privacy_needs_a_gradient_model_and_fedavg_or_fedadam() -> No
         config(privacy=user_level, model={"name": "popularity"})
     with pytest.raises(ConfigError, match="server.strategy 'fedavg' or 'fedadam', got 'fedyogi'"):
         config(privacy=user_level, server={"strategy": "fedyogi"})
+
+
+def test_server_learning_rate_schedule_is_constant_or_a_cosine_to_the_final_rate() -> None:
+    from recsys_core.errors import ConfigError
+    from recsys_core.federated.config import ServerConfig
+
+    constant = ServerConfig(rounds=10, server_learning_rate=3.0)
+    assert [constant.learning_rate_at(r) for r in (1, 5, 10)] == [3.0, 3.0, 3.0]
+    cosine = ServerConfig(rounds=11, server_learning_rate=3.0, final_server_learning_rate=1.0).validate()
+    rates = [cosine.learning_rate_at(r) for r in range(1, 12)]
+    assert rates[0] == 3.0 and rates[5] == pytest.approx(2.0) and rates[-1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    with pytest.raises(ConfigError, match="server.final_server_learning_rate"):
+        ServerConfig(server_learning_rate=1.0, final_server_learning_rate=2.0).validate()
