@@ -2,7 +2,8 @@
 
 For each model, the same sampled clients run ``train_on_device`` once without and
 once with ``privacy.local`` (interleaved, so machine noise hits both alike), after
-a warm-up round of every client (steady state: what a device pays from its second round on). The DP update
+a warm-up round of every client (steady state: what a device pays from its second round on).
+A third variant times the device side of user-level DP-FedAvg (train, then clip the update). The DP update
 includes everything a DP device does per round: the budget check, Poisson batches,
 clipping, noise and the epsilon it reports. Target (issue 4): DP <= 3x non-DP.
 
@@ -39,17 +40,21 @@ def data_section(data_dir: str | None) -> dict:
             "synthetic": {"n_users": 943, "n_items": 1682, "mean_interactions_per_user": 106, "seed": 0}}
 
 
-def configs(model: str, data: dict, epochs: int, batch_size: int) -> tuple[FederatedConfig, FederatedConfig]:
+def configs(model: str, data: dict, epochs: int,
+            batch_size: int) -> tuple[FederatedConfig, FederatedConfig, FederatedConfig]:
     values = {"data": data, "model": {"name": model, "options": OPTIONS.get(model, {})},
               "local": {"epochs": epochs, "batch_size": batch_size}}
     # A budget that never declines, but finite, so the per-round budget check is timed too.
     private = {**values, "privacy": {"local": {"enabled": True, "noise_multiplier": 1.0, "per_sample_clip_norm": 1.0,
                                                "target_epsilon": 1e9, "target_delta": 1e-5}}}
-    return FederatedConfig.from_dict(values).validate(), FederatedConfig.from_dict(private).validate()
+    # User-level DP-FedAvg: the device clips its update (central noise: the server adds it, once per round).
+    user_level = {**values, "privacy": {"user_level": {"enabled": True, "clip_norm": 0.5, "target_delta": 1e-5}}}
+    return (FederatedConfig.from_dict(values).validate(), FederatedConfig.from_dict(private).validate(),
+            FederatedConfig.from_dict(user_level).validate())
 
 
 def measure(model: str, data: dict, clients: int, repeats: int, epochs: int, batch_size: int) -> dict[str, float]:
-    plain, private = configs(model, data, epochs, batch_size)
+    plain, private, user_level = configs(model, data, epochs, batch_size)
     federated = load_federated_data(plain.data, plain.partition)
     shared = state_to_arrays(build_device_model(plain, federated.catalog, 1, 0).shared_state())
     partitions = np.random.default_rng(0).choice(federated.num_clients, size=clients, replace=False)
@@ -63,17 +68,18 @@ def measure(model: str, data: dict, clients: int, repeats: int, epochs: int, bat
     first_round_ms = 1000 * (time.perf_counter() - started) / clients
     for partition, split in splits.items():
         train_on_device(plain, split, shared, None, 1, partition)
-    seconds = {"plain": 0.0, "dp": 0.0}
+    seconds = {"plain": 0.0, "dp": 0.0, "user_level": 0.0}
     for repeat in range(repeats):
         for partition, split in splits.items():
-            for label, config in (("plain", plain), ("dp", private)):
+            for label, config in (("plain", plain), ("dp", private), ("user_level", user_level)):
                 started = time.perf_counter()
                 train_on_device(config, split, shared, None, 2 + repeat, partition)
                 seconds[label] += time.perf_counter() - started
     calls = repeats * clients
     interactions = np.mean([split.train.n_interactions for split in splits.values()])
     return {"plain_ms": 1000 * seconds["plain"] / calls, "dp_ms": 1000 * seconds["dp"] / calls,
-            "ratio": seconds["dp"] / seconds["plain"], "mean_interactions": float(interactions),
+            "ratio": seconds["dp"] / seconds["plain"], "user_level_ms": 1000 * seconds["user_level"] / calls,
+            "user_level_ratio": seconds["user_level"] / seconds["plain"], "mean_interactions": float(interactions),
             "first_round_dp_ms": first_round_ms}
 
 
@@ -93,7 +99,9 @@ def main() -> None:
     for model in arguments.models:
         result = measure(model, data, arguments.clients, arguments.repeats, arguments.epochs, arguments.batch_size)
         print(f"{model:8s} plain {result['plain_ms']:8.1f} ms/client   dp {result['dp_ms']:8.1f} ms/client   "
-              f"ratio {result['ratio']:.2f}x   (mean {result['mean_interactions']:.0f} train interactions/client; "
+              f"ratio {result['ratio']:.2f}x   user-level {result['user_level_ms']:8.1f} ms/client "
+              f"ratio {result['user_level_ratio']:.2f}x   "
+              f"(mean {result['mean_interactions']:.0f} train interactions/client; "
               f"first DP round incl. warm-up {result['first_round_dp_ms']:.0f} ms/client)")
 
 
