@@ -61,11 +61,12 @@ SUITES: dict[str, tuple[str, list[str], int, int]] = {
 }
 
 
-def base_config(suite: str, data_dir: str, rounds_override: int = 0) -> tuple[FederatedConfig, int]:
+def base_config(suite: str, data_dir: str, rounds_override: int = 0,
+                extra: tuple[str, ...] = ()) -> tuple[FederatedConfig, int]:
     path, overrides, rounds, test_clients = SUITES[suite]
     rounds = rounds_override or rounds
     values = apply_overrides(read_toml(ROOT / path), [f'data.data_dir="{data_dir}"', *overrides,
-                                                      f"server.rounds={rounds}", "server.evaluate_every=0"])
+                                                      f"server.rounds={rounds}", "server.evaluate_every=0", *extra])
     return FederatedConfig.from_dict(values).validate(), test_clients
 
 
@@ -109,8 +110,9 @@ def private_overrides(config: FederatedConfig, mode: str, epsilon: float, num_cl
     return overrides, {"noise_multiplier": sigma, "clip_norm": update_norm, "most_rounds_joined": joined}
 
 
-def run_cell(suite: str, mode: str, epsilon: float, data_dir: str, rounds: int = 0) -> dict[str, Any]:
-    config, test_clients = base_config(suite, data_dir, rounds)
+def run_cell(suite: str, mode: str, epsilon: float, data_dir: str, rounds: int = 0,
+             extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    config, test_clients = base_config(suite, data_dir, rounds, extra)
     num_clients = load_federated_data(config.data, config.partition).num_clients
     settings: dict[str, Any] = {}
     if math.isfinite(epsilon):
@@ -120,7 +122,8 @@ def run_cell(suite: str, mode: str, epsilon: float, data_dir: str, rounds: int =
     started = time.perf_counter()
     result = run_plain_loop(config, test_clients=test_clients)
     return {
-        "suite": suite, "mode": mode if math.isfinite(epsilon) else "none", "epsilon": epsilon, "delta": DELTA,
+        "suite": suite, "overrides": list(extra),
+        "mode": mode if math.isfinite(epsilon) else "none", "epsilon": epsilon, "delta": DELTA,
         "rounds": config.server.rounds, "clients_per_round": config.server.clients_per_round,
         "test_clients": test_clients or num_clients, **settings,
         "ndcg@10_full": result["test"]["full/ndcg@10"], "hr@10_sampled": result["test"]["sampled/hr@10"],
@@ -137,6 +140,8 @@ def main() -> int:
     parser.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0, math.inf])
     parser.add_argument("--modes", nargs="+", default=["local", "user_level"], choices=["local", "user_level"])
     parser.add_argument("--rounds", type=int, default=0, help="rounds for every suite (a quick check)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of every suite's config (e.g. local.optimizer=\"sgd\")")
     parser.add_argument("--output", default="runs/benchmarks/privacy-utility.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -149,7 +154,7 @@ def main() -> int:
             for mode in (["none"] if math.isinf(epsilon) else args.modes):
                 if (suite, mode, epsilon) in done:
                     continue  # resumable: a long table survives an interruption
-                cell = run_cell(suite, mode, epsilon, args.data_dir, args.rounds)
+                cell = run_cell(suite, mode, epsilon, args.data_dir, args.rounds, tuple(args.set))
                 cells.append(cell)
                 output.write_text(json.dumps(cells, indent=2, default=str))
                 print(f"{suite:22s} {mode:10s} eps {epsilon:>4}: NDCG@10 {cell['ndcg@10_full']:.4f}  "
