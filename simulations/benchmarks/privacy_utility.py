@@ -133,12 +133,27 @@ def run_cell(suite: str, mode: str, epsilon: float, data_dir: str, rounds: int =
     }
 
 
+def markdown_table(cells: list[dict[str, Any]]) -> str:
+    """The results as the table in docs/benchmarks.md."""
+    lines = ["| suite | overrides | mode | epsilon | sigma | C | NDCG@10 (full) | HR@10 (sampled) | s/round "
+             "| declined |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        sigma, clip = cell.get("noise_multiplier"), cell.get("clip_norm")
+        lines.append(
+            f"| {cell['suite']} | {' '.join(cell.get('overrides', [])) or '-'} | {cell['mode']} | {cell['epsilon']} | "
+            f"{'-' if sigma is None else f'{sigma:.2f}'} | {'-' if clip is None else f'{clip:.2f}'} | "
+            f"{cell['ndcg@10_full']:.4f} | {cell['hr@10_sampled']:.4f} | {cell['seconds_per_round']:.2f} | "
+            f"{cell['declined']} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
     parser.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0, math.inf])
     parser.add_argument("--modes", nargs="+", default=["local", "user_level"], choices=["local", "user_level"])
+    parser.add_argument("--table", action="store_true", help="print the results file as a markdown table and stop")
     parser.add_argument("--rounds", type=int, default=0, help="rounds for every suite (a quick check)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of every suite's config (e.g. local.optimizer=\"sgd\")")
@@ -148,6 +163,9 @@ def main() -> int:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     cells = json.loads(output.read_text()) if output.exists() else []
+    if args.table:
+        print(markdown_table(cells))
+        return 0
     done = {(c["suite"], c["mode"], c["epsilon"]) for c in cells}
     for suite in args.suites:
         for epsilon in sorted(args.epsilons, reverse=True):
