@@ -17,6 +17,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.secure_aggregation import add_masked, device_keys, exchange_settings, is_secure, unmask_record
 from recsys_core.federated.config import FederatedConfig, config_from_json
 from recsys_core.federated.device import (
     DeviceState,
@@ -25,6 +26,7 @@ from recsys_core.federated.device import (
     load_federated_data,
     train_on_device,
 )
+from recsys_core.federated.secure_payload import evaluation_values, training_values
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,
@@ -33,7 +35,9 @@ from recsys_core.federated.wire import (
     METRICS_RECORD,
     PARAMETERS_RECORD,
     PRIVACY_ACCOUNTANT_KEY,
+    PUBLIC_KEY_KEY,
     ROUND_KEY,
+    SECURE_ARRAYS_RECORD,
     evaluation_metrics,
 )
 
@@ -116,20 +120,30 @@ def train(message: Message, context: Context) -> Message:
     )
     write_device_state(context, outcome.device_state, state_file, server_round)
     accountant = outcome.device_state.privacy_accountant
+    metrics: dict[str, float | int] = {
+        "partition-id": partition_id,
+        # A device whose privacy budget is spent declines with a normal reply.
+        "declined": int(outcome.declined),
+        **({} if outcome.privacy_epsilon is None else {"privacy-epsilon": outcome.privacy_epsilon}),
+    }
+    # The accountant's history (mechanism, sampling rate, steps): what the run's privacy ledger needs.
+    config_record = ConfigRecord({} if accountant is None
+                                 else {PRIVACY_ACCOUNTANT_KEY: json.dumps(accountant, sort_keys=True)})
+    if is_secure(message):
+        reply = RecordDict({METRICS_RECORD: MetricRecord(metrics), CONFIG_RECORD: config_record})
+        if not outcome.declined:
+            received = _arrays(message.content[PARAMETERS_RECORD])
+            settings = exchange_settings(message)
+            values = training_values(settings.layout, received, outcome.payload, outcome.num_examples,
+                                     outcome.train_loss, settings.weight_scale, config.privacy.user_level.enabled)
+            add_masked(reply, message, context, values)
+        return Message(reply, reply_to=message)
     reply = RecordDict({
         # Shared parameters, or under user-level DP the clipped update: never the private ones.
         PARAMETERS_RECORD: ArrayRecord({name: Array(value) for name, value in outcome.payload.items()}),
-        METRICS_RECORD: MetricRecord({
-            "num-examples": outcome.num_examples,
-            "train-loss": outcome.train_loss,
-            "partition-id": partition_id,
-            # A device whose privacy budget is spent declines with a normal reply.
-            "declined": int(outcome.declined),
-            **({} if outcome.privacy_epsilon is None else {"privacy-epsilon": outcome.privacy_epsilon}),
-        }),
-        # The accountant's history (mechanism, sampling rate, steps): what the run's privacy ledger needs.
-        CONFIG_RECORD: ConfigRecord({} if accountant is None
-                                    else {PRIVACY_ACCOUNTANT_KEY: json.dumps(accountant, sort_keys=True)}),
+        METRICS_RECORD: MetricRecord({**metrics, "num-examples": outcome.num_examples,
+                                      "train-loss": outcome.train_loss}),
+        CONFIG_RECORD: config_record,
     })
     return Message(reply, reply_to=message)
 
@@ -146,13 +160,26 @@ def evaluate(message: Message, context: Context) -> Message:
         str(message.content[CONFIG_RECORD][EVALUATION_PART_KEY]),
         partition_id,
     )
+    if is_secure(message):
+        reply = RecordDict({METRICS_RECORD: MetricRecord({"partition-id": partition_id}),
+                            CONFIG_RECORD: ConfigRecord()})
+        add_masked(reply, message, context, evaluation_values(exchange_settings(message).layout, sums))
+        return Message(reply, reply_to=message)
     reply = RecordDict({METRICS_RECORD: MetricRecord(evaluation_metrics(sums, partition_id))})
     return Message(reply, reply_to=message)
+
+
+@app.query("unmask")
+def unmask(message: Message, context: Context) -> Message:
+    """Secure aggregation's second step (:func:`client.secure_aggregation.unmask_record`)."""
+    return Message(RecordDict({SECURE_ARRAYS_RECORD: unmask_record(message, context)}), reply_to=message)
 
 
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Tells the server which partition this node holds, so sampling can be replayed exactly."""
+    # The public key is registered for secure aggregation: one exchange per run, not per round.
     reply = RecordDict({METRICS_RECORD: MetricRecord({"partition-id": _partition_id(context)}),
-                        CONFIG_RECORD: ConfigRecord({"role": "fedrec-device"})})
+                        CONFIG_RECORD: ConfigRecord({"role": "fedrec-device",
+                                                     PUBLIC_KEY_KEY: device_keys(context).public_key})})
     return Message(reply, reply_to=message)

@@ -55,6 +55,12 @@ class EvaluationConfig:
         return self
 
 
+def metric_names(config: EvaluationConfig) -> list[str]:
+    """The keys of :attr:`MetricSums.sums` that :func:`evaluate_ranking` fills, sorted."""
+    return sorted(f"{protocol}/{metric}@{cutoff}" for protocol in ("full", "sampled")
+                  for metric in RANK_METRICS for cutoff in config.cutoffs)
+
+
 @dataclass
 class MetricSums:
     """Per-user metric values summed over users, plus the items each top-K list reached.

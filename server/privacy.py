@@ -24,7 +24,7 @@ from recsys_core.privacy.ledger import (
     user_level_privacy_record,
 )
 from recsys_core.privacy.user_level import noisy_mean_update, user_level_epsilon
-from server.strategies import fedadam_step
+from server.strategies import apply_mean_update
 
 Arrays = dict[str, np.ndarray]
 
@@ -52,11 +52,7 @@ def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arra
         central_noise_multiplier=user_level.noise_multiplier if central else None,
         generator=np.random.default_rng(),
     )
-    if fedadam is not None:
-        return fedadam_step(fedadam, current, {name: current[name] + mean[name] for name in current}, server_round)
-    rate = config.server.learning_rate_at(server_round)
-    return {name: (np.asarray(value, dtype=np.float64) + rate * mean[name]).astype(value.dtype)
-            for name, value in current.items()}
+    return apply_mean_update(fedadam, current, mean, server_round, config.server.learning_rate_at(server_round))
 
 
 def run_ledger(config: FederatedConfig, num_clients: int, rounds: list[dict[str, Any]]) -> PrivacyLedger | None:

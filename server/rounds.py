@@ -25,6 +25,7 @@ from recsys_core.evaluation import MetricSums
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
+from recsys_core.federated.secure_payload import evaluation_layout, evaluation_sums, training_layout, training_sum
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,
@@ -33,15 +34,19 @@ from recsys_core.federated.wire import (
     METRICS_RECORD,
     PARAMETERS_RECORD,
     PRIVACY_ACCOUNTANT_KEY,
+    PUBLIC_KEY_KEY,
     ROUND_KEY,
     metric_sums_from_replies,
     update_problem,
 )
 from recsys_core.privacy.ledger import write_ledger
 from recsys_core.run_records import write_json
+from recsys_core.secure_aggregation.layout import VectorLayout
 from server.privacy import LEDGER_FILE, privacy_summary, run_ledger, user_level_step
 from server.run_directory import Checkpoint, RunDirectory
+from server.secure_aggregation import ExchangeResult, SecureAggregator, short_reason
 from server.strategies import (
+    apply_mean_update,
     build_strategy,
     configure_train,
     restore_strategy_state,
@@ -56,13 +61,6 @@ logger = logging.getLogger("fedrec.server")
 
 def _reply_arrays(reply: Message) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in reply.content[PARAMETERS_RECORD].items()}
-
-
-def short_reason(reason: str) -> str:
-    """The last meaningful line of a client error (Ray wraps it in several lines of traceback)."""
-    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
-    last = lines[-1] if lines else "unknown error"
-    return last.split("Message: ", 1)[-1].rstrip("'>")
 
 
 @dataclass
@@ -129,6 +127,11 @@ class FederatedRun:
     run_directory: RunDirectory
     on_round: RoundCallback | None = None
     partition_to_node: dict[int, int] = field(default_factory=dict)
+    #: Set when ``secure_aggregation.enabled``: runs every training and evaluation exchange.
+    secure: SecureAggregator | None = None
+    #: Secure aggregation: the most training rows and users of any partition (example weights, metric ranges).
+    most_training_rows: int = 1
+    most_users: int = 1
 
     def message_config(self, server_round: int, **extra: Any) -> ConfigRecord:
         return ConfigRecord({CONFIG_KEY: self.config.to_json(), ROUND_KEY: server_round,
@@ -155,6 +158,8 @@ class FederatedRun:
                 continue
             partition = int(reply.content[METRICS_RECORD]["partition-id"])
             self.partition_to_node[partition] = reply.metadata.src_node_id
+            if self.secure is not None:
+                self.secure.register(reply.metadata.src_node_id, reply.content[CONFIG_RECORD].get(PUBLIC_KEY_KEY))
 
     def sample(self, server_round: int, count: int, purpose: int) -> list[int]:
         """Sorted partition ids for this round; the same for any run with the same seed."""
@@ -167,6 +172,13 @@ class FederatedRun:
                              CONFIG_RECORD: self.message_config(server_round, **{EVALUATION_PART_KEY: part})})
         messages = [Message(record, dst_node_id=self.partition_to_node[p], message_type=MessageType.EVALUATE)
                     for p in partitions]
+        if self.secure is not None:
+            layout = evaluation_layout(self.config.evaluation, self.most_users)
+            result = self.secure.exchange(grid, messages, layout, f"evaluate-{part}", server_round)
+            if result.total is None:
+                logger.error("round %d: secure evaluation failed: %s", server_round, result.failure)
+                return {}, len(partitions)
+            return evaluation_sums(layout, result.total).means(), len(partitions) - len(result.contributors)
         replies = list(grid.send_and_receive(messages, timeout=self.config.server.round_timeout))
         good = [dict(reply.content[METRICS_RECORD]) for reply in replies if not reply.has_error()]
         # Add in partition order so the float sums do not depend on reply arrival order.
@@ -177,6 +189,9 @@ class FederatedRun:
     def run(self, grid: Grid, resume: bool = False) -> dict[str, Any]:
         config = self.config
         data = load_federated_data(config.data, config.partition)
+        if config.secure_aggregation.enabled:
+            self.secure = SecureAggregator(config, self.run_directory.path.name)
+            self.most_training_rows, self.most_users = max(data.most_training_rows(), 1), max(data.most_users(), 1)
         self.discover(grid, data.num_clients)
         initial = build_device_model(config, data.catalog, 1, 0)
         shared = state_to_arrays(initial.shared_state())
@@ -200,25 +215,15 @@ class FederatedRun:
         node_to_partition = {self.partition_to_node[p]: p for p in partitions}
         messages = configure_train(strategy, server_round, arrays, self.message_config(server_round), grid,
                                    [self.partition_to_node[p] for p in partitions])
-        replies = list(grid.send_and_receive(messages, timeout=config.server.round_timeout))
-        # Aggregate in partition order: float sums then do not depend on reply arrival order.
-        replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
         current = {name: array.numpy() for name, array in arrays.items()}
-        sorted_replies = sort_replies(replies, partitions, node_to_partition, current)
-        good = sorted_replies.good
-        record: dict[str, Any] = {
-            "round": server_round,
-            "sampled": len(partitions),
-            "participants": len(good),
-            "declined": sorted_replies.declined,
-            "failures": sorted_replies.failures,
-            "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
-            "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
-        }
-        if config.privacy.enabled:
-            record.update(sorted_replies.privacy_record())
-        arrays = self.aggregate(strategy, arrays, current, good, server_round, record)
-        for failure in sorted_replies.failures:
+        if self.secure is not None:
+            arrays, record = self.secure_train(grid, strategy, arrays, current, messages, server_round,
+                                               node_to_partition)
+        else:
+            arrays, record = self.plain_train(grid, strategy, arrays, current, messages, server_round, partitions,
+                                              node_to_partition)
+        record = {"round": server_round, "sampled": len(partitions), **record}
+        for failure in record["failures"]:
             logger.warning("round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
         if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
             evaluated = self.sample(server_round, config.server.clients_per_evaluation, EVALUATION)
@@ -231,6 +236,92 @@ class FederatedRun:
         if self.on_round is not None:
             self.on_round(record)
         return arrays
+
+    def plain_train(self, grid: Grid, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray],
+                    messages: list[Message], server_round: int, partitions: list[int],
+                    node_to_partition: dict[int, int]) -> tuple[ArrayRecord, dict[str, Any]]:
+        """Devices send their parameters; the strategy aggregates them."""
+        replies = list(grid.send_and_receive(messages, timeout=self.config.server.round_timeout))
+        # Aggregate in partition order: float sums then do not depend on reply arrival order.
+        replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
+        sorted_replies = sort_replies(replies, partitions, node_to_partition, current)
+        good = sorted_replies.good
+        record: dict[str, Any] = {
+            "participants": len(good),
+            "declined": sorted_replies.declined,
+            "failures": sorted_replies.failures,
+            "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
+            "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
+        }
+        if self.config.privacy.enabled:
+            record.update(sorted_replies.privacy_record())
+        return self.aggregate(strategy, arrays, current, good, server_round, record), record
+
+    def secure_train(self, grid: Grid, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray],
+                     messages: list[Message], server_round: int,
+                     node_to_partition: dict[int, int]) -> tuple[ArrayRecord, dict[str, Any]]:
+        """Devices send masked vectors; the server unmasks their sum and takes the strategy's step from it."""
+        assert self.secure is not None
+        layout = training_layout(self.config, current)
+        result = self.secure.exchange(grid, messages, layout, "train", server_round,
+                                      weight_scale=float(self.most_training_rows))
+        sorted_replies = self._secure_replies(result, node_to_partition)
+        record: dict[str, Any] = {
+            "participants": len(result.contributors) if result.total is not None else 0,
+            "declined": sorted_replies.declined,
+            "failures": sorted_replies.failures,
+            "bytes_down": result.bytes_down,
+            "bytes_up": result.bytes_up,
+        }
+        if self.config.privacy.enabled:
+            record.update(sorted_replies.privacy_record())
+        return self.secure_aggregate(strategy, arrays, current, result, layout, server_round, record), record
+
+    @staticmethod
+    def _secure_replies(result: ExchangeResult, node_to_partition: dict[int, int]) -> SortedReplies:
+        contributed = set(result.contributors)
+        answered = [reply for reply in result.replies if not reply.has_error()]
+        return SortedReplies(
+            good=[], sent=[r for r in answered if r.metadata.src_node_id in contributed], answered=answered,
+            declined=[node_to_partition.get(node) for node in result.declined],
+            failures=[{"partition": node_to_partition.get(f["node"]), "reason": f["reason"]} for f in result.failures],
+            node_to_partition=node_to_partition)
+
+    def secure_aggregate(self, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray],
+                         result: ExchangeResult, layout: VectorLayout, server_round: int,
+                         record: dict[str, Any]) -> ArrayRecord:
+        """The new global arrays from the unmasked sum; unchanged (and logged) when the exchange failed."""
+        config = self.config
+        user_level = config.privacy.user_level
+        set_learning_rate(strategy, config.server.learning_rate_at(server_round))
+        contributors = len(result.contributors)
+        if result.total is None:
+            record["status"] = f"failed: secure aggregation: {result.failure}"
+        elif contributors < config.server.min_clients:
+            record["status"] = f"skipped: {contributors} contributions, fewer than server.min_clients"
+        elif user_level.enabled and contributors < user_level.min_surviving_clients:
+            record["status"] = (f"discarded: {contributors} updates, fewer than privacy.user_level."
+                                f"min_surviving_clients = {user_level.min_surviving_clients}")
+        if "status" in record:
+            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
+            return arrays
+        assert result.total is not None
+        summed = training_sum(layout, result.total)
+        if user_level.enabled:
+            # DP-FedAvg divides by the planned number of clients, as in server.privacy.user_level_step.
+            mean = {name: (summed.update_sum[name] / config.server.clients_per_round).reshape(np.shape(value))
+                    for name, value in current.items()}
+        else:
+            mean = summed.mean_update(current)
+            if not config.privacy.local.enabled:  # under local DP devices report no loss
+                record["train_loss"] = summed.weighted_loss_sum / max(summed.weight_sum, 1e-12)
+        record["clipped_coordinates"] = summed.clipped_coordinates
+        if summed.clipped_coordinates:
+            logger.warning("round %d: devices clipped %d update coordinates to secure_aggregation."
+                           "update_clip_range; raise it if this persists", server_round, summed.clipped_coordinates)
+        updated = apply_mean_update(strategy, current, mean, server_round, config.server.learning_rate_at(server_round))
+        record["status"] = "aggregated"
+        return ArrayRecord({name: Array(value) for name, value in updated.items()})
 
     def aggregate(self, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray], good: list[Message],
                   server_round: int, record: dict[str, Any]) -> ArrayRecord:
@@ -282,6 +373,10 @@ class FederatedRun:
         summary["failures_total"] = sum(len(r.get("failures", [])) for r in rounds)
         summary["bytes_up_total"] = sum(r.get("bytes_up", 0) for r in rounds)
         summary["bytes_down_total"] = sum(r.get("bytes_down", 0) for r in rounds)
+        if config.secure_aggregation.enabled:
+            summary["secure_aggregation"] = {
+                "rounds_failed": sum(str(r.get("status", "")).startswith("failed") for r in rounds),
+                "clipped_coordinates_total": sum(r.get("clipped_coordinates", 0) for r in rounds)}
         shared = {name: array.numpy() for name, array in arrays.items()}
         write_bundle(self.run_directory.path / "final-model", ModelBundle(
             config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,

@@ -85,6 +85,21 @@ def fedadam_step(strategy: FedAdam, current: dict[str, np.ndarray], aggregated: 
             for n in current}
 
 
+def apply_mean_update(strategy: Strategy | None, current: dict[str, np.ndarray], mean_update: dict[str, np.ndarray],
+                      server_round: int, server_learning_rate: float) -> dict[str, np.ndarray]:
+    """The new global arrays from a mean update the server computed itself (DP-FedAvg, secure aggregation).
+
+    The same step as the strategy's own aggregation from that mean: FedAdam's server
+    optimiser, FedAvg's ``current + server lr * mean``, FedProx's plain average.
+    """
+    if isinstance(strategy, FedAdam):
+        return fedadam_step(strategy, current, {name: current[name] + mean_update[name] for name in current},
+                            server_round)
+    rate = 1.0 if isinstance(strategy, FedProx) else server_learning_rate
+    return {name: (np.asarray(value, dtype=np.float64) + rate * mean_update[name]).astype(value.dtype)
+            for name, value in current.items()}
+
+
 def configure_train(strategy: Strategy, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                     grid: Grid, node_ids: list[int]) -> list[Message]:
     """Training messages for exactly ``node_ids`` (the strategy also records the round's arrays)."""

@@ -16,6 +16,7 @@ from recsys_core.experiment import DataConfig, ModelSection
 from recsys_core.models import model_class
 from recsys_core.models.base import config_from_dict
 from recsys_core.privacy.config import PrivacyConfig
+from recsys_core.secure_aggregation.config import SUPPORTED_STRATEGIES, SecureAggregationConfig
 from recsys_core.training import OptimizerName
 
 StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox"]
@@ -129,6 +130,8 @@ class FederatedConfig:
     simulation: SimulationEngineConfig = field(default_factory=SimulationEngineConfig)
     #: Local DP-SGD and user-level DP-FedAvg; both off by default.
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    #: Masked, quantised updates the server can only add up; off by default.
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     seed: int = 0
     output_dir: str = "runs"
 
@@ -166,12 +169,28 @@ class FederatedConfig:
                 # The server applies the noisy mean itself; only these two server optimisers are wired in.
                 raise ConfigError(f"privacy.user_level: runs with server.strategy 'fedavg' or 'fedadam', "
                                   f"got {self.server.strategy!r}")
+        self._validate_secure_aggregation()
         if num_clients is not None and self.server.clients_per_round > num_clients:
             raise ConfigError(
                 f"server.clients_per_round = {self.server.clients_per_round} but the federation has only "
                 f"{num_clients} clients; lower it or use a larger dataset"
             )
         return self
+
+    def _validate_secure_aggregation(self) -> None:
+        secure = self.secure_aggregation.validate()
+        if not secure.enabled:
+            return
+        require_gradient_model(self.model.name, "secure_aggregation")
+        if self.server.strategy not in SUPPORTED_STRATEGIES:
+            raise ConfigError(f"secure_aggregation: the server sees only the sum of the updates, which "
+                              f"{self.server.strategy!r} cannot work from; use server.strategy "
+                              f"{' or '.join(map(repr, SUPPORTED_STRATEGIES))}")
+        user_level = self.privacy.user_level
+        if user_level.enabled and user_level.noise_placement != "distributed":
+            raise ConfigError("secure_aggregation with privacy.user_level: set privacy.user_level.noise_placement = "
+                              "'distributed' (the server cannot clip updates it cannot see, so the devices add "
+                              "the noise)")
 
     def to_json(self) -> str:
         return json.dumps(dataclass_to_dict(self), sort_keys=True)

@@ -47,6 +47,17 @@ class FederatedData:
     def catalog(self) -> CatalogInfo:
         return CatalogInfo.from_log(self.split.train)
 
+    def most_training_rows(self) -> int:
+        """The most training rows any partition holds (secure aggregation scales example weights by it)."""
+        rows = np.bincount(self.partitioners[0].assignment, weights=np.diff(self.split.train.user_offsets),
+                           minlength=self.num_clients)
+        return int(rows.max()) if rows.size else 0
+
+    def most_users(self) -> int:
+        """The most users any partition holds (the range of a device's metric sums)."""
+        users = np.bincount(self.partitioners[0].assignment, minlength=self.num_clients)
+        return int(users.max()) if users.size else 0
+
     def device_split(self, partition_id: int) -> DatasetSplit:
         """The partition's train/valid/test rows, with its users renumbered from 0."""
         users = self.partitioners[0].users_of(partition_id)

@@ -60,3 +60,11 @@ def update_problem(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarra
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             return f"array {name!r} holds NaN or infinite values"
     return None
+
+#: Secure aggregation: the protocol's arrays (``recsys_core.secure_aggregation.wire``) and its settings.
+SECURE_ARRAYS_RECORD = "secure-aggregation"
+SECURE_CONFIG_RECORD = "secure-aggregation-config"
+#: A device's long-term X25519 public key (bytes), registered when the server discovers it.
+PUBLIC_KEY_KEY = "public-key"
+#: The message type of the unmasking step (``ClientApp.query("unmask")``).
+UNMASK_MESSAGE_TYPE = "query.unmask"

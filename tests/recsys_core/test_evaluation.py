@@ -16,6 +16,7 @@ from recsys_core.evaluation import (
     MetricSums,
     _sampled_ranking,
     evaluate_ranking,
+    metric_names,
     metrics_from_ranks,
     sample_evaluation_negatives,
 )
@@ -92,6 +93,14 @@ def test_coverage_counts_distinct_recommended_items() -> None:
     # User 0 excludes item 1 and gets item 4; user 1 has no history and gets item 1.
     assert result.means()["full/coverage@1"] == pytest.approx(2 / 5)
     assert result.num_users == 2
+
+
+def test_metric_names_are_the_keys_evaluation_fills() -> None:
+    history_log, target_log = one_user_log([0]), one_user_log([2])
+    config = EvaluationConfig(cutoffs=(1, 3), sampled_negatives=2)
+    sums = evaluate_ranking(lambda users: SCORES, target_log, history_log,
+                            SeenItems.from_logs(history_log, target_log), config)
+    assert sorted(sums.sums) == metric_names(config)
 
 
 def test_sampled_ranking_hand_values() -> None:

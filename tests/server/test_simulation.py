@@ -57,10 +57,8 @@ class RecordingGrid:
         return getattr(self.grid, name)
 
 
-@pytest.fixture(scope="module")
-def recorded_run(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("recorded")
-    config = tiny_config(tmp_path, rounds=4).validate()
+def run_recorded(config: FederatedConfig) -> tuple[RunDirectory, RecordingGrid, dict]:
+    """Runs ``config`` on the simulation engine and records every message the server sends and receives."""
     directory = prepare_run_directory(config, None, resume=False)
     recorders: list[RecordingGrid] = []
     summary: dict = {}
@@ -74,7 +72,13 @@ def recorded_run(tmp_path_factory):
     keep_ray_on_loopback()
     run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=N_USERS,
                    backend_config=backend_config(config))
-    return config, directory, recorders[0], summary
+    return directory, recorders[0], summary
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    config = tiny_config(tmp_path_factory.mktemp("recorded"), rounds=4).validate()
+    return (config, *run_recorded(config))
 
 
 def private_rows(directory: RunDirectory) -> list[np.ndarray]:
@@ -126,6 +130,31 @@ def test_private_parameters_never_leave_the_device(recorded_run) -> None:
                             assert not (values == row).all(axis=1).any(), f"a private row travelled in {name}"
 
 
+def test_secure_aggregation_gives_the_plain_result_and_the_server_sees_no_update(recorded_run, tmp_path) -> None:
+    _, plain_directory, _, plain_summary = recorded_run
+    values = json.loads(tiny_config(tmp_path, rounds=4).to_json())
+    values["secure_aggregation"] = {"enabled": True}
+    directory, recorder, summary = run_recorded(FederatedConfig.from_dict(values).validate())
+    plain_rounds, rounds = plain_directory.read_rounds(), directory.read_rounds()
+    # The same devices fail (partition 3 raises) and the rest are summed: the same model up to quantisation.
+    def failed(records: list[dict]) -> list[list]:
+        return [[(f["partition"], f["reason"]) for f in record["failures"]] for record in records]
+
+    assert failed(rounds) == failed(plain_rounds) and any(failed(rounds))
+    assert [r["train_loss"] for r in rounds] == pytest.approx([r["train_loss"] for r in plain_rounds], abs=1e-6)
+    assert summary["test"] == pytest.approx(plain_summary["test"], abs=1e-6)
+    assert rounds[1]["validation"] == pytest.approx(plain_rounds[1]["validation"], abs=1e-6)
+    replies = [reply for reply in recorder.received if not reply.has_error()]
+    assert replies
+    for reply in replies:
+        # Counts, losses and metric sums travel only inside the masked vector.
+        metrics = reply.content.metric_records.get("metrics", {})
+        assert set(metrics) <= {"partition-id", "declined"}, sorted(metrics)
+        for record in reply.content.array_records.values():
+            for name, array in record.items():
+                assert not np.issubdtype(array.numpy().dtype, np.floating), f"{name} left a device as floats"
+
+
 def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Path) -> None:
     _, uninterrupted, _, summary = recorded_run
     interrupted, _ = run_federated_simulation(tiny_config(tmp_path, rounds=2))
@@ -157,6 +186,15 @@ def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Pat
         (["--set", "privacy.local.enabled=true", "--set", "privacy.local.target_epsilon=0"],
          "privacy.local.target_epsilon"),
         (["--model", "popularity", "--set", "privacy.local.enabled=true"], "model 'popularity' is fitted by counting"),
+        # Bad secure-aggregation settings.
+        (["--set", "secure_aggregation.enabled=true", "--set", "server.strategy=fedyogi"],
+         "secure_aggregation: the server sees only the sum"),
+        (["--set", "secure_aggregation.enabled=true", "--set", "privacy.user_level.enabled=true"],
+         "noise_placement = 'distributed'"),
+        (["--set", "secure_aggregation.enabled=true", "--set", "secure_aggregation.dropout_tolerance=0.7"],
+         "secure_aggregation.dropout_tolerance"),
+        (["--set", "secure_aggregation.enabled=true", "--set", "secure_aggregation.update_clip_range=0"],
+         "secure_aggregation.update_clip_range"),
     ],
 )
 def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
@@ -184,10 +222,13 @@ def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -
         assert record["status"].startswith("skipped")
 
 
-def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure-aggregation"])
+def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path, secure: bool) -> None:
     from recsys_core.privacy.ledger import load_ledger, verify
 
     values = json.loads(tiny_config(tmp_path, rounds=3).to_json())
+    # With secure aggregation the distributed noise shares are added inside the masked sum.
+    values["secure_aggregation"] = {"enabled": secure}
     values["server"].update({"evaluate_every": 0, "min_clients": 1})
     values["privacy"] = {
         "local": {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 50.0, "target_delta": 1e-3},

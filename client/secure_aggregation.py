@@ -1,0 +1,97 @@
+"""The device's side of secure aggregation: its key pair, masking a reply, answering the unmask request.
+
+The long-term X25519 key pair lives in ``Context.state`` (generated on first use); the
+server registers the public half when it discovers the node. The round's settings and
+neighbour keys are kept in ``Context.state`` between the masking and unmasking steps,
+so the device answers the unmask request from its own copy, not the server's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from recsys_core.federated.wire import CONFIG_RECORD, PUBLIC_KEY_KEY, SECURE_ARRAYS_RECORD, SECURE_CONFIG_RECORD
+from recsys_core.secure_aggregation.keys import DeviceKeys
+from recsys_core.secure_aggregation.protocol import RoundSetup, answer_unmask, mask_contribution
+from recsys_core.secure_aggregation.wire import (
+    ExchangeSettings,
+    decode_neighbours,
+    decode_unmask_request,
+    encode_contribution,
+    encode_neighbours,
+    encode_unmask_response,
+)
+
+KEYS_STATE = "fedrec.secure-aggregation-key"
+ROUND_STATE = "fedrec.secure-aggregation-round"
+ROUND_NEIGHBOURS_STATE = "fedrec.secure-aggregation-neighbours"
+
+
+class KeyChangedError(RuntimeError):
+    """The server holds another public key for this device (it restarted): it must register again."""
+
+
+def device_keys(context: Context) -> DeviceKeys:
+    """This device's long-term key pair, made on first use."""
+    if KEYS_STATE not in context.state.config_records:
+        context.state[KEYS_STATE] = ConfigRecord({"private-key": DeviceKeys.generate().private_key})
+    return DeviceKeys(bytes(context.state.config_records[KEYS_STATE]["private-key"]))
+
+
+def is_secure(message: Message) -> bool:
+    return SECURE_CONFIG_RECORD in message.content
+
+
+def exchange_settings(message: Message) -> ExchangeSettings:
+    return ExchangeSettings.from_wire(dict(message.content[SECURE_CONFIG_RECORD]))
+
+
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def masked_record(message: Message, context: Context, values: dict[str, np.ndarray]) -> ArrayRecord:
+    """Step 1: the device's values packed by the round's layout, masked, with its encrypted shares.
+
+    Raises :class:`KeyChangedError` when the server's copy of this device's key is stale.
+    """
+    keys = device_keys(context)
+    settings = exchange_settings(message)
+    if settings.registered_key != keys.public_key:
+        raise KeyChangedError("the server holds another public key for this device")
+    neighbours = decode_neighbours(_arrays(message.content[SECURE_ARRAYS_RECORD]))
+    setup = RoundSetup(settings.exchange_id, settings.server_round, context.node_id, neighbours, settings.threshold)
+    codec = settings.layout.codec(settings.max_clients, settings.modulus_bits)
+    contribution = mask_contribution(keys, setup, settings.layout.pack(values), codec)
+    context.state[ROUND_STATE] = ConfigRecord({"exchange-id": settings.exchange_id, "round": settings.server_round,
+                                               "threshold": settings.threshold})
+    context.state[ROUND_NEIGHBOURS_STATE] = ArrayRecord(
+        {name: Array(value) for name, value in encode_neighbours(neighbours).items()})
+    return ArrayRecord({name: Array(value) for name, value in encode_contribution(contribution).items()})
+
+
+def add_masked(reply: RecordDict, message: Message, context: Context, values: dict[str, np.ndarray]) -> None:
+    """Adds the masked contribution to ``reply``; a device whose key the server no longer holds sends its new key."""
+    try:
+        reply[SECURE_ARRAYS_RECORD] = masked_record(message, context, values)
+    except KeyChangedError:
+        reply[CONFIG_RECORD][PUBLIC_KEY_KEY] = device_keys(context).public_key
+
+
+def unmask_record(message: Message, context: Context) -> ArrayRecord:
+    """Step 2: shares of surviving neighbours' self masks and seeds shared with dropped ones."""
+    if ROUND_STATE not in context.state.config_records:
+        raise RuntimeError("unmask request for a device that sent no masked contribution")
+    stored = context.state.config_records[ROUND_STATE]
+    asked = str(message.content[SECURE_CONFIG_RECORD].get("exchange-id", "")) \
+        if SECURE_CONFIG_RECORD in message.content else ""
+    if asked != str(stored["exchange-id"]):
+        raise ValueError(f"unmask request for exchange {asked!r}, but this device last masked for "
+                         f"{stored['exchange-id']!r}")
+    neighbours = decode_neighbours(_arrays(context.state.array_records[ROUND_NEIGHBOURS_STATE]))
+    setup = RoundSetup(str(stored["exchange-id"]), int(stored["round"]), context.node_id, neighbours,
+                       int(stored["threshold"]))
+    request = decode_unmask_request(_arrays(message.content[SECURE_ARRAYS_RECORD]))
+    response = answer_unmask(device_keys(context), setup, request)
+    return ArrayRecord({name: Array(value) for name, value in encode_unmask_response(response).items()})
