@@ -205,6 +205,20 @@ def command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_deploy(args: argparse.Namespace) -> int:
+    from server.deploy import make_credentials
+
+    hosts = args.host or ["127.0.0.1", "localhost"]
+    credentials = make_credentials(args.output_dir, hosts, args.supernodes)
+    folder = credentials.ca_certificate.parent
+    console.print(f"Wrote a CA, a SuperLink certificate for {', '.join(hosts)} and {args.supernodes} "
+                  f"SuperNode key pairs to {folder}.")
+    console.print("Next: give superlink.crt/.key and ca.crt to the SuperLink, ca.crt and one supernode-N "
+                  "private key to each SuperNode, and register each supernode-N.pub with "
+                  "`flwr supernode register` (docs/deployment.md). Keep ca.key offline.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrec", description="Federated, private deep recommenders.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override any config key, e.g. --set server.strategy=fedadam")
     simulate.set_defaults(handler=command_simulate)
+
+    deploy = commands.add_parser("deploy", help="credentials for a real deployment (docs/deployment.md)")
+    deploy.add_argument("action", choices=("certs",))
+    deploy.add_argument("--output-dir", default="certificates", help="folder for the credentials (must not hold any)")
+    deploy.add_argument("--host", action="append", default=None,
+                        help="host the SuperLink is reached at (repeat for several; default 127.0.0.1 and localhost)")
+    deploy.add_argument("--supernodes", type=int, default=3, help="SuperNode key pairs to make")
+    deploy.set_defaults(handler=command_deploy)
 
     datasets = commands.add_parser("datasets", help="list, inspect or download datasets")
     datasets.add_argument("action", choices=("list", "info", "download"))
