@@ -154,6 +154,11 @@ def command_simulate(args: argparse.Namespace) -> int:
         console.print(privacy_table(summary["privacy"]))
         console.print(f"Privacy ledger: {directory.path / summary['privacy']['ledger']} "
                       "(every schedule; a reviewer recomputes each epsilon from it alone)")
+    if summary.get("secure_aggregation"):
+        secure = summary["secure_aggregation"]
+        console.print(f"Secure aggregation: the server saw only sums; {secure['rounds_failed']} rounds failed to "
+                      f"unmask (model unchanged, see rounds.jsonl), {secure['clipped_coordinates_total']} update "
+                      "coordinates clipped to secure_aggregation.update_clip_range")
     console.print(f"{summary['seconds_total']:.1f} s in rounds, {summary['failures_total']} client failures, "
                   f"{summary['bytes_up_total'] / 1e6:.1f} MB up, {summary['bytes_down_total'] / 1e6:.1f} MB down")
     console.print(f"Run directory: [bold]{directory.path}[/] (rounds.jsonl, summary.json, metrics.png, "
