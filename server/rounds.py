@@ -19,7 +19,7 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam
 
-from recsys_core.bundle import ModelBundle, write_bundle
+from recsys_core.bundle import ModelBundle, bundle_catalog, write_bundle
 from recsys_core.config import dataclass_to_dict
 from recsys_core.evaluation import MetricSums
 from recsys_core.federated.config import FederatedConfig
@@ -378,10 +378,12 @@ class FederatedRun:
                 "rounds_failed": sum(str(r.get("status", "")).startswith("failed") for r in rounds),
                 "clipped_coordinates_total": sum(r.get("clipped_coordinates", 0) for r in rounds)}
         shared = {name: array.numpy() for name, array in arrays.items()}
+        data = load_federated_data(config.data, config.partition)
         write_bundle(self.run_directory.path / "final-model", ModelBundle(
             config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,
-            {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset}))
-        ledger = run_ledger(config, load_federated_data(config.data, config.partition).num_clients, rounds)
+            {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset},
+            bundle_catalog(data.split.train)))
+        ledger = run_ledger(config, data.num_clients, rounds)
         if ledger is not None:
             write_ledger(ledger, self.run_directory.path / LEDGER_FILE)
             summary["privacy"] = privacy_summary(ledger)
