@@ -197,13 +197,20 @@ class Device:
             allowed[:] = False
             allowed[[self._item_index[str(item)] for item in candidates if str(item) in self._item_index]] = True
         if exclude_seen:
-            seen = [item for item, weight in self.item_weights().items() if weight != 0]
-            allowed[[self._item_index[item] for item in seen if item in self._item_index]] = False
+            allowed[self._seen_indices()] = False
         item_ids = self._bundle.catalog["item_ids"] if self._bundle else np.array([])
         if filter is not None:
             allowed &= np.array([filter(str(item)) for item in item_ids], dtype=bool)
-        order = [index for index in np.argsort(-scores, kind="stable") if allowed[index]][:k]
+        eligible = np.flatnonzero(allowed)
+        if len(eligible) > k:  # a partial sort: only the top k are ordered
+            eligible = eligible[np.argpartition(-scores[eligible], k - 1)[:k]]
+        order = eligible[np.lexsort((eligible, -scores[eligible]))][:k]
         return [Recommendation(str(item_ids[index]), float(scores[index])) for index in order]
+
+    def _seen_indices(self) -> list[int]:
+        """Catalogue indices of items with any non-zero feedback weight (seen, liked or skipped)."""
+        return [self._item_index[item] for item, weight in self.item_weights().items()
+                if weight != 0 and item in self._item_index]
 
     def _popularity(self) -> np.ndarray:
         assert self._bundle is not None
