@@ -24,7 +24,7 @@ class SecureAggregationConfig:
     degree: int = 0
     #: Each coordinate of a device's weighted update is clipped to [-range, range] before quantisation.
     #: Under user-level DP the range is set from the clip norm and the noise instead.
-    update_clip_range: float = 1.0
+    update_clip_range: float = 10.0
     #: A device's training loss is clipped to [0, range] before it is added in.
     loss_clip_range: float = 100.0
     #: Masked values are integers modulo 2^modulus_bits (32: uint32 on the wire, as compact as float32).

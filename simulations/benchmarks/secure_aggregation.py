@@ -12,7 +12,8 @@ final full-ranking NDCG@10 and sampled HR@10 over all 943 users.
 
     python -m simulations.benchmarks.secure_aggregation --data-dir ../shared/datasets --part cost \
         [--clients 50] [--rounds 6] [--set KEY=VALUE ...]
-    python -m simulations.benchmarks.secure_aggregation --data-dir ../shared/datasets --part utility
+    python -m simulations.benchmarks.secure_aggregation --data-dir ../shared/datasets --part utility \
+        [--runs plain "secure aggregation" ...] [--seeds 0 1]
 
 Prints JSON lines and a Markdown table.
 """
@@ -123,26 +124,34 @@ def _shared_shapes(config: FederatedConfig) -> list[tuple[int, ...]]:
     return [value.shape for value in state_to_arrays(model.shared_state()).values()]
 
 
+UTILITY_RUNS = {
+    "plain": [],
+    "secure aggregation": ["secure_aggregation.enabled=true"],
+    "distributed DP": DISTRIBUTED_DP,
+    "secure aggregation + distributed DP": ["secure_aggregation.enabled=true", *DISTRIBUTED_DP],
+}
+
+
 def utility(base: dict[str, Any], args: argparse.Namespace) -> None:
     rows = []
-    for name, overrides in [("plain", []), ("secure aggregation", ["secure_aggregation.enabled=true"]),
-                            ("distributed DP", DISTRIBUTED_DP),
-                            ("secure aggregation + distributed DP", ["secure_aggregation.enabled=true",
-                                                                     *DISTRIBUTED_DP])]:
-        rounds, summary = simulate(build_config(base, [*overrides, *args.set]))
-        privacy = summary.get("privacy", {}).get("user_level", {})
-        row = {"run": name, "ndcg@10": summary["test"]["full/ndcg@10"], "hr@10": summary["test"]["sampled/hr@10"],
-               "seconds_per_round": float(np.mean([r["seconds"] for r in rounds])),
-               "failed_rounds": sum(str(r.get("status", "")).startswith("failed") for r in rounds),
-               "epsilon": privacy.get("claimed_epsilon"), "delta": privacy.get("delta")}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print("| run | full NDCG@10 | sampled HR@10 | s/round | failed rounds | user-level epsilon (claimed) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    for seed in args.seeds:
+        for name in args.runs:
+            rounds, summary = simulate(build_config(base, [*UTILITY_RUNS[name], f"seed={seed}", *args.set]))
+            privacy = summary.get("privacy", {}).get("user_level", {})
+            row = {"run": name, "seed": seed, "ndcg@10": summary["test"]["full/ndcg@10"],
+                   "hr@10": summary["test"]["sampled/hr@10"],
+                   "seconds_per_round": float(np.mean([r["seconds"] for r in rounds])),
+                   "failed_rounds": sum(str(r.get("status", "")).startswith("failed") for r in rounds),
+                   "clipped_coordinates": sum(r.get("clipped_coordinates", 0) for r in rounds),
+                   "epsilon": privacy.get("claimed_epsilon"), "delta": privacy.get("delta")}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("| run | seed | full NDCG@10 | sampled HR@10 | s/round | failed rounds | user-level epsilon (claimed) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         epsilon = "-" if row["epsilon"] is None else f"{row['epsilon']:.1f} at delta {row['delta']:g}"
-        print(f"| {row['run']} | {row['ndcg@10']:.4f} | {row['hr@10']:.4f} | {row['seconds_per_round']:.2f} | "
-              f"{row['failed_rounds']} | {epsilon} |")
+        print(f"| {row['run']} | {row['seed']} | {row['ndcg@10']:.4f} | {row['hr@10']:.4f} | "
+              f"{row['seconds_per_round']:.2f} | {row['failed_rounds']} | {epsilon} |")
 
 
 def main() -> int:
@@ -152,6 +161,9 @@ def main() -> int:
     parser.add_argument("--part", choices=["cost", "utility"], required=True)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--runs", nargs="+", choices=list(UTILITY_RUNS), default=list(UTILITY_RUNS),
+                        help="utility part: which runs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="utility part: run seeds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     base = apply_overrides(read_toml(args.config), [f'data.data_dir="{args.data_dir}"'])
