@@ -100,6 +100,33 @@ class NeuMF(Recommender):
         return functional.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none").sum(dim=1)
 
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
+        """Every item's logit for each user, computed as a few matrix products over the catalogue.
+
+        Equal to ``forward`` on every (user, item) pair, but the MLP's first layer is split
+        into its user and item halves: the item half is one ``[n_items, width]`` product
+        shared by all users, instead of one concatenation and product per pair.
+        """
+        if len(self.mlp) == 0:
+            return self._score_pairs(users)
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        mlp_dim = self.mlp_item_embedding.embedding_dim
+        item_half = self.mlp_item_embedding.weight @ first.weight[:, mlp_dim:].T  # [n_items, width]
+        item_gmf = self.gmf_item_embedding.weight
+        output_gmf = self.output.weight[0, : item_gmf.shape[1]]
+        output_mlp = self.output.weight[0, item_gmf.shape[1]:]
+        n_items = self.catalog.n_items
+        users_per_chunk = max(1, self.config.score_chunk_pairs // n_items)
+        chunks = []
+        for start in range(0, len(users), users_per_chunk):
+            chunk = torch.as_tensor(users[start : start + users_per_chunk], dtype=torch.int64)
+            user_half = self.mlp_user_embedding(chunk) @ first.weight[:, :mlp_dim].T + first.bias  # [B, width]
+            hidden = self.mlp[1:](item_half.unsqueeze(0) + user_half.unsqueeze(1))  # [B, n_items, last]
+            gmf = (self.gmf_user_embedding(chunk) * output_gmf) @ item_gmf.T  # [B, n_items]
+            chunks.append(gmf + hidden @ output_mlp + self.output.bias)
+        return torch.cat(chunks) if chunks else torch.zeros(0, n_items)
+
+    def _score_pairs(self, users: np.ndarray) -> torch.Tensor:
         n_items = self.catalog.n_items
         users_per_chunk = max(1, self.config.score_chunk_pairs // n_items)
         all_items = torch.arange(n_items)

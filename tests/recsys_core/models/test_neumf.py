@@ -1,8 +1,9 @@
-"""NeuMF's samples: single pairs for plain training, one group per interaction for DP-SGD."""
+"""NeuMF: single pairs for plain training, one group per interaction for DP-SGD, and catalogue scoring."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from model_test_helpers import synthetic_split
 
@@ -27,3 +28,15 @@ def test_dp_samples_hold_each_interaction_with_its_negatives_and_flatten_to_the_
     pair_losses = model.per_sample_loss(pairs)
     assert group_losses.shape == (log.n_interactions,) and pair_losses.shape == (4 * log.n_interactions,)
     torch.testing.assert_close(group_losses, pair_losses.reshape(-1, 4).sum(dim=1))
+
+
+@pytest.mark.parametrize("layers", [(64, 32, 16), (16, 8), (8,)])
+def test_scoring_the_catalogue_equals_the_forward_pass_on_every_pair(layers: tuple[int, ...]) -> None:
+    model = build_model("neumf", CatalogInfo(5, 40), {"mlp_layers": list(layers), "score_chunk_pairs": 80})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.5)
+        model.eval()
+        users = np.array([4, 0, 2])
+        pairs = model(torch.from_numpy(users).repeat_interleave(40).unsqueeze(1), torch.arange(40).repeat(3)[:, None])
+        assert torch.allclose(model.score(users, None), pairs.view(3, 40), rtol=1e-5, atol=1e-5)
