@@ -1,7 +1,9 @@
 """The Flower ClientApp: one device, its own rows, its private state in ``Context.state``.
 
 Thin glue over :mod:`recsys_core.federated.device`: unpack the message, run the
-device's update, pack the reply. Private parameters (the user embedding) and their
+device's update, pack the reply. A node trains on its dataset partition (simulation),
+or, when its node config names an SDK store (``store-path``), on the feedback the app
+recorded there (:mod:`client.device_store`). Private parameters (the user embedding) and their
 optimiser state stay in ``Context.state``; only shared parameters are sent back.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,9 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.device_store import StoreBackedDevice
 from client.secure_aggregation import add_masked, device_keys, exchange_settings, is_secure, unmask_record
+from recsys_core.data.splits import DatasetSplit
 from recsys_core.federated.config import FederatedConfig, config_from_json
 from recsys_core.federated.device import (
     DeviceState,
@@ -55,10 +60,36 @@ def _partition_id(context: Context) -> int:
                            "--node-config \"partition-id=N num-partitions=M\"") from None
 
 
-def _setup(message: Message, context: Context) -> tuple[FederatedConfig, FederatedData, int]:
+@dataclass
+class DeviceData:
+    """Where this node's training data and state live: a dataset partition, or the app's SDK store."""
+
+    config: FederatedConfig
+    partition_id: int
+    split: DatasetSplit
+    store: StoreBackedDevice | None
+
+    def read_state(self, context: Context, message: Message, server_round: int) -> DeviceState | None:
+        if self.store is not None:
+            return self.store.read_state()
+        return read_device_state(context, _device_state_file(message, self.partition_id), server_round)
+
+    def write_state(self, context: Context, message: Message, state: DeviceState, server_round: int) -> None:
+        if self.store is not None:
+            self.store.write_state(state)
+        else:
+            write_device_state(context, state, _device_state_file(message, self.partition_id), server_round)
+
+
+def _setup(message: Message, context: Context) -> DeviceData:
     config = config_from_json(str(message.content[CONFIG_RECORD][CONFIG_KEY]))
     torch.set_num_threads(config.simulation.torch_threads_per_client)
-    return config, load_federated_data(config.data, config.partition), _partition_id(context)
+    partition_id = _partition_id(context)
+    store = StoreBackedDevice.from_node_config(context.node_config)
+    if store is not None:
+        return DeviceData(config, partition_id, store.split(config), store)
+    data: FederatedData = load_federated_data(config.data, config.partition)
+    return DeviceData(config, partition_id, data.device_split(partition_id), None)
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -107,18 +138,18 @@ def write_device_state(context: Context, state: DeviceState, state_file: Path | 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    config, data, partition_id = _setup(message, context)
-    state_file = _device_state_file(message, partition_id)
+    device = _setup(message, context)
+    config, partition_id = device.config, device.partition_id
     server_round = int(message.content[CONFIG_RECORD][ROUND_KEY])
     outcome = train_on_device(
         config,
-        data.device_split(partition_id),
+        device.split,
         _arrays(message.content[PARAMETERS_RECORD]),
-        read_device_state(context, state_file, server_round),
+        device.read_state(context, message, server_round),
         server_round,
         partition_id,
     )
-    write_device_state(context, outcome.device_state, state_file, server_round)
+    device.write_state(context, message, outcome.device_state, server_round)
     accountant = outcome.device_state.privacy_accountant
     metrics: dict[str, float | int] = {
         "partition-id": partition_id,
@@ -150,13 +181,13 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    config, data, partition_id = _setup(message, context)
+    device = _setup(message, context)
+    partition_id = device.partition_id
     sums = evaluate_on_device(
-        config,
-        data.device_split(partition_id),
+        device.config,
+        device.split,
         _arrays(message.content[PARAMETERS_RECORD]),
-        read_device_state(context, _device_state_file(message, partition_id),
-                          int(message.content[CONFIG_RECORD][ROUND_KEY]) + 1),
+        device.read_state(context, message, int(message.content[CONFIG_RECORD][ROUND_KEY]) + 1),
         str(message.content[CONFIG_RECORD][EVALUATION_PART_KEY]),
         partition_id,
     )

@@ -29,6 +29,8 @@ from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.training import make_optimizer, run_local_epochs, seeded
 
 PRIVATE_PREFIX = "private/"
+#: Keys of what federated training keeps on the device (:class:`recsys_core.federated.device.DeviceState`).
+TRAINING_STATE_PREFIXES = (PRIVATE_PREFIX, "optimizer/", "privacy/")
 FEEDBACK_KEYS = ("feedback/items", "feedback/kinds", "feedback/values", "feedback/timestamps")
 #: How many positives the private parameters were last fitted to (refit when there are more).
 FITTED_KEY = "meta/fitted-positives"
@@ -143,6 +145,22 @@ class Device:
         return InteractionLog.from_arrays(np.zeros(len(model_items), np.int64), np.array(model_items, np.int64),
                                           np.arange(len(model_items)), None, IdMap(np.array([0])),
                                           IdMap(np.arange(n_items)))
+
+    # -- federated training's state -------------------------------------------------------------
+    def training_state(self) -> dict[str, np.ndarray]:
+        """What federated training keeps here between rounds: private parameters, optimiser state, accountant."""
+        return {key: value for key, value in self._arrays.items() if key.startswith(TRAINING_STATE_PREFIXES)}
+
+    def save_training_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replaces the training state (after a federated round) and saves the store; feedback is kept."""
+        self._arrays = {key: value for key, value in self._arrays.items()
+                        if not key.startswith(TRAINING_STATE_PREFIXES) and key != FITTED_KEY}
+        self._arrays.update(arrays)
+        if self._model is not None:
+            private = {name.removeprefix(PRIVATE_PREFIX): torch.from_numpy(np.asarray(value))
+                       for name, value in arrays.items() if name.startswith(PRIVATE_PREFIX)}
+            self._model.load_state_dict(private, strict=False)
+        self.store.save(self._arrays)
 
     # -- learning --------------------------------------------------------------------------------
     def personalise(self) -> float | None:
