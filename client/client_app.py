@@ -10,8 +10,6 @@ optimiser state stay in ``Context.state``; only shared parameters are sent back.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from recsys_core.federated.wire import (
     SECURE_ARRAYS_RECORD,
     evaluation_metrics,
 )
+from recsys_core.files import write_atomically
 
 DEVICE_STATE_RECORD = "fedrec.device-state"
 ROUND_TAG = "meta/written-in-round"
@@ -125,15 +124,8 @@ def write_device_state(context: Context, state: DeviceState, state_file: Path | 
     if state_file is None:
         return
     # The device's disk: the new generation is written atomically beside the previous one.
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=state_file.parent, suffix=".tmp")
-    with os.fdopen(handle, "wb") as stream:
-        np.savez(stream, **arrays, **{ROUND_TAG: np.array(server_round)})
-        stream.flush()
-        os.fsync(stream.fileno())
-    if state_file.exists():
-        os.replace(state_file, state_file.with_suffix(".previous.npz"))
-    os.replace(temporary, state_file)
+    write_atomically(state_file, lambda stream: np.savez(stream, **arrays, **{ROUND_TAG: np.array(server_round)}),
+                     keep_previous=state_file.with_suffix(".previous.npz"))
 
 
 @app.train()

@@ -6,13 +6,14 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from recsys_core.files import write_atomically
 
 RECORDED_PACKAGES = ("fedrec", "torch", "numpy", "opacus", "flwr", "cryptography", "rich")
 
@@ -33,19 +34,8 @@ def new_run_directory(output_dir: str | Path, label: str) -> Path:
 
 def write_json(path: str | Path, payload: Any) -> None:
     """Writes JSON atomically (temporary file, fsync, rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=True, default=str)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomically(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
 def package_versions() -> dict[str, str]:

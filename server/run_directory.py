@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from recsys_core.errors import FedrecError
+from recsys_core.files import write_atomically
 from recsys_core.run_records import write_json
 
 CHECKPOINT_FORMAT = 1
@@ -82,12 +82,7 @@ class RunDirectory:
         folder.mkdir(exist_ok=True)
         arrays = {f"shared/{k}": v for k, v in checkpoint.shared_parameters.items()}
         arrays.update({f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()})
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, folder / f"round-{checkpoint.completed_round}.npz")
+        write_atomically(folder / f"round-{checkpoint.completed_round}.npz", lambda stream: np.savez(stream, **arrays))
         write_json(folder / "latest.json", {"format": CHECKPOINT_FORMAT, "completed_round": checkpoint.completed_round,
                                             "arrays": f"round-{checkpoint.completed_round}.npz"})
         for stale in folder.glob("round-*.npz"):

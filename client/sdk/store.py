@@ -26,7 +26,6 @@ import hmac
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from recsys_core.errors import FedrecError
+from recsys_core.files import write_atomically
 
 MAGIC = b"FEDRECSTORE"
 VERSION = 1
@@ -164,7 +164,7 @@ class EncryptedStore:
         nonce = os.urandom(NONCE_BYTES)
         ciphertext = AESGCM(self._key).encrypt(nonce, buffer.getvalue(), header_bytes)
         payload = MAGIC + bytes([VERSION]) + len(header_bytes).to_bytes(4, "big") + header_bytes + nonce + ciphertext
-        _atomic_write(self.path, payload)
+        write_atomically(self.path, lambda stream: stream.write(payload))
 
     def _split(self, data: bytes) -> tuple[bytes, bytes, bytes]:
         fixed = len(MAGIC) + 1 + 4
@@ -179,23 +179,4 @@ class EncryptedStore:
         nonce = data[fixed + length:fixed + length + NONCE_BYTES]
         return header, nonce, data[fixed + length + NONCE_BYTES:]
 
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    # The rename itself is durable only once the folder is.
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
