@@ -5,8 +5,8 @@ recorded feedback instead of a dataset partition, and keeps its training state
 (private parameters, optimiser state, privacy accountant) in that encrypted store, where
 the app's ``recommend`` finds the user embedding federated training fitted:
 
-    flower-supernode ... --node-config "partition-id=0 num-partitions=1 store-path=/data/user.store
-        store-key-file=/secure/user.key bundle-path=/data/final-model"
+    flower-supernode ... --node-config 'partition-id=0 num-partitions=1 store-path="/data/user.store"
+        store-key-file="/secure/user.key" bundle-path="/data/final-model"'
 
 ``store-key-file`` holds the store's 32-byte key as 64 hex digits (from the OS keystore);
 ``store-passphrase-env`` names an environment variable holding a passphrase instead.

@@ -128,6 +128,7 @@ def evaluation_values(layout: VectorLayout, sums: MetricSums) -> dict[str, np.nd
 
 def evaluation_sums(layout: VectorLayout, total: np.ndarray) -> MetricSums:
     parts = layout.unpack(total)
-    sums = {name.removeprefix(METRIC_PREFIX): float(value[0]) for name, value in parts.items()
+    # Metric sums are never negative; rounding can leave a sum of zeros a few 1e-9 below zero.
+    sums = {name.removeprefix(METRIC_PREFIX): max(float(value[0]), 0.0) for name, value in parts.items()
             if name.startswith(METRIC_PREFIX)}
     return MetricSums(sums, round(float(parts[USERS][0])))

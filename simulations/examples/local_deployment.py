@@ -1,0 +1,251 @@
+"""A whole deployment on this machine: a TLS SuperLink, authenticated SuperNodes, app devices, ``flwr run``.
+
+    python -m simulations.examples.local_deployment [--workspace DIR] [--rounds 2]
+
+What it does, as docs/deployment.md and docs/client-sdk.md describe:
+
+1. ``fedrec deploy certs``: a CA, the SuperLink's certificate, one key pair per SuperNode.
+2. Starts ``flower-superlink`` with TLS and node authentication on 127.0.0.1.
+3. Registers the SuperNodes' public keys with ``flwr supernode register``.
+4. Sets up three app devices: each has an encrypted SDK store where the "app" recorded
+   its user's purchases, and the current global model bundle.
+5. Starts one SuperNode per device with ``store-path``, ``store-key-file`` and
+   ``bundle-path`` in its node config: the ClientApp trains on what the app recorded.
+6. ``flwr run`` with secure aggregation; then each device loads the new global model and
+   recommends, on the device.
+
+Every process is stopped (by process tree) when it ends, also on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import suppress
+from pathlib import Path
+
+import numpy as np
+
+from client.sdk.device import Device
+from client.sdk.store import KeySource
+from recsys_core.bundle import ModelBundle, bundle_catalog, write_bundle
+from recsys_core.data.partitions import PartitionConfig
+from recsys_core.data.synthetic import SyntheticConfig
+from recsys_core.experiment import DataConfig
+from recsys_core.federated.device import load_federated_data, state_to_arrays
+from recsys_core.models import CatalogInfo, build_model
+from recsys_core.training import seeded
+from server.deploy import make_credentials
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CONNECTION = "fedrec-local"
+SYNTHETIC = {"n_users": 30, "n_items": 40, "seed": 2}
+MODEL_OPTIONS = {"gmf_dim": 4, "mlp_layers": [8, 4]}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """Stops ``pid`` and everything it started (the SuperLink starts its executor in a new session)."""
+    for child in children(pid):
+        kill_tree(child)
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class LocalDeployment:
+    """A SuperLink and SuperNodes on 127.0.0.1, their credentials and logs in ``folder``."""
+
+    def __init__(self, folder: Path, supernodes: int) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.processes: list[subprocess.Popen] = []
+        self.credentials = make_credentials(folder / "certificates", ["127.0.0.1"], supernodes=supernodes)
+        home = folder / "flwr-home"
+        home.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.credentials.ca_certificate}"\n')
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(home),
+                    "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder)
+        self.processes.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def flwr(self, *arguments: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "flwr"), *arguments], env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start_superlink(self, timeout: float = 60) -> None:
+        credentials = self.credentials
+        self.start("superlink", [
+            str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(credentials.ca_certificate),
+            "--ssl-certfile", str(credentials.superlink_certificate), "--ssl-keyfile", str(credentials.superlink_key),
+            "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
+            "--database", str(self.folder / "state.db"), "--disable-runtime-dependency-installation"])
+        context = ssl.create_default_context(cafile=str(credentials.ca_certificate))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", context=context, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"SuperLink not healthy after {timeout} s:\n{self.log('superlink')[-3000:]}")
+
+    def register(self, public_key: Path) -> None:
+        registered = self.flwr("supernode", "register", str(public_key), CONNECTION)
+        if registered.returncode != 0:
+            raise RuntimeError(f"flwr supernode register failed: {registered.stdout}{registered.stderr}")
+
+    def supernode(self, name: str, key: Path | None, node_config: str, *extra: str) -> subprocess.Popen:
+        command = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+                   "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config, *extra]
+        if key is not None:
+            command += ["--root-certificates", str(self.credentials.ca_certificate),
+                        "--auth-supernode-private-key", str(key)]
+        return self.start(name, command)
+
+    def run(self, run_config: Path, run_dir: Path, timeout: float = 420) -> subprocess.CompletedProcess:
+        return self.flwr("run", str(ROOT), CONNECTION, "--stream", "--run-config",
+                         f"config='{run_config}' run-dir='{run_dir}'", timeout=timeout)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            kill_tree(process.pid)
+        for process in self.processes:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+
+def run_config(folder: Path, rounds: int, clients: int) -> Path:
+    """The run's config: the synthetic catalogue the devices' bundle was made for, secure aggregation on."""
+    path = folder / "run.toml"
+    path.write_text(f"""
+seed = 0
+output_dir = "{folder / 'runs'}"
+[data]
+dataset = "synthetic"
+[data.synthetic]
+n_users = {SYNTHETIC['n_users']}
+n_items = {SYNTHETIC['n_items']}
+seed = {SYNTHETIC['seed']}
+[partition]
+users_per_client = {SYNTHETIC['n_users'] // clients}
+[model]
+name = "neumf"
+[model.options]
+gmf_dim = {MODEL_OPTIONS['gmf_dim']}
+mlp_layers = {MODEL_OPTIONS['mlp_layers']}
+[local]
+epochs = 1
+[server]
+rounds = {rounds}
+clients_per_round = {clients}
+min_clients = 2
+evaluate_every = 0
+clients_per_evaluation = {clients}
+round_timeout = 120
+connect_timeout = 60
+[secure_aggregation]
+enabled = true
+""")
+    return path
+
+
+def initial_bundle(folder: Path) -> Path:
+    """The global model the app ships with before any federated round: initial weights, the catalogue."""
+    # The catalogue exactly as the server will build it (preprocessed and split the same way).
+    train = load_federated_data(DataConfig(synthetic=SyntheticConfig(**SYNTHETIC)), PartitionConfig()).split.train
+    with seeded(0):
+        model = build_model("neumf", CatalogInfo(1, train.n_items), MODEL_OPTIONS)
+    return write_bundle(folder, ModelBundle("neumf", MODEL_OPTIONS, train.n_items,
+                                            state_to_arrays(model.shared_state()), {"rounds": 0},
+                                            bundle_catalog(train)))
+
+
+def app_device(folder: Path, index: int, bundle: Path, rng: np.random.Generator) -> dict[str, str]:
+    """An app's device: its key (as the OS keystore would hold it), its store with recorded purchases."""
+    key = os.urandom(32)
+    (folder / f"device-{index}.key").write_text(key.hex())
+    device = Device.open(folder / f"device-{index}.store", KeySource.from_app_key(key))
+    device.load_bundle(bundle)
+    for step, item in enumerate(rng.choice(SYNTHETIC["n_items"], 8, replace=False)):
+        device.record(str(item), "purchase", timestamp=step)
+    return {"store-path": str(folder / f"device-{index}.store"), "store-key-file": str(folder / f"device-{index}.key"),
+            "bundle-path": str(bundle)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", help="folder for credentials, stores and logs (default: a new temp folder)")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    folder = Path(args.workspace or tempfile.mkdtemp(prefix="fedrec-deployment-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    devices = 3
+    deployment = LocalDeployment(folder, supernodes=devices)
+    try:
+        print(f"1-2. credentials in {folder / 'certificates'}; starting the SuperLink on 127.0.0.1:{deployment.port}")
+        deployment.start_superlink()
+        for public_key in deployment.credentials.supernode_public_keys:
+            deployment.register(public_key)
+        print(f"3. registered {devices} SuperNodes")
+        bundle = initial_bundle(folder / "initial-model")
+        rng = np.random.default_rng(0)
+        for index in range(devices):
+            settings = app_device(folder, index, bundle, rng)
+            node_config = " ".join([f"partition-id={index} num-partitions={devices}",
+                                    *(f'{key}="{value}"' for key, value in settings.items())])
+            deployment.supernode(f"supernode-{index}", deployment.credentials.supernode_private_keys[index],
+                                 node_config)
+        print(f"4-5. {devices} app devices with encrypted stores joined as SuperNodes")
+        run_dir = folder / "run"
+        result = deployment.run(run_config(folder, args.rounds, devices), run_dir)
+        if result.returncode != 0 or not (run_dir / "summary.json").exists():
+            print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
+            print(f"the run did not finish; see the logs in {folder}", file=sys.stderr)
+            return 1
+        print(f"6. flwr run finished: {run_dir}")
+        key = bytes.fromhex((folder / "device-0.key").read_text())
+        device = Device.open(folder / "device-0.store", KeySource.from_app_key(key))
+        device.load_bundle(run_dir / "final-model")
+        print("device 0 recommends, on the device:", [r.item for r in device.recommend(k=5)])
+        print(f"logs: {folder}/*.log")
+        return 0
+    finally:
+        deployment.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
