@@ -39,3 +39,10 @@ def test_recsys_core_never_imports_flower() -> None:
         if re.search(r"^\s*(import|from)\s+flwr\b", path.read_text(), flags=re.M)
     ]
     assert offenders == []
+
+
+def test_test_modules_have_unique_names() -> None:
+    # pytest's default import mode imports test modules by basename: two of the same name
+    # in different folders stop collection ("import file mismatch") on a clean checkout.
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
