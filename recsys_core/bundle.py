@@ -36,7 +36,8 @@ class ModelBundle:
     n_items: int
     shared_parameters: dict[str, np.ndarray]
     metadata: dict[str, Any]
-    #: ``item_ids`` (str), ``item_popularity`` (float), ``item_features`` (float32 [n_items, f]); all optional.
+    #: ``item_ids`` (str), ``item_popularity`` (float), ``item_features`` (float32 [n_items, f]) and
+    #: ``item_feature_names`` (str); all optional.
     catalog: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -59,6 +60,7 @@ def bundle_catalog(train: InteractionLog) -> dict[str, np.ndarray]:
                "item_popularity": np.bincount(train.item_ids, minlength=train.n_items).astype(np.float64)}
     if train.item_features is not None:
         catalog["item_features"] = np.asarray(train.item_features.values, dtype=np.float32)
+        catalog["item_feature_names"] = np.array(list(train.item_features.names))
     return catalog
 
 

@@ -23,7 +23,7 @@ import torch
 from client.sdk.feedback import FEEDBACK_KINDS, FeedbackWeights
 from client.sdk.store import EncryptedStore, KeySource
 from recsys_core.bundle import BundleError, ModelBundle, read_bundle
-from recsys_core.data.interactions import IdMap, InteractionLog
+from recsys_core.data.interactions import IdMap, InteractionLog, ItemFeatures
 from recsys_core.errors import FedrecError
 from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.training import make_optimizer, run_local_epochs, seeded
@@ -144,7 +144,18 @@ class Device:
         n_items = len(self._item_index)
         return InteractionLog.from_arrays(np.zeros(len(model_items), np.int64), np.array(model_items, np.int64),
                                           np.arange(len(model_items)), None, IdMap(np.array([0])),
-                                          IdMap(np.arange(n_items)))
+                                          IdMap(np.arange(n_items)), item_features=self._item_features())
+
+    def _item_features(self) -> ItemFeatures | None:
+        """The bundle's item features, for content-based and hybrid models."""
+        catalog = self._bundle.catalog if self._bundle is not None else {}
+        if "item_features" not in catalog:
+            return None
+        values = np.asarray(catalog["item_features"], dtype=np.float32)
+        names = catalog.get("item_feature_names")
+        labels = tuple(str(name) for name in names) if names is not None else tuple(
+            f"feature-{index}" for index in range(values.shape[1]))
+        return ItemFeatures(values, labels)
 
     # -- federated training's state -------------------------------------------------------------
     def training_state(self) -> dict[str, np.ndarray]:

@@ -126,3 +126,20 @@ def test_a_sequence_model_recommends_from_the_history(tmp_path: Path) -> None:
 def test_recommending_without_a_model_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(DeviceError, match="call load_bundle"):
         Device.open(tmp_path / "user.store", KEY).recommend()
+
+
+def test_a_hybrid_model_reads_item_features_from_the_bundle(tmp_path: Path) -> None:
+    features = (np.random.default_rng(0).random((N_ITEMS, 6)) < 0.3).astype(np.float32)
+    with seeded(0):
+        model = build_model("hybrid", CatalogInfo(1, N_ITEMS, features), {})
+    bundle = write_bundle(tmp_path / "bundle", ModelBundle(
+        "hybrid", {}, N_ITEMS, state_to_arrays(model.shared_state()), {},
+        {"item_ids": np.array(ITEMS), "item_features": features,
+         "item_feature_names": np.array([f"genre-{i}" for i in range(6)])}))
+    device = Device.open(tmp_path / "user.store", KEY)
+    device.load_bundle(bundle)
+    assert device.training_log().item_features.names[0] == "genre-0"
+    device.record("sku-1", "purchase", timestamp=1)
+    device.record("sku-2", "purchase", timestamp=2)
+    assert device.personalise() is not None  # the hybrid's user embedding is the user's own
+    assert len(device.recommend(k=5)) == 5
