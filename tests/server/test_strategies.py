@@ -7,7 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
-from server.strategies import fedadam_step
+from recsys_core.federated.config import ServerConfig
+from server.strategies import apply_mean_update, build_strategy, fedadam_step
 
 
 def test_fedadam_step_matches_flowers_fedadam_over_several_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,3 +27,21 @@ def test_fedadam_step_matches_flowers_fedadam_over_several_rounds(monkeypatch: p
         assert ours_arrays["w"].dtype == np.float32
         np.testing.assert_allclose(ours_arrays["w"], flower_arrays["w"], atol=1e-6)
         assert set(ours.m_t) == set(ours.v_t) == {"w"}
+
+
+@pytest.mark.parametrize(("strategy", "expected"), [("fedavg", [1.0 + 3.0 * 0.5]), ("fedprox", [1.5])])
+def test_a_mean_update_is_applied_as_the_strategy_would(strategy: str, expected: list[float]) -> None:
+    built = build_strategy(ServerConfig(strategy=strategy, server_learning_rate=3.0), proximal_mu=0.1)
+    current = {"w": np.array([1.0], dtype=np.float32)}
+    updated = apply_mean_update(built, current, {"w": np.array([0.5])}, server_round=1, server_learning_rate=3.0)
+    assert updated["w"].dtype == np.float32 and updated["w"].tolist() == pytest.approx(expected)
+
+
+def test_a_mean_update_under_fedadam_is_flowers_fedadam_step() -> None:
+    current = {"w": np.array([1.0, -2.0], dtype=np.float32)}
+    mean = {"w": np.array([0.2, 0.1])}
+    ours = build_strategy(ServerConfig(strategy="fedadam", server_learning_rate=0.1), proximal_mu=0.0)
+    reference = build_strategy(ServerConfig(strategy="fedadam", server_learning_rate=0.1), proximal_mu=0.0)
+    assert isinstance(reference, FedAdam)
+    expected = fedadam_step(reference, current, {"w": current["w"] + mean["w"]}, 1)
+    assert np.allclose(apply_mean_update(ours, current, mean, 1, 0.1)["w"], expected["w"])
