@@ -111,7 +111,7 @@ class NeuMF(Recommender):
         first = self.mlp[0]
         assert isinstance(first, nn.Linear)
         mlp_dim = self.mlp_item_embedding.embedding_dim
-        item_half = self.mlp_item_embedding.weight @ first.weight[:, mlp_dim:].T  # [n_items, width]
+        item_half = self._item_half(first, mlp_dim)
         item_gmf = self.gmf_item_embedding.weight
         output_gmf = self.output.weight[0, : item_gmf.shape[1]]
         output_mlp = self.output.weight[0, item_gmf.shape[1]:]
@@ -125,6 +125,19 @@ class NeuMF(Recommender):
             gmf = (self.gmf_user_embedding(chunk) * output_gmf) @ item_gmf.T  # [B, n_items]
             chunks.append(gmf + hidden @ output_mlp + self.output.bias)
         return torch.cat(chunks) if chunks else torch.zeros(0, n_items)
+
+    def _item_half(self, first: nn.Linear, mlp_dim: int) -> torch.Tensor:
+        """The item half of the MLP's first layer for every item, ``[n_items, width]``.
+
+        Cached until either weight changes (an optimiser step or ``load_state_dict`` bumps
+        a tensor's version), so a device ranking again and again pays for it once.
+        """
+        key = (self.mlp_item_embedding.weight._version, first.weight._version,
+               self.mlp_item_embedding.weight.data_ptr(), first.weight.data_ptr(), torch.is_grad_enabled())
+        if getattr(self, "_item_half_key", None) != key:
+            self._item_half_cache = self.mlp_item_embedding.weight @ first.weight[:, mlp_dim:].T
+            self._item_half_key = key
+        return self._item_half_cache
 
     def _score_pairs(self, users: np.ndarray) -> torch.Tensor:
         n_items = self.catalog.n_items

@@ -40,3 +40,14 @@ def test_scoring_the_catalogue_equals_the_forward_pass_on_every_pair(layers: tup
         users = np.array([4, 0, 2])
         pairs = model(torch.from_numpy(users).repeat_interleave(40).unsqueeze(1), torch.arange(40).repeat(3)[:, None])
         assert torch.allclose(model.score(users, None), pairs.view(3, 40), rtol=1e-5, atol=1e-5)
+
+
+def test_cached_item_projections_follow_every_change_of_the_weights() -> None:
+    model = build_model("neumf", CatalogInfo(2, 30), {})
+    model.eval()
+    users = np.array([0, 1])
+    with torch.no_grad():
+        model.score(users, None)  # fills the cache
+        model.mlp_item_embedding.weight.add_(0.3)  # as an optimiser step would
+        model.mlp[0].weight.mul_(1.5)
+        assert torch.allclose(model.score(users, None), model._score_pairs(users), rtol=1e-5, atol=1e-6)
