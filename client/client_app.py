@@ -15,11 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.device_store import StoreBackedDevice
-from client.secure_aggregation import add_masked, device_keys, exchange_settings, is_secure, unmask_record
+from client.secure_aggregation import (
+    add_masked,
+    array_record,
+    device_keys,
+    exchange_settings,
+    is_secure,
+    record_arrays,
+    unmask_record,
+)
 from recsys_core.data.splits import DatasetSplit
 from recsys_core.federated.config import FederatedConfig, config_from_json
 from recsys_core.federated.device import (
@@ -91,10 +99,6 @@ def _setup(message: Message, context: Context) -> DeviceData:
     return DeviceData(config, partition_id, data.device_split(partition_id), None)
 
 
-def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: array.numpy() for name, array in record.items()}
-
-
 def _device_state_file(message: Message, partition_id: int) -> Path | None:
     folder = message.content[CONFIG_RECORD].get(DEVICE_STATE_DIR_KEY)
     return Path(str(folder)) / f"device-{partition_id}.npz" if folder else None
@@ -107,7 +111,7 @@ def read_device_state(context: Context, state_file: Path | None, server_round: i
     a run resumed in the middle of round ``r`` must start from the state before round ``r``.
     """
     if DEVICE_STATE_RECORD in context.state.array_records:
-        return DeviceState.from_arrays(_arrays(context.state.array_records[DEVICE_STATE_RECORD]))
+        return DeviceState.from_arrays(record_arrays(context.state.array_records[DEVICE_STATE_RECORD]))
     if state_file is None:
         return None
     for candidate in (state_file, state_file.with_suffix(".previous.npz")):
@@ -120,7 +124,7 @@ def read_device_state(context: Context, state_file: Path | None, server_round: i
 
 def write_device_state(context: Context, state: DeviceState, state_file: Path | None, server_round: int) -> None:
     arrays = state.to_arrays()
-    context.state[DEVICE_STATE_RECORD] = ArrayRecord({name: Array(value) for name, value in arrays.items()})
+    context.state[DEVICE_STATE_RECORD] = array_record(arrays)
     if state_file is None:
         return
     # The device's disk: the new generation is written atomically beside the previous one.
@@ -136,7 +140,7 @@ def train(message: Message, context: Context) -> Message:
     outcome = train_on_device(
         config,
         device.split,
-        _arrays(message.content[PARAMETERS_RECORD]),
+        record_arrays(message.content[PARAMETERS_RECORD]),
         device.read_state(context, message, server_round),
         server_round,
         partition_id,
@@ -155,7 +159,7 @@ def train(message: Message, context: Context) -> Message:
     if is_secure(message):
         reply = RecordDict({METRICS_RECORD: MetricRecord(metrics), CONFIG_RECORD: config_record})
         if not outcome.declined:
-            received = _arrays(message.content[PARAMETERS_RECORD])
+            received = record_arrays(message.content[PARAMETERS_RECORD])
             settings = exchange_settings(message)
             values = training_values(settings.layout, received, outcome.payload, outcome.num_examples,
                                      outcome.train_loss, settings.weight_scale, config.privacy.user_level.enabled)
@@ -163,7 +167,7 @@ def train(message: Message, context: Context) -> Message:
         return Message(reply, reply_to=message)
     reply = RecordDict({
         # Shared parameters, or under user-level DP the clipped update: never the private ones.
-        PARAMETERS_RECORD: ArrayRecord({name: Array(value) for name, value in outcome.payload.items()}),
+        PARAMETERS_RECORD: array_record(outcome.payload),
         METRICS_RECORD: MetricRecord({**metrics, "num-examples": outcome.num_examples,
                                       "train-loss": outcome.train_loss}),
         CONFIG_RECORD: config_record,
@@ -178,7 +182,7 @@ def evaluate(message: Message, context: Context) -> Message:
     sums = evaluate_on_device(
         device.config,
         device.split,
-        _arrays(message.content[PARAMETERS_RECORD]),
+        record_arrays(message.content[PARAMETERS_RECORD]),
         device.read_state(context, message, int(message.content[CONFIG_RECORD][ROUND_KEY]) + 1),
         str(message.content[CONFIG_RECORD][EVALUATION_PART_KEY]),
         partition_id,

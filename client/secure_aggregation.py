@@ -47,8 +47,14 @@ def exchange_settings(message: Message) -> ExchangeSettings:
     return ExchangeSettings.from_wire(dict(message.content[SECURE_CONFIG_RECORD]))
 
 
-def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The numpy arrays of a Flower ``ArrayRecord``."""
     return {name: array.numpy() for name, array in record.items()}
+
+
+def array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """A Flower ``ArrayRecord`` of numpy arrays."""
+    return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
 def masked_record(message: Message, context: Context, values: dict[str, np.ndarray]) -> ArrayRecord:
@@ -60,15 +66,14 @@ def masked_record(message: Message, context: Context, values: dict[str, np.ndarr
     settings = exchange_settings(message)
     if settings.registered_key != keys.public_key:
         raise KeyChangedError("the server holds another public key for this device")
-    neighbours = decode_neighbours(_arrays(message.content[SECURE_ARRAYS_RECORD]))
+    neighbours = decode_neighbours(record_arrays(message.content[SECURE_ARRAYS_RECORD]))
     setup = RoundSetup(settings.exchange_id, settings.server_round, context.node_id, neighbours, settings.threshold)
     codec = settings.layout.codec(settings.max_clients, settings.modulus_bits)
     contribution = mask_contribution(keys, setup, settings.layout.pack(values), codec)
     context.state[ROUND_STATE] = ConfigRecord({"exchange-id": settings.exchange_id, "round": settings.server_round,
                                                "threshold": settings.threshold})
-    context.state[ROUND_NEIGHBOURS_STATE] = ArrayRecord(
-        {name: Array(value) for name, value in encode_neighbours(neighbours).items()})
-    return ArrayRecord({name: Array(value) for name, value in encode_contribution(contribution).items()})
+    context.state[ROUND_NEIGHBOURS_STATE] = array_record(encode_neighbours(neighbours))
+    return array_record(encode_contribution(contribution))
 
 
 def add_masked(reply: RecordDict, message: Message, context: Context, values: dict[str, np.ndarray]) -> None:
@@ -89,9 +94,9 @@ def unmask_record(message: Message, context: Context) -> ArrayRecord:
     if asked != str(stored["exchange-id"]):
         raise ValueError(f"unmask request for exchange {asked!r}, but this device last masked for "
                          f"{stored['exchange-id']!r}")
-    neighbours = decode_neighbours(_arrays(context.state.array_records[ROUND_NEIGHBOURS_STATE]))
+    neighbours = decode_neighbours(record_arrays(context.state.array_records[ROUND_NEIGHBOURS_STATE]))
     setup = RoundSetup(str(stored["exchange-id"]), int(stored["round"]), context.node_id, neighbours,
                        int(stored["threshold"]))
-    request = decode_unmask_request(_arrays(message.content[SECURE_ARRAYS_RECORD]))
+    request = decode_unmask_request(record_arrays(message.content[SECURE_ARRAYS_RECORD]))
     response = answer_unmask(device_keys(context), setup, request)
-    return ArrayRecord({name: Array(value) for name, value in encode_unmask_response(response).items()})
+    return array_record(encode_unmask_response(response))

@@ -44,7 +44,7 @@ from recsys_core.run_records import write_json
 from recsys_core.secure_aggregation.layout import VectorLayout
 from server.privacy import LEDGER_FILE, privacy_summary, run_ledger, user_level_step
 from server.run_directory import Checkpoint, RunDirectory
-from server.secure_aggregation import ExchangeResult, SecureAggregator, short_reason
+from server.secure_aggregation import ExchangeResult, SecureAggregator, record_arrays, short_reason
 from server.strategies import (
     apply_mean_update,
     build_strategy,
@@ -60,7 +60,7 @@ logger = logging.getLogger("fedrec.server")
 
 
 def _reply_arrays(reply: Message) -> dict[str, np.ndarray]:
-    return {name: array.numpy() for name, array in reply.content[PARAMETERS_RECORD].items()}
+    return record_arrays(reply.content[PARAMETERS_RECORD])
 
 
 @dataclass

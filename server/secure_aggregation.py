@@ -64,7 +64,8 @@ def short_reason(reason: str) -> str:
     return last.split("Message: ", 1)[-1].rstrip("'>")
 
 
-def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The numpy arrays of a Flower ``ArrayRecord``."""
     return {name: array.numpy() for name, array in record.items()}
 
 
@@ -155,7 +156,7 @@ class SecureAggregator:
             if problem is None:
                 result.bytes_up += reply.content[SECURE_ARRAYS_RECORD].count_bytes()
                 try:
-                    contribution = decode_contribution(_arrays(reply.content[SECURE_ARRAYS_RECORD]))
+                    contribution = decode_contribution(record_arrays(reply.content[SECURE_ARRAYS_RECORD]))
                     check_contribution(contribution, server_round, graph[node], codec)
                     contributions[node] = contribution
                     continue
@@ -208,7 +209,7 @@ class SecureAggregator:
                 continue
             result.bytes_up += reply.content[SECURE_ARRAYS_RECORD].count_bytes()
             try:
-                response = decode_unmask_response(_arrays(reply.content[SECURE_ARRAYS_RECORD]))
+                response = decode_unmask_response(record_arrays(reply.content[SECURE_ARRAYS_RECORD]))
             except ValueError as error:
                 logger.warning("round %d: node %s sent a malformed unmask response: %s", server_round, node, error)
                 continue
