@@ -13,7 +13,7 @@ keeps between rounds. Only a global model comes in; nothing goes out from here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +59,13 @@ class Device:
     """One user's device: an encrypted store, the loaded global model and the user's private parameters."""
 
     def __init__(self, store: EncryptedStore, weights: FeedbackWeights | None = None, seed: int = 0,
-                 personalisation: PersonalisationConfig | None = None) -> None:
+                 personalisation: PersonalisationConfig | None = None,
+                 model_overrides: Mapping[str, object] | None = None) -> None:
+        """``model_overrides`` replace options of every loaded bundle's model, for on-device
+        inference settings such as ``{"ranking_dtype": "float16"}`` (Mult-DAE/VAE); one that
+        changes a weight's shape makes :meth:`load_bundle` refuse the bundle."""
         self.store = store
+        self.model_overrides = dict(model_overrides or {})
         self.weights = weights or FeedbackWeights()
         self.personalisation = personalisation or PersonalisationConfig()
         self.seed = seed
@@ -83,7 +88,8 @@ class Device:
                               "cannot name what it recommends")
         features = bundle.catalog.get("item_features")
         with seeded(self.seed):
-            model = build_model(bundle.model, CatalogInfo(1, bundle.n_items, features), bundle.options)
+            model = build_model(bundle.model, CatalogInfo(1, bundle.n_items, features),
+                                {**bundle.options, **self.model_overrides})
         tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in bundle.shared_parameters.items()}
         missing = set(model.shared_state()) - set(tensors)
         if missing:
@@ -93,7 +99,12 @@ class Device:
         own = model.private_state()
         if private and all(name in own and own[name].shape == value.shape for name, value in private.items()):
             tensors.update(private)  # the user's own parameters survive a new global model
-        model.load_state_dict(tensors, strict=False)
+        try:
+            model.load_state_dict(tensors, strict=False)
+        except RuntimeError as error:  # a weight of another shape than the model's options give
+            raise BundleError(f"{folder}: the bundle's parameters do not fit model {bundle.model} with options "
+                              f"{ {**bundle.options, **self.model_overrides} }: {str(error).splitlines()[-1].strip()}"
+                              ) from error
         model.eval()
         self._bundle, self._model = bundle, model
         self._item_index = {item: index for index, item in enumerate(bundle.catalog["item_ids"].tolist())}

@@ -62,9 +62,16 @@ class MultDAEConfig(ModelConfig):
     hidden_dims: tuple[int, ...] = (600, 200)
     #: Dropout on the (normalised) input history.
     dropout: float = 0.5
+    #: Precision of the catalogue-wide output layer when ranking (training is always float32).
+    #: Ranking reads that whole ``[n_items, width]`` matrix on every call and is bound by
+    #: memory bandwidth; "float16" halves the bytes read, with logits good to about three
+    #: significant digits, so only near-ties can swap. An on-device option, off by default.
+    ranking_dtype: str = "float32"
 
     def validate(self) -> None:
         super().validate()
+        if self.ranking_dtype not in ("float32", "float16"):
+            raise ConfigError(f"model.ranking_dtype: must be 'float32' or 'float16', got {self.ranking_dtype!r}")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:
             raise ConfigError("model.hidden_dims: needs at least one positive width")
         if not 0.0 <= self.dropout < 1.0:
@@ -95,6 +102,8 @@ class _MultAutoencoder(Recommender):
     """What Mult-DAE and Mult-VAE share: samples, input corruption, likelihood and scoring."""
 
     config: MultDAEConfig
+    encoder: nn.Sequential
+    decoder: nn.Sequential
 
     def __init__(self, catalog: CatalogInfo, config: MultDAEConfig) -> None:
         super().__init__(catalog, config)
@@ -109,10 +118,6 @@ class _MultAutoencoder(Recommender):
     def _encoder_input(self, histories: torch.Tensor) -> torch.Tensor:
         return self.input_dropout(functional.normalize(histories, dim=1))
 
-    @abstractmethod
-    def logits(self, histories: torch.Tensor) -> torch.Tensor:
-        """Item logits of ``[B, n_items]`` multi-hot histories (deterministic in eval mode)."""
-
     def training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
         users = np.flatnonzero(np.diff(log.user_offsets) > 0)
         # Stored as bool (a quarter of float32's memory); per_sample_loss converts each batch.
@@ -123,8 +128,46 @@ class _MultAutoencoder(Recommender):
         return -(functional.log_softmax(logits, dim=1) * histories).sum(dim=1)
 
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
-        histories = torch.from_numpy(multi_hot_histories(history, users)).to(torch.float32)
-        return self.logits(histories)
+        if self.training:
+            histories = torch.from_numpy(multi_hot_histories(history, users)).to(torch.float32)
+            return self.logits(histories)
+        code = self.code_from_first_layer(self._sparse_first_layer(users, history))
+        if self.config.ranking_dtype == "float32":
+            return self.decoder(code)
+        output = self.decoder[-1]
+        assert isinstance(output, nn.Linear)
+        half_weight, half_bias = (self.cached_inference(f"half_{name}", (tensor,), tensor.half)
+                                  for name, tensor in (("weight", output.weight), ("bias", output.bias)))
+        return functional.linear(self.decoder[:-1](code).half(), half_weight, half_bias).float()
+
+    def _sparse_first_layer(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
+        """The encoder's first layer on the normalised histories, reading only the items seen.
+
+        Equal to ``encoder[0](normalize(multi_hot))`` without dropout: a multi-hot row
+        of n items has norm sqrt(n), so the product is the sum of the n weight columns
+        over sqrt(n). A device ranks a short history against a wide catalogue, and this
+        skips the dense ``[n_items, width]`` product (half of all the work per call).
+        """
+        first = self.encoder[0]
+        assert isinstance(first, nn.Linear)
+        users = np.asarray(users, dtype=np.int64)
+        starts, ends = history.user_offsets[users], history.user_offsets[users + 1]
+        rows = []
+        for start, end in zip(starts, ends, strict=True):
+            items = torch.from_numpy(np.unique(history.item_ids[start:end]))
+            column_sum = first.weight.T.index_select(0, items).sum(dim=0)
+            rows.append(column_sum / max(float(len(items)) ** 0.5, 1e-12))
+        if not rows:
+            return torch.zeros(0, first.out_features)
+        return torch.stack(rows) + first.bias
+
+    def logits(self, histories: torch.Tensor) -> torch.Tensor:
+        """Item logits of ``[B, n_items]`` multi-hot histories (deterministic in eval mode)."""
+        return self.decoder(self.code_from_first_layer(self.encoder[0](self._encoder_input(histories))))
+
+    @abstractmethod
+    def code_from_first_layer(self, first_layer_output: torch.Tensor) -> torch.Tensor:
+        """The decoder's input from the encoder's first-layer output (before its activation)."""
 
 
 class MultDAE(_MultAutoencoder):
@@ -140,8 +183,8 @@ class MultDAE(_MultAutoencoder):
         self.decoder = _tanh_stack(widths[::-1])
         self._init_weights()
 
-    def logits(self, histories: torch.Tensor) -> torch.Tensor:
-        return self.decoder(torch.tanh(self.encoder(self._encoder_input(histories))))
+    def code_from_first_layer(self, first_layer_output: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.encoder[1:](first_layer_output))
 
     def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         histories = batch["histories"].to(torch.float32)
@@ -175,14 +218,17 @@ class MultVAE(_MultAutoencoder):
 
     def _encode(self, histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The code (sampled while training, the mean otherwise), the mean and the log-variance."""
-        mean, log_variance = self.encoder(self._encoder_input(histories)).chunk(2, dim=1)
+        return self._code(self.encoder[0](self._encoder_input(histories)))
+
+    def _code(self, first_layer_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_variance = self.encoder[1:](first_layer_output).chunk(2, dim=1)
         code = mean
         if self.training:
             code = mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance)
         return code, mean, log_variance
 
-    def logits(self, histories: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self._encode(histories)[0])
+    def code_from_first_layer(self, first_layer_output: torch.Tensor) -> torch.Tensor:
+        return self._code(first_layer_output)[0]
 
     def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         histories = batch["histories"].to(torch.float32)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -160,6 +161,27 @@ class Recommender(nn.Module, ABC):
         ``history`` holds what each user has interacted with so far (sequence models
         read it; embedding models may ignore it).
         """
+
+    def cached_inference(self, name: str, inputs: tuple[torch.Tensor, ...],
+                         compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()``, memoised under ``name`` until one of ``inputs`` changes.
+
+        For item-side work that scoring repeats on every call (an item tower over the
+        whole catalogue): a device ranking again and again pays for it once per weight
+        version. An optimiser step or ``load_state_dict`` bumps a tensor's version, and
+        replacing a tensor changes its storage, so either invalidates the value. With
+        gradients on, nothing is cached (a cached graph would be freed by the first backward).
+        """
+        if torch.is_grad_enabled():
+            return compute()
+        key = tuple((tensor._version, tensor.data_ptr()) for tensor in inputs)
+        caches: dict[str, tuple[tuple[tuple[int, int], ...], torch.Tensor]] = self.__dict__.setdefault(
+            "_inference_caches", {})
+        cached = caches.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, compute())
+            caches[name] = cached
+        return cached[1]
 
 
 def num_parameters(model: nn.Module) -> int:

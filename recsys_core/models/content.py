@@ -157,5 +157,6 @@ class ContentBased(Recommender):
 
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
         profiles = recent_profiles(history, users, self.item_features.cpu().numpy(), self.config.profile_length)
-        vectors, biases = self._items(self.item_features)
-        return self.user_tower(torch.from_numpy(profiles)) @ vectors.T + biases
+        catalogue = self.cached_inference("catalogue", (self.item_features, *self.item_tower.parameters()),
+                                          lambda: self.item_tower(self.item_features))
+        return self.user_tower(torch.from_numpy(profiles)) @ catalogue[:, :-1].T + catalogue[:, -1]

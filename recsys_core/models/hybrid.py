@@ -88,11 +88,15 @@ class Hybrid(Recommender):
         """``[B, d]`` representations of ``[B, 1]`` user ids with ``[B, n_features]`` profiles."""
         return self.user_embedding(users).squeeze(1) + self.profile_tower(profiles)
 
-    def _items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vectors ``[..., d]`` and biases ``[...]`` of item ids: learned part plus content part."""
-        output = self.content_tower(self.item_features[items]) + torch.cat(
+    def _item_outputs(self, items: torch.Tensor) -> torch.Tensor:
+        """``[..., d + 1]`` per item id: its vector with its bias last; learned part plus content part."""
+        return self.content_tower(self.item_features[items]) + torch.cat(
             [self.item_embedding(items), self.item_bias(items)], dim=-1
         )
+
+    def _items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors ``[..., d]`` and biases ``[...]`` of item ids."""
+        output = self._item_outputs(items)
         return output[..., :-1], output[..., -1]
 
     def training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
@@ -112,5 +116,8 @@ class Hybrid(Recommender):
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
         profiles = recent_profiles(history, users, self.item_features.cpu().numpy(), self.config.profile_length)
         user_vectors = self._users(torch.as_tensor(users, dtype=torch.int64).unsqueeze(1), torch.from_numpy(profiles))
-        vectors, biases = self._items(torch.arange(self.catalog.n_items))
-        return user_vectors @ vectors.T + biases
+        item_side = (self.item_embedding.weight, self.item_bias.weight, self.item_features,
+                     *self.content_tower.parameters())
+        catalogue = self.cached_inference(
+            "catalogue", item_side, lambda: self._item_outputs(torch.arange(self.catalog.n_items)))
+        return user_vectors @ catalogue[:, :-1].T + catalogue[:, -1]

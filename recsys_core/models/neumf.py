@@ -127,17 +127,10 @@ class NeuMF(Recommender):
         return torch.cat(chunks) if chunks else torch.zeros(0, n_items)
 
     def _item_half(self, first: nn.Linear, mlp_dim: int) -> torch.Tensor:
-        """The item half of the MLP's first layer for every item, ``[n_items, width]``.
-
-        Cached until either weight changes (an optimiser step or ``load_state_dict`` bumps
-        a tensor's version), so a device ranking again and again pays for it once.
-        """
-        key = (self.mlp_item_embedding.weight._version, first.weight._version,
-               self.mlp_item_embedding.weight.data_ptr(), first.weight.data_ptr(), torch.is_grad_enabled())
-        if getattr(self, "_item_half_key", None) != key:
-            self._item_half_cache = self.mlp_item_embedding.weight @ first.weight[:, mlp_dim:].T
-            self._item_half_key = key
-        return self._item_half_cache
+        """The item half of the MLP's first layer for every item, ``[n_items, width]``."""
+        item_weight = self.mlp_item_embedding.weight
+        return self.cached_inference("item_half", (item_weight, first.weight),
+                                     lambda: item_weight @ first.weight[:, mlp_dim:].T)
 
     def _score_pairs(self, users: np.ndarray) -> torch.Tensor:
         n_items = self.catalog.n_items

@@ -143,3 +143,24 @@ def test_a_hybrid_model_reads_item_features_from_the_bundle(tmp_path: Path) -> N
     device.record("sku-2", "purchase", timestamp=2)
     assert device.personalise() is not None  # the hybrid's user embedding is the user's own
     assert len(device.recommend(k=5)) == 5
+
+
+def test_an_autoencoder_can_rank_in_half_precision_and_shape_changing_overrides_are_refused(tmp_path: Path) -> None:
+    options = {"hidden_dims": [16, 8]}
+    with seeded(0):
+        model = build_model("mult_dae", CatalogInfo(1, N_ITEMS), options)
+    bundle = write_bundle(tmp_path / "bundle", ModelBundle(
+        "mult_dae", options, N_ITEMS, state_to_arrays(model.shared_state()), {}, {"item_ids": np.array(ITEMS)}))
+    rankings = {}
+    for dtype in ("float32", "float16"):
+        device = Device.open(tmp_path / f"{dtype}.store", KEY, model_overrides={"ranking_dtype": dtype})
+        device.load_bundle(bundle)
+        for step, item in enumerate(LIKED):
+            device.record(item, "purchase", timestamp=step)
+        rankings[dtype] = device.recommend(k=N_ITEMS - len(LIKED))
+    full, half = rankings["float32"], rankings["float16"]
+    assert [r.item for r in full][:5] == [r.item for r in half][:5]
+    np.testing.assert_allclose([r.score for r in half], [r.score for r in full], rtol=5e-3, atol=5e-3)
+    resized = Device.open(tmp_path / "resized.store", KEY, model_overrides={"hidden_dims": [12, 8]})
+    with pytest.raises(BundleError, match="do not fit model mult_dae"):
+        resized.load_bundle(bundle)

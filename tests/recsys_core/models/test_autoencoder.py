@@ -9,6 +9,7 @@ from model_test_helpers import popularity_ndcg, synthetic_split, train
 
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.models import CatalogInfo, build_model
+from recsys_core.models.autoencoder import multi_hot_histories
 from recsys_core.training import make_optimizer, run_local_epochs, seeded
 
 
@@ -63,3 +64,19 @@ def test_vae_kl_weight_follows_the_training_batches() -> None:
                             {"hidden_dims": [16], "total_anneal_steps": 10, "anneal_cap": 0.2})
     fresh.load_state_dict(model.state_dict())
     assert fresh.kl_weight() == model.kl_weight()
+
+
+@pytest.mark.parametrize("name", ["mult_dae", "mult_vae"])
+@pytest.mark.parametrize("hidden_dims", [[16], [24, 8]])
+def test_ranking_reads_only_the_seen_items_and_equals_the_dense_encoder(name: str, hidden_dims: list[int]) -> None:
+    train_log = synthetic_split().train
+    with seeded(0):
+        model = build_model(name, CatalogInfo.from_log(train_log), {"hidden_dims": hidden_dims}).eval()
+    # User 1 has a repeated item (counted once, as in the multi-hot vector); user 2 has no history.
+    users, items = np.array([0, 0, 0, 1, 1, 1]), np.array([3, 7, 11, 5, 5, 2])
+    history = InteractionLog.from_arrays(users, items, np.arange(6), None, train_log.user_map, train_log.item_map)
+    requested = np.array([1, 0, 2])
+    with torch.no_grad():
+        sparse = model.score(requested, history)
+        dense = model.logits(torch.from_numpy(multi_hot_histories(history, requested)).to(torch.float32))
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)

@@ -53,3 +53,21 @@ def test_a_user_with_little_history_is_scored_from_that_history() -> None:
         same = model.score(np.array([0]), two_items(3, 7))
         assert torch.equal(same, model.score(np.array([0]), two_items(3, 7)))
         assert not torch.allclose(same, model.score(np.array([0]), two_items(4, 9)))
+
+
+def test_the_cached_catalogue_follows_every_change_of_the_item_side() -> None:
+    log = synthetic_split().train
+    with seeded(0):
+        model = build_model("hybrid", CatalogInfo.from_log(log)).eval()
+    users = np.array([0, 1])
+    with torch.no_grad():
+        model.score(users, log)  # fills the cache
+        model.item_bias.weight.add_(0.5)  # as an optimiser step would
+        model.content_tower[0].weight.mul_(1.5)
+        cached = model.score(users, log)
+    uncached = model.score(users, log)  # with gradients on, nothing is cached
+    torch.testing.assert_close(cached, uncached.detach())
+    with torch.no_grad():
+        model.load_state_dict({name: value * 0.5 for name, value in model.state_dict().items()})
+        after_load = model.score(users, log)
+    torch.testing.assert_close(after_load, model.score(users, log).detach())
