@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         key = bytes.fromhex((folder / "device-0.key").read_text())
         device = Device.open(folder / "device-0.store", KeySource.from_app_key(key))
         device.load_bundle(run_dir / "final-model")
+        print("device 0 personalises its own embedding offline, final loss:", device.personalise())
         print("device 0 recommends, on the device:", [r.item for r in device.recommend(k=5)])
         print(f"logs: {folder}/*.log")
         return 0
