@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from recsys_core.audit.canaries import CanaryConfig
 from recsys_core.config import dataclass_from_dict, dataclass_to_dict
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.preprocessing import PreprocessingConfig, preprocess
@@ -46,6 +47,8 @@ class DataConfig:
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    #: Audit canaries planted in the training split (``fedrec simulate --audit-canaries M``).
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class ExperimentConfig:
         """Checks every section once, before any data is read."""
         self.data.preprocessing.validate()
         self.data.split.validate()
+        self.data.canaries.validate()
         if self.data.dataset == "synthetic":
             self.data.synthetic.validate()
         if self.data.dataset == GENERIC_FILE_DATASET and not self.data.path:

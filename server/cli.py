@@ -31,7 +31,7 @@ TRAIN_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": 
                "epochs": "train.epochs", "seed": "train.seed", "output_dir": "output_dir"}
 SIMULATE_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
                   "rounds": "server.rounds", "clients_per_round": "server.clients_per_round", "seed": "seed",
-                  "output_dir": "output_dir"}
+                  "output_dir": "output_dir", "audit_canaries": "data.canaries.count"}
 
 
 def _config_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -163,6 +163,9 @@ def command_simulate(args: argparse.Namespace) -> int:
                   f"{summary['bytes_up_total'] / 1e6:.1f} MB up, {summary['bytes_down_total'] / 1e6:.1f} MB down")
     console.print(f"Run directory: [bold]{directory.path}[/] (rounds.jsonl, summary.json, metrics.png, "
                   f"final-model/); continue an interrupted run with fedrec simulate --resume {directory.path}")
+    if summary.get("record_chain_head"):
+        console.print(f"Record chain head: {summary['record_chain_head']} (keep it outside the run directory; "
+                      f"fedrec audit {directory.path} --expected-head HEAD proves nothing was rewritten)")
     return 0
 
 
@@ -224,6 +227,40 @@ def command_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_audit(args: argparse.Namespace) -> int:
+    from server.audit import REPORT_FILE, AuditOptions, audit_run
+
+    with console.status("Auditing: integrity, two accountants, canaries, item-set inference"):
+        result = audit_run(args.run_dir, AuditOptions(expected_head=args.expected_head,
+                                                      item_set_clients=args.item_set_clients,
+                                                      data_dir=args.data_dir))
+    table = Table(title=f"Privacy audit of {args.run_dir}")
+    table.add_column("part")
+    table.add_column("result")
+    integrity = result["integrity"]
+    table.add_row("integrity", "intact" if integrity["passed"] else f"{len(integrity['problems'])} problems")
+    checks = result["formal"]["checks"]
+    failed = [check for check in checks if not check["passed"]]
+    table.add_row("formal checks", f"{len(checks) - len(failed)} of {len(checks)} hold" if checks else "no ledger")
+    canaries = result["canaries"]
+    if canaries.get("planted"):
+        for view in ("released_model", "server_view"):
+            audit = canaries[view]
+            table.add_row(f"canary epsilon lower bound, {view.replace('_', ' ')}",
+                          f"{audit['epsilon_lower_bound']:.3f} (claimed {audit['claimed_epsilon']:.3g}; "
+                          f"membership AUC {audit['membership']['calibrated']['auc']:.3f})")
+    item_set = result["item_set"]
+    view = item_set[item_set["server_view"]]
+    table.add_row(f"item-set precision ({item_set['server_view']} updates)",
+                  f"{view['top_k_precision']:.3f} vs chance {view['chance_precision']:.3f}")
+    table.add_row("verdict", f"[bold]{result['verdict']['result']}[/]")
+    console.print(table)
+    for reason in result["verdict"]["reasons"]:
+        console.print(f"- {reason}", highlight=False)
+    console.print(f"Report: {args.run_dir}/{REPORT_FILE} (and audit.json, audit.png)")
+    return 0 if result["verdict"]["result"] == "PASS" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrec", description="Federated, private deep recommenders.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -251,10 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int)
     simulate.add_argument("--output-dir", help="where run directories go (default: runs)")
     simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
+    simulate.add_argument("--audit-canaries", type=int, metavar="M",
+                          help="plant M canary interactions, each with probability 1/2, for fedrec audit")
     simulate.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     simulate.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override any config key, e.g. --set server.strategy=fedadam")
     simulate.set_defaults(handler=command_simulate)
+
+    audit = commands.add_parser("audit", help="audit a run: integrity, formal recomputation, empirical attacks")
+    audit.add_argument("run_dir", metavar="RUN_DIR")
+    audit.add_argument("--expected-head", help="the record chain head the run printed, kept outside the run directory")
+    audit.add_argument("--item-set-clients", type=int, default=50, help="clients whose updates the item-set attack "
+                                                                         "targets")
+    audit.add_argument("--data-dir", help="where the reviewer's copy of the dataset is, if not where the run found it")
+    audit.set_defaults(handler=command_audit)
 
     deploy = commands.add_parser("deploy", help="credentials for a real deployment (docs/deployment.md)")
     deploy.add_argument("action", choices=("certs",))

@@ -23,7 +23,7 @@ from recsys_core.privacy.ledger import (
     local_privacy_record,
     user_level_privacy_record,
 )
-from recsys_core.privacy.user_level import noisy_mean_update, user_level_epsilon
+from recsys_core.privacy.user_level import clip_update, noisy_mean_update, user_level_epsilon
 from server.strategies import apply_mean_update
 
 Arrays = dict[str, np.ndarray]
@@ -32,7 +32,7 @@ LEDGER_FILE = "privacy-ledger.json"
 
 
 def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arrays], fedadam: FedAdam | None = None,
-                    server_round: int = 1) -> Arrays:
+                    server_round: int = 1, evidence: dict[str, Any] | None = None) -> Arrays:
     """The new global shared parameters from the noisy mean of the clipped updates.
 
     FedAvg: current + server lr * mean. With ``fedadam`` (Flower's strategy, for its
@@ -42,6 +42,11 @@ def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arra
     Central noise is drawn from OS entropy: the run seed is public, and noise that can be
     regenerated from it could be subtracted from the released model. A DP run therefore
     does not replay bit for bit, by design.
+
+    ``evidence``, when given, receives what the server can attest about this step for the
+    round log and the audit: the mechanism's settings, the largest update norm it received
+    (before its own clipping), and under central noise the standard deviation of the
+    noise it actually added, measured as the noisy sum minus the clipped sum.
     """
     user_level = config.privacy.user_level
     central = user_level.noise_placement == "central"
@@ -52,7 +57,27 @@ def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arra
         central_noise_multiplier=user_level.noise_multiplier if central else None,
         generator=np.random.default_rng(),
     )
+    if evidence is not None:
+        evidence.update(_step_evidence(config, updates, mean))
     return apply_mean_update(fedadam, current, mean, server_round, config.server.learning_rate_at(server_round))
+
+
+def _step_evidence(config: FederatedConfig, updates: list[Arrays], noisy_mean: Arrays) -> dict[str, Any]:
+    user_level = config.privacy.user_level
+    expected = config.server.clients_per_round
+    clipped = [clip_update(update, user_level.clip_norm) for update in updates]
+    evidence: dict[str, Any] = {
+        "noise_multiplier": user_level.noise_multiplier, "clip_norm": user_level.clip_norm,
+        "noise_placement": user_level.noise_placement, "expected_clients": expected, "updates": len(updates),
+        "largest_update_norm": max((norm for _, norm in clipped), default=0.0)}
+    if user_level.noise_placement == "central":
+        noise = np.concatenate([
+            (noisy_mean[name] * expected - sum(np.asarray(update[name], dtype=np.float64) for update, _ in clipped))
+            .ravel() for name in noisy_mean])
+        evidence["noise_std_measured"] = float(np.std(noise))
+        evidence["noise_coordinates"] = int(noise.size)
+        evidence["noise_std_declared"] = user_level.noise_multiplier * user_level.clip_norm
+    return evidence
 
 
 def run_ledger(config: FederatedConfig, num_clients: int, rounds: list[dict[str, Any]]) -> PrivacyLedger | None:

@@ -19,6 +19,7 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam
 
+from recsys_core.audit.canaries import CANARIES_FILE
 from recsys_core.bundle import ModelBundle, bundle_catalog, write_bundle
 from recsys_core.config import dataclass_to_dict
 from recsys_core.evaluation import MetricSums
@@ -192,6 +193,8 @@ class FederatedRun:
         if config.secure_aggregation.enabled:
             self.secure = SecureAggregator(config, self.run_directory.path.name)
             self.most_training_rows, self.most_users = max(data.most_training_rows(), 1), max(data.most_users(), 1)
+        if data.canaries is not None:
+            write_json(self.run_directory.path / CANARIES_FILE, data.canaries.to_dict(data.split.train))
         self.discover(grid, data.num_clients)
         initial = build_device_model(config, data.catalog, 1, 0)
         shared = state_to_arrays(initial.shared_state())
@@ -222,7 +225,8 @@ class FederatedRun:
         else:
             arrays, record = self.plain_train(grid, strategy, arrays, current, messages, server_round, partitions,
                                               node_to_partition)
-        record = {"round": server_round, "sampled": len(partitions), **record}
+        record = {"round": server_round, "sampled": len(partitions),
+                  "secure_aggregation": self.secure is not None, **record}
         for failure in record["failures"]:
             logger.warning("round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
         if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
@@ -253,8 +257,8 @@ class FederatedRun:
             "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
             "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
         }
-        if self.config.privacy.enabled:
-            record.update(sorted_replies.privacy_record())
+        # Who sent an update, every run: the ledger counts it, and an audit of any run reads it.
+        record.update(sorted_replies.privacy_record())
         return self.aggregate(strategy, arrays, current, good, server_round, record), record
 
     def secure_train(self, grid: Grid, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray],
@@ -273,8 +277,8 @@ class FederatedRun:
             "bytes_down": result.bytes_down,
             "bytes_up": result.bytes_up,
         }
-        if self.config.privacy.enabled:
-            record.update(sorted_replies.privacy_record())
+        # Who sent an update, every run: the ledger counts it, and an audit of any run reads it.
+        record.update(sorted_replies.privacy_record())
         return self.secure_aggregate(strategy, arrays, current, result, layout, server_round, record), record
 
     @staticmethod
@@ -308,6 +312,11 @@ class FederatedRun:
         assert result.total is not None
         summed = training_sum(layout, result.total)
         if user_level.enabled:
+            # The server sees only the sum: it attests the settings each device was sent, not the noise.
+            record["user_level"] = {
+                "noise_multiplier": user_level.noise_multiplier, "clip_norm": user_level.clip_norm,
+                "noise_placement": user_level.noise_placement, "expected_clients": config.server.clients_per_round,
+                "updates": contributors, "min_surviving_clients": user_level.min_surviving_clients}
             # DP-FedAvg divides by the planned number of clients, as in server.privacy.user_level_step.
             mean = {name: (summed.update_sum[name] / config.server.clients_per_round).reshape(np.shape(value))
                     for name, value in current.items()}
@@ -341,8 +350,10 @@ class FederatedRun:
             logger.warning("round %d: %s; model unchanged", server_round, record["status"])
             return arrays
         if user_level.enabled:
+            record["user_level"] = {}
             updated = user_level_step(config, current, [_reply_arrays(r) for r in good],
-                                      strategy if isinstance(strategy, FedAdam) else None, server_round)
+                                      strategy if isinstance(strategy, FedAdam) else None, server_round,
+                                      evidence=record["user_level"])
             arrays = ArrayRecord({name: Array(value) for name, value in updated.items()})
         else:
             aggregated, _ = strategy.aggregate_train(server_round, good)
@@ -384,9 +395,11 @@ class FederatedRun:
             {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset},
             bundle_catalog(data.split.train)))
         ledger = run_ledger(config, data.num_clients, rounds)
+        ledger_path = None
         if ledger is not None:
-            write_ledger(ledger, self.run_directory.path / LEDGER_FILE)
+            ledger_path = write_ledger(ledger, self.run_directory.path / LEDGER_FILE)
             summary["privacy"] = privacy_summary(ledger)
+        summary["record_chain_head"] = self.run_directory.seal(ledger_path)
         write_json(self.run_directory.path / "summary.json", summary)
         self.run_directory.write_plots(rounds)
         return summary

@@ -4,7 +4,8 @@ Layout::
 
     RUN_DIR/config.json          the resolved FederatedConfig
     RUN_DIR/environment.json     Python, platform and package versions
-    RUN_DIR/rounds.jsonl         one JSON object per completed round
+    RUN_DIR/rounds.jsonl         one JSON object per completed round, hash-chained
+    RUN_DIR/record-chain.json    the seal: last round's hash, ledger sha256, the head hash
     RUN_DIR/checkpoint/          the last completed round (global model + strategy state)
     RUN_DIR/devices/             simulated devices' own storage (their private state)
     RUN_DIR/final-model/         the final global model bundle
@@ -14,6 +15,7 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_core.audit import hash_chain
 from recsys_core.errors import FedrecError
 from recsys_core.files import write_atomically
 from recsys_core.run_records import write_json
@@ -51,10 +54,21 @@ class RunDirectory:
     def devices(self) -> Path:
         return self.path / "devices"
 
+    @property
+    def chain_file(self) -> Path:
+        return self.path / "record-chain.json"
+
+    def genesis(self) -> str:
+        """The hash chain's start: the hash of ``config.json``'s content (empty if there is none yet)."""
+        config_path = self.path / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+        return hash_chain.genesis_hash(config)
+
     def append_round(self, record: dict[str, Any]) -> None:
-        """Appends one round's record and flushes it to disk before the next round starts."""
+        """Appends one round's record, linked to the one before, and flushes it before the next round starts."""
+        chained = hash_chain.linked(record, hash_chain.head_of(self.read_rounds(), self.genesis()))
         with self.rounds_file.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+            stream.write(json.dumps(chained, sort_keys=True) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
 
@@ -75,6 +89,14 @@ class RunDirectory:
         """Drops records of rounds after ``last_round`` (a round interrupted before its checkpoint)."""
         kept = [record for record in self.read_rounds() if record.get("round", 0) <= last_round]
         self.rounds_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+
+    def seal(self, ledger: Path | None) -> str:
+        """Writes the chain's seal over the rounds and the ledger file; returns the head hash to keep."""
+        ledger_sha256 = hashlib.sha256(ledger.read_bytes()).hexdigest() if ledger is not None else None
+        rounds = self.read_rounds()
+        sealed = hash_chain.seal(hash_chain.head_of(rounds, self.genesis()), len(rounds), ledger_sha256)
+        write_json(self.chain_file, sealed)
+        return str(sealed["head"])
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Writes the checkpoint atomically: arrays first, then the manifest that names the round."""

@@ -148,6 +148,7 @@ class FederatedConfig:
         """
         self.data.preprocessing.validate()
         self.data.split.validate()
+        self.data.canaries.validate()
         if self.data.dataset == "synthetic":
             self.data.synthetic.validate()
         self.partition.validate()

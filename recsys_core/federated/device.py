@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_core.audit.canaries import CanaryPlan, insert_canaries
 from recsys_core.config import dataclass_from_dict, dataclass_to_dict
 from recsys_core.data.partitions import ClientPartitioner, PartitionConfig, localize_users, rows_of_users
 from recsys_core.data.sampling import SeenItems
@@ -38,6 +39,8 @@ class FederatedData:
 
     split: DatasetSplit
     partitioners: tuple[ClientPartitioner, ClientPartitioner, ClientPartitioner]
+    #: The audit canaries planted in ``split.train`` (``data.canaries``), or None.
+    canaries: CanaryPlan | None = None
 
     @property
     def num_clients(self) -> int:
@@ -76,9 +79,9 @@ def _load_federated_data(data_json: str, partition: PartitionConfig) -> Federate
     # Simulated clients run in long-lived worker processes: load the dataset once per
     # worker, then every call slices its own partition in time proportional to its rows.
     data = dataclass_from_dict(DataConfig, json.loads(data_json))
-    split = split_log(load_interactions(data), data.split)
+    split, canaries = insert_canaries(split_log(load_interactions(data), data.split), data.canaries)
     partitioners = tuple(ClientPartitioner(part, partition) for part in (split.train, split.valid, split.test))
-    return FederatedData(split, partitioners)  # type: ignore[arg-type]
+    return FederatedData(split, partitioners, canaries)  # type: ignore[arg-type]
 
 
 #: Key of the privacy accountant's JSON state (UTF-8 bytes as uint8) in :meth:`DeviceState.to_arrays`.

@@ -1,0 +1,1 @@
+"""Privacy audits of training runs: integrity, formal recomputation and empirical attacks."""
