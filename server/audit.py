@@ -69,7 +69,7 @@ PLOT_FILE = "audit.png"
 DEFAULT_AUDIT_DELTA = 1e-5
 MEMBERSHIP_FPR = 0.001
 #: How the auditor refits a canary user's private parameters (a device's refit, done longer).
-REFIT_EPOCHS, REFIT_LEARNING_RATE = 20, 0.05
+REFIT_EPOCHS, REFIT_LEARNING_RATE, REFIT_BATCH_SIZE = 10, 0.05, 256
 #: Seeds the refit; not a real partition.
 AUDIT_PARTITION_TAG = 2**31 - 2
 
@@ -90,11 +90,11 @@ class AuditOptions:
 
 def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> dict[str, Any]:
     """Audits one run directory, writes ``audit.json``, ``audit.md`` and ``audit.png`` into it."""
-    directory = RunDirectory(run_dir)
-    config_path = directory.path / "config.json"
-    if not config_path.exists():
-        raise FedrecError(f"{directory.path}: not a fedrec run directory (no config.json); pass the folder "
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.exists():  # checked first: RunDirectory would create a mistyped folder
+        raise FedrecError(f"{run_dir}: not a fedrec run directory (no config.json); pass the folder "
                           "fedrec simulate printed")
+    directory = RunDirectory(run_dir)
     config_values = json.loads(config_path.read_text(encoding="utf-8"))
     if options.data_dir is not None:
         config_values["data"]["data_dir"] = options.data_dir
@@ -199,7 +199,7 @@ def _scoring_model(config: FederatedConfig, data: FederatedData, shared: Arrays,
     tensors.update({name: torch.zeros_like(value) for name, value in model.private_state().items()})
     model.load_state_dict(tensors, strict=False)
     refit = replace(config, local=replace(config.local, private_refit_epochs=REFIT_EPOCHS,
-                                          private_learning_rate=REFIT_LEARNING_RATE))
+                                          private_learning_rate=REFIT_LEARNING_RATE, batch_size=REFIT_BATCH_SIZE))
     model.train()
     refit_private_parameters(refit, model, DatasetSplit(history, history, history), AUDIT_PARTITION_TAG)
     return model.eval()

@@ -95,3 +95,19 @@ def test_a_consistently_rewritten_run_is_caught_only_by_the_head_kept_elsewhere(
     assert audit_run(run, AuditOptions(expected_head="0" * 64, item_set_clients=4))["verdict"]["result"] == "FAIL"
     assert audit_run(run, AuditOptions(expected_head=chain["head"], item_set_clients=4))["verdict"]["result"] == \
         "PASS"
+
+
+def test_bad_input_gets_one_clear_error(private_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["audit", str(tmp_path / "nowhere")]) == 2
+    assert "not a fedrec run directory (no config.json)" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+    run = copy_of(private_run, tmp_path)
+    record = json.loads((run / "canaries.json").read_text())
+    record["included"] = [not value for value in record["included"]]  # claim the other coins
+    (run / "canaries.json").write_text(json.dumps(record))
+    assert main(["audit", str(run)]) == 2
+    assert "canaries.json: does not match the canaries the config draws" in capsys.readouterr().err
+    lines = (run / "rounds.jsonl").read_text().splitlines()
+    (run / "rounds.jsonl").write_text("\n".join([lines[0], lines[1][:40], *lines[2:]]) + "\n")
+    assert main(["audit", str(run)]) == 2
+    assert "rounds.jsonl, line 2: not a JSON round record" in capsys.readouterr().err

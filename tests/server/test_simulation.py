@@ -176,6 +176,9 @@ def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Pat
         (["--model", "transformer9000"], "unknown model"),
         (["--dataset", "ml-7k"], "ml-7k"),
         (["--set", "server.round=3"], "server.round"),
+        # Audit canaries: one per distinct user, and a count that is a count.
+        (["--audit-canaries", "501"], "data.canaries.count: 501 canaries need as many distinct users"),
+        (["--audit-canaries", "-3"], "data.canaries.count: must be a non-negative integer"),
         # Bad privacy settings: one error naming the key, before any training.
         (["--set", "privacy.user_level.enabled=true", "--set", "privacy.user_level.noise_multiplier=0"],
          "privacy.user_level.noise_multiplier"),
