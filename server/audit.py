@@ -348,7 +348,7 @@ def _item_set_audit(config: FederatedConfig, data: FederatedData, shared: Arrays
         "server_view": "aggregate" if secure else "raw",
         "raw": asdict(summarise(raw)) | {"top_k_over_chance": summarise(raw).top_k_over_chance},
         "aggregate": asdict(summarise(aggregated)) | {"top_k_over_chance": summarise(aggregated).top_k_over_chance},
-        "note": ("updates are what each client would send from the final model in one more round, with this run's "
+        "note": ("Updates are what each client would send from the final model in one more round, with this run's "
                  "training, clipping and noise settings; 'aggregate' is their sum over groups of clients_per_round, "
                  "which is all a server sees under secure aggregation"),
     }
@@ -399,7 +399,10 @@ def report_markdown(result: dict[str, Any]) -> str:
         for view in (RELEASED_MODEL, SERVER_VIEW):
             audit = canaries[view]
             membership = audit["membership"]["calibrated"]
-            lines.append(f"| {view.replace('_', ' ')} | {audit['score']} | {audit['correct']} / {audit['guesses']} | "
+            interval = audit.get("accuracy_interval")
+            accuracy = f" (accuracy {interval[0]:.2f}-{interval[1]:.2f})" if interval else ""
+            lines.append(f"| {view.replace('_', ' ')} | {audit['score']} | {audit['correct']} / {audit['guesses']}"
+                         f"{accuracy} | "
                          f"**{audit['epsilon_lower_bound']:.3f}** (delta {audit['delta']:g}, "
                          f"{audit['confidence']:.0%}) | {audit['claimed_epsilon']:.3g} ({audit['claim']}) | "
                          f"{membership['auc']:.3f} | {membership['tpr_at_fpr_0.1%']:.3f} |")
@@ -411,6 +414,7 @@ def report_markdown(result: dict[str, Any]) -> str:
         lines.append(canaries["note"])
     item_set = result["item_set"]
     lines += ["", "## Item-set inference against client updates", "", item_set["note"] + ".", "",
+              "Accuracy intervals are exact (Clopper-Pearson) at the audit's confidence.", "",
               "| what the attacker sees | users | top-k precision | chance | ratio | touched precision | "
               "touched recall |", "|---|---:|---:|---:|---:|---:|---:|"]
     for view in ("raw", "aggregate"):
