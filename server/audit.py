@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,13 @@ from recsys_core.audit.formal import (
 )
 from recsys_core.audit.hash_chain import verify_chain, verify_seal
 from recsys_core.audit.item_set import (
-    TOUCHED_RELATIVE_THRESHOLD,
     ItemSetGuess,
     attack_update,
     item_rows,
     positive_side_scores,
     summarise,
+    summed,
+    touched_rows,
 )
 from recsys_core.audit.statistics import best_guess_epsilon_lower_bound, clopper_pearson, roc_auc, tpr_at_fpr
 from recsys_core.bundle import read_bundle
@@ -115,7 +117,8 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
         "checks": [asdict(check) for check in formal_checks],
         "statement": guarantee_statement(ledger, config.secure_aggregation.enabled) if ledger else
         ["No differential privacy: the run claims no epsilon (epsilon = infinity)."],
-        "claims": claims}
+        "claims": claims,
+        "accountant_libraries": {name: metadata.version(name) for name in ("opacus", "dp-accounting")}}
 
     data = load_federated_data(config.data, config.partition)
     bundle = read_bundle(directory.path / "final-model")
@@ -278,15 +281,9 @@ def _server_view_scores(config: FederatedConfig, data: FederatedData, shared: Ar
         members = [index for index in order[start:start + group] if updates[index] is not None]
         if not members:
             continue
-        first = updates[members[0]]
-        assert first is not None
-        total = {name: sum(np.asarray(updates[index][name], dtype=np.float64)  # type: ignore[index]
-                           for index in members) for name in first}
-        rows = item_rows(total, n_items)
-        movement = np.linalg.norm(rows, axis=1)
-        touched = np.flatnonzero(movement > TOUCHED_RELATIVE_THRESHOLD * movement.max(initial=0.0))
-        side = positive_side_scores(rows, touched)
-        scores[members] = side[plan.items[members]]
+        rows = item_rows(summed([update for index in members if (update := updates[index]) is not None]),
+                         n_items)
+        scores[members] = positive_side_scores(rows, touched_rows(rows))[plan.items[members]]
     finite = scores[np.isfinite(scores)]
     floor = (finite.min() - 1.0) if finite.size else 0.0
     return np.where(np.isfinite(scores), scores, floor)
@@ -338,9 +335,7 @@ def _item_set_audit(config: FederatedConfig, data: FederatedData, shared: Arrays
     aggregated: list[ItemSetGuess] = []
     for start in range(0, len(updates) - group + 1, group):
         members = updates[start:start + group]
-        total = {name: sum(np.asarray(update[name], dtype=np.float64) for update, _ in members)
-                 for name in members[0][0]}
-        rows = item_rows(total, n_items)
+        rows = item_rows(summed([update for update, _ in members]), n_items)
         aggregated += [attack_update(rows, items) for _, items in members]
     secure = config.secure_aggregation.enabled
     return {

@@ -249,6 +249,8 @@ def command_audit(args: argparse.Namespace) -> int:
             table.add_row(f"canary epsilon lower bound, {view.replace('_', ' ')}",
                           f"{audit['epsilon_lower_bound']:.3f} (claimed {audit['claimed_epsilon']:.3g}; "
                           f"membership AUC {audit['membership']['calibrated']['auc']:.3f})")
+    else:
+        table.add_row("canaries", "none planted: fedrec simulate --audit-canaries M gives an empirical bound")
     item_set = result["item_set"]
     view = item_set[item_set["server_view"]]
     table.add_row(f"item-set precision ({item_set['server_view']} updates)",

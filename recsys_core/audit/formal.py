@@ -36,7 +36,7 @@ UNDER_COUNT_TOLERANCE = 0.02
 #: standard errors (1 / sqrt(2 n) relative, for n Gaussian coordinates): a false alarm is then negligible,
 #: while noise that is off, or of half the declared size, is far outside.
 NOISE_STD_STANDARD_ERRORS = 6.0
-SECOND_ACCOUNTANT = f"dp_accounting {getattr(dp_accounting, '__version__', '')} PLD (pessimistic)".replace("  ", " ")
+SECOND_ACCOUNTANT = "dp_accounting PLD (pessimistic)"
 
 
 @dataclass(frozen=True)

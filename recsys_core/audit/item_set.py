@@ -23,7 +23,7 @@ scored against each member of the sum in turn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +56,21 @@ class ItemSetGuess:
     chance_precision: float
 
 
+def summed(updates: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The sum of several updates (float64): what a server sees of them under secure aggregation."""
+    return {name: sum((np.asarray(update[name], dtype=np.float64) for update in updates[1:]),
+                      np.asarray(updates[0][name], dtype=np.float64)) for name in updates[0]}
+
+
+def touched_rows(rows: np.ndarray) -> np.ndarray:
+    """Ids of the rows that moved at all (norm above a tiny fraction of the largest row's)."""
+    movement = np.linalg.norm(rows, axis=1)
+    largest = float(movement.max(initial=0.0))
+    if largest == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(movement > TOUCHED_RELATIVE_THRESHOLD * largest)
+
+
 def positive_side_scores(rows: np.ndarray, touched: np.ndarray) -> np.ndarray:
     """``[n_items]``: each touched row's projection on the principal direction, signed so the smaller
     side (the guessed positives) scores high; untouched rows score minus infinity."""
@@ -74,9 +89,7 @@ def attack_update(rows: np.ndarray, true_items: np.ndarray) -> ItemSetGuess:
     """Guesses a user's items from an update's item rows (:func:`item_rows`) and scores both guesses."""
     true_items = np.unique(np.asarray(true_items, dtype=np.int64))
     n_items = len(rows)
-    movement = np.linalg.norm(rows, axis=1)
-    largest = float(movement.max(initial=0.0))
-    touched = np.flatnonzero(movement > TOUCHED_RELATIVE_THRESHOLD * largest) if largest > 0 else np.zeros(0, int)
+    touched = touched_rows(rows)
     k = len(true_items)
     # A stable order makes ties (untouched rows) break by item id, the same on every run.
     top_k = np.argsort(-positive_side_scores(rows, touched), kind="stable")[:k]
