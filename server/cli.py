@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -178,7 +179,6 @@ def _default_dataset(data_dir: str | None) -> str:
 
 def json_file(run_dir: str) -> dict[str, Any]:
     import json
-    from pathlib import Path
 
     path = Path(run_dir) / "config.json"
     try:
@@ -259,7 +259,7 @@ def command_audit(args: argparse.Namespace) -> int:
     console.print(table)
     for reason in result["verdict"]["reasons"]:
         console.print(f"- {reason}", highlight=False)
-    console.print(f"Report: {args.run_dir}/{REPORT_FILE} (and audit.json, audit.png)")
+    console.print(f"Report: {Path(args.run_dir) / REPORT_FILE} (and audit.json, audit.png)")
     return 0 if result["verdict"]["result"] == "PASS" else 1
 
 
