@@ -45,6 +45,8 @@ class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        #: The last chained record's hash, once known: appending then needs no re-read of the file.
+        self._chain_head: str | None = None
 
     @property
     def rounds_file(self) -> Path:
@@ -66,11 +68,14 @@ class RunDirectory:
 
     def append_round(self, record: dict[str, Any]) -> None:
         """Appends one round's record, linked to the one before, and flushes it before the next round starts."""
-        chained = hash_chain.linked(record, hash_chain.head_of(self.read_rounds(), self.genesis()))
+        if self._chain_head is None:
+            self._chain_head = hash_chain.head_of(self.read_rounds(), self.genesis())
+        chained = hash_chain.linked(record, self._chain_head)
         with self.rounds_file.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(chained, sort_keys=True) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
+        self._chain_head = chained[hash_chain.CHAIN_KEY]["hash"]
 
     def read_rounds(self) -> list[dict[str, Any]]:
         if not self.rounds_file.exists():
@@ -88,6 +93,7 @@ class RunDirectory:
     def truncate_rounds(self, last_round: int) -> None:
         """Drops records of rounds after ``last_round`` (a round interrupted before its checkpoint)."""
         kept = [record for record in self.read_rounds() if record.get("round", 0) <= last_round]
+        self._chain_head = None
         self.rounds_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
 
     def seal(self, ledger: Path | None) -> str:
