@@ -142,7 +142,7 @@ def run_experiment(
     split = split_log(log, config.data.split)
     load_seconds = time.perf_counter() - started
     with seeded(config.train.seed):
-        model = build_model(config.model.name, CatalogInfo.from_log(log), config.model.options)
+        model = build_model(config.model.name, CatalogInfo.from_log(split.train), config.model.options)
     training = train_model(model, split, config.train, config.evaluation, on_epoch)
     label = run_label or f"{config.data.dataset}-{config.model.name}"
     run_directory = new_run_directory(config.output_dir, label)

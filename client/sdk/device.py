@@ -88,7 +88,8 @@ class Device:
                               "cannot name what it recommends")
         features = bundle.catalog.get("item_features")
         with seeded(self.seed):
-            model = build_model(bundle.model, CatalogInfo(1, bundle.n_items, features),
+            catalog = CatalogInfo(1, bundle.n_items, features, bundle.catalog.get("item_popularity"))
+            model = build_model(bundle.model, catalog,
                                 {**bundle.options, **self.model_overrides})
         tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in bundle.shared_parameters.items()}
         missing = set(model.shared_state()) - set(tensors)

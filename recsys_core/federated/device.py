@@ -154,7 +154,7 @@ def state_to_arrays(state: dict[str, torch.Tensor]) -> Arrays:
 def build_device_model(config: FederatedConfig, catalog: CatalogInfo, n_local_users: int,
                        partition_id: int) -> Recommender:
     """The model a device runs, sized for its own users; private parameters start from a seed."""
-    local_catalog = CatalogInfo(n_users=n_local_users, n_items=catalog.n_items, item_features=catalog.item_features)
+    local_catalog = replace(catalog, n_users=n_local_users)
     with seeded(_seed(config.seed, 0, partition_id)):
         return build_model(config.model.name, local_catalog, config.model.options)
 

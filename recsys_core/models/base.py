@@ -48,11 +48,16 @@ class CatalogInfo:
     n_users: int
     n_items: int
     item_features: np.ndarray | None = None  # float32 [n_items, n_features]
+    #: Training interactions per item, ``[n_items]``: the catalogue-level statistic a
+    #: bundle already ships for cold-start users (see ``recsys_core.bundle.bundle_catalog``).
+    item_popularity: np.ndarray | None = None
 
     @classmethod
     def from_log(cls, log: InteractionLog) -> CatalogInfo:
+        """The catalogue of a *training* log: its sizes, item features and per-item counts."""
         features = None if log.item_features is None else log.item_features.values
-        return cls(n_users=log.n_users, n_items=log.n_items, item_features=features)
+        popularity = np.bincount(log.item_ids, minlength=log.n_items).astype(np.float64)
+        return cls(n_users=log.n_users, n_items=log.n_items, item_features=features, item_popularity=popularity)
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,44 @@ def test_a_sample_profile_is_built_from_the_items_before_it() -> None:
 def test_a_dataset_without_item_features_is_refused(name: str) -> None:
     with pytest.raises(ConfigError, match=f"model '{name}' needs item features"):
         build_model(name, CatalogInfo(n_users=5, n_items=10, item_features=None))
+
+
+def test_the_popularity_feature_tells_apart_items_with_the_same_features() -> None:
+    log = synthetic_split().train
+    assert log.item_features is not None
+    features = log.item_features.values.copy()
+    features[1] = features[0]
+    popularity = np.zeros(log.n_items)
+    popularity[0] = 50.0
+    with seeded(0):
+        model = build_model("content", CatalogInfo(log.n_users, log.n_items, features, popularity),
+                            {"popularity_feature": True}).eval()
+    assert model.item_features.shape[1] == features.shape[1] + 1
+    assert model.item_features[0, -1] == 1.0 and model.item_features[1, -1] == 0.0  # scaled by the most popular
+    with torch.no_grad():
+        scores = model.score(np.arange(10), log)
+    assert not torch.equal(scores[:, 0], scores[:, 1])
+
+
+def test_the_popularity_feature_adds_what_features_cannot_know() -> None:
+    split = synthetic_split()
+    _, plain = train("content", split, epochs=10)
+    _, with_popularity = train("content", split, {"popularity_feature": True}, epochs=10)
+    # Popularity is independent of the features in the synthetic data, so only the count input can carry it.
+    # Observed 0.227 without and 0.249 with (popularity itself: 0.184); on ML-100K 0.030 and 0.050.
+    assert with_popularity.test["full/ndcg@10"] > 1.05 * plain.test["full/ndcg@10"]
+
+
+def test_the_popularity_feature_needs_the_catalogue_counts() -> None:
+    log = synthetic_split().train
+    assert log.item_features is not None
+    with pytest.raises(ConfigError, match="needs the catalogue's per-item training counts"):
+        build_model("content", CatalogInfo(log.n_users, log.n_items, log.item_features.values),
+                    {"popularity_feature": True})
+
+
+def test_the_catalogue_counts_training_rows_per_item() -> None:
+    log = synthetic_split().train
+    counts = CatalogInfo.from_log(log).item_popularity
+    assert counts is not None and counts.sum() == log.n_interactions
+    np.testing.assert_array_equal(counts, np.bincount(log.item_ids, minlength=log.n_items))
