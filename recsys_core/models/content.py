@@ -142,20 +142,34 @@ class ContentBased(Recommender):
 
     name = "content"
     config_class = ContentConfig
-    item_features: torch.Tensor
+    content_features: torch.Tensor
 
     def __init__(self, catalog: CatalogInfo, config: ContentConfig) -> None:
         super().__init__(catalog, config)
         self.config: ContentConfig = config
         features = require_item_features(catalog, self.name)
-        if config.popularity_feature:
-            features = np.concatenate([features, scaled_log_popularity(catalog, self.name)[:, None]], axis=1)
-        n_features = features.shape[1]
         # Derived from the catalogue, identical on every device: not part of the exchanged state.
-        self.register_buffer("item_features", torch.as_tensor(features, dtype=torch.float32), persistent=False)
+        self.register_buffer("content_features", torch.as_tensor(features, dtype=torch.float32), persistent=False)
+        self.item_log_popularity: torch.Tensor | None
+        self.register_buffer("item_log_popularity", None)
+        if config.popularity_feature:
+            # Part of the shared state, unlike the features: a device computes nothing from its own
+            # rows here and ranks with the counts that came with the global model (as a bundle ships
+            # them). Devices never change a buffer, so averaging leaves it as the server set it.
+            popularity = scaled_log_popularity(catalog, self.name)[:, None]
+            self.register_buffer("item_log_popularity", torch.as_tensor(popularity))
+        n_features = features.shape[1] + int(config.popularity_feature)
         # One extra output: the item's bias, also computed from its features.
         self.item_tower = tower(n_features, config.hidden_dims, config.embedding_dim + 1)
         self.user_tower = tower(n_features, config.hidden_dims, config.embedding_dim)
+
+    @property
+    def item_features(self) -> torch.Tensor:
+        """``float32 [n_items, n_inputs]``: each item's content features, then its popularity input if on."""
+        if self.item_log_popularity is None:
+            return self.content_features
+        return self.cached_inference("item inputs", (self.content_features, self.item_log_popularity),
+                                     lambda: torch.cat([self.content_features, self.item_log_popularity], dim=1))
 
     def _items(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors ``[..., d]`` and biases ``[...]`` of items with the given features."""

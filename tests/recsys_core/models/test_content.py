@@ -18,7 +18,7 @@ def test_content_beats_popularity() -> None:
     # Observed about 1.2x. Popularity is independent of the features in the synthetic data, so a content
     # model only wins through taste (genres): it cannot know which items are popular.
     assert result.test["full/ndcg@10"] > 1.1 * popularity_ndcg()
-    assert model.private_state() == {} and "item_features" not in model.state_dict()
+    assert model.private_state() == {} and set(model.state_dict()) == set(dict(model.named_parameters()))
 
 
 def test_new_items_are_ranked_by_their_features() -> None:
@@ -94,6 +94,24 @@ def test_the_popularity_feature_adds_what_features_cannot_know() -> None:
     # Popularity is independent of the features in the synthetic data, so only the count input can carry it.
     # Observed 0.227 without and 0.249 with (popularity itself: 0.184); on ML-100K 0.030 and 0.050.
     assert with_popularity.test["full/ndcg@10"] > 1.05 * plain.test["full/ndcg@10"]
+
+
+def test_a_device_ranks_with_the_counts_that_came_with_the_global_model() -> None:
+    log = synthetic_split().train
+    assert log.item_features is not None
+    features = log.item_features.values
+    server_counts, device_counts = np.arange(log.n_items, dtype=np.float64), np.ones(log.n_items)
+    with seeded(0):
+        server = build_model("content", CatalogInfo(log.n_users, log.n_items, features, server_counts),
+                             {"popularity_feature": True})
+        # A device's own catalogue counts only its own rows: it must not rank with those.
+        device = build_model("content", CatalogInfo(1, log.n_items, features, device_counts),
+                             {"popularity_feature": True})
+    assert "item_log_popularity" in server.shared_state()
+    device.load_state_dict(server.shared_state())
+    np.testing.assert_allclose(device.item_features[:, -1].numpy(), server.item_features[:, -1].numpy())
+    with torch.no_grad():
+        assert torch.equal(device.eval().score(np.arange(3), log), server.eval().score(np.arange(3), log))
 
 
 def test_the_popularity_feature_needs_the_catalogue_counts() -> None:
