@@ -20,7 +20,7 @@ import numpy as np
 
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.errors import FedrecError
-from recsys_core.models.base import CatalogInfo
+from recsys_core.models.base import training_counts
 from recsys_core.run_records import write_json
 
 BUNDLE_SCHEMA_VERSION = 1
@@ -58,7 +58,7 @@ def bundle_catalog(train: InteractionLog) -> dict[str, np.ndarray]:
     server holds no interactions would sum per-device counts with secure aggregation.
     """
     catalog = {"item_ids": np.array([str(item) for item in train.item_map.original_ids.tolist()]),
-               "item_popularity": CatalogInfo.from_log(train).item_popularity}
+               "item_popularity": training_counts(train)}
     if train.item_features is not None:
         catalog["item_features"] = np.asarray(train.item_features.values, dtype=np.float32)
         catalog["item_feature_names"] = np.array(list(train.item_features.names))

@@ -41,6 +41,11 @@ Batch = dict[str, torch.Tensor]
 """Training samples keyed by input name; dimension 0 indexes samples."""
 
 
+def training_counts(log: InteractionLog) -> np.ndarray:
+    """``float64 [n_items]``: how many rows of ``log`` name each item."""
+    return np.bincount(log.item_ids, minlength=log.n_items).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class CatalogInfo:
     """What a model needs to know about the data to size itself."""
@@ -56,8 +61,8 @@ class CatalogInfo:
     def from_log(cls, log: InteractionLog) -> CatalogInfo:
         """The catalogue of a *training* log: its sizes, item features and per-item counts."""
         features = None if log.item_features is None else log.item_features.values
-        popularity = np.bincount(log.item_ids, minlength=log.n_items).astype(np.float64)
-        return cls(n_users=log.n_users, n_items=log.n_items, item_features=features, item_popularity=popularity)
+        return cls(n_users=log.n_users, n_items=log.n_items, item_features=features,
+                   item_popularity=training_counts(log))
 
 
 @dataclass(frozen=True)

@@ -166,10 +166,11 @@ class ContentBased(Recommender):
     @property
     def item_features(self) -> torch.Tensor:
         """``float32 [n_items, n_inputs]``: each item's content features, then its popularity input if on."""
-        if self.item_log_popularity is None:
+        popularity = self.item_log_popularity
+        if popularity is None:
             return self.content_features
-        return self.cached_inference("item inputs", (self.content_features, self.item_log_popularity),
-                                     lambda: torch.cat([self.content_features, self.item_log_popularity], dim=1))
+        return self.cached_inference("item inputs", (self.content_features, popularity),
+                                     lambda: torch.cat([self.content_features, popularity], dim=1))
 
     def _items(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors ``[..., d]`` and biases ``[...]`` of items with the given features."""
