@@ -138,12 +138,13 @@ def cold_start_once(model_name: str, data_dir: str | None, seed: int, fraction: 
     started = time.perf_counter()
     result = train_model(trained, warm_parts, config.train, config.evaluation)
     seconds = time.perf_counter() - started
-    with seeded(config.train.seed + 1):
-        full = build_model(model_name, CatalogInfo.from_log(split.train), config.model.options)
-    grow_catalogue(trained, full, warm)
-    full.eval()
     # Each user's warm training history, in the full catalogue's ids.
     history = split.train.select(~np.isin(split.train.item_ids, cold))
+    # The catalogue of the warm history: a cold item's training count is 0, as for a new item.
+    with seeded(config.train.seed + 1):
+        full = build_model(model_name, CatalogInfo.from_log(history), config.model.options)
+    grow_catalogue(trained, full, warm)
+    full.eval()
     withheld_parts = [part.select(np.isin(part.item_ids, cold)) for part in (split.train, split.valid, split.test)]
     withheld = SeenItems.from_logs(*withheld_parts)
     users = np.unique(np.concatenate([part.user_ids for part in withheld_parts]))
