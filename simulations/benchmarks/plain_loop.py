@@ -119,6 +119,8 @@ def main() -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--evaluate-every", type=int, default=0)
+    parser.add_argument("--test-clients", type=int, default=0,
+                        help="test on this many seeded devices instead of all (large federations)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = ([f'data.data_dir="{args.data_dir}"'] if args.data_dir else []) + args.set
@@ -129,7 +131,7 @@ def main() -> int:
         print(f"round {record['round']}: {record['seconds']:.2f} s"
               + (f"  valid ndcg@10 {validation['full/ndcg@10']:.4f}" if validation else ""), flush=True)
 
-    result = run_plain_loop(config, args.evaluate_every, show)
+    result = run_plain_loop(config, args.evaluate_every, show, args.test_clients)
     print(json.dumps({"test": {k: v for k, v in result["test"].items() if k.endswith("@10")},
                       "mean_round_seconds": float(np.mean([r["seconds"] for r in result["rounds"]]))}, indent=2))
     return 0
