@@ -28,11 +28,11 @@ def build_strategy(config: ServerConfig, proximal_mu: float) -> Strategy:
     if config.strategy == "fedprox":
         return FedProx(proximal_mu=proximal_mu, **common)
     if config.strategy == "fedadam":
-        return FedAdam(eta=config.server_learning_rate, **common)
+        return FedAdam(eta=config.server_learning_rate, tau=config.adaptivity_tau, **common)
     if config.strategy == "fedyogi":
-        return FedYogi(eta=config.server_learning_rate, **common)
+        return FedYogi(eta=config.server_learning_rate, tau=config.adaptivity_tau, **common)
     if config.strategy == "fedadagrad":
-        return FedAdagrad(eta=config.server_learning_rate, **common)
+        return FedAdagrad(eta=config.server_learning_rate, tau=config.adaptivity_tau, **common)
     # FedAvg with a server learning rate: FedAvgM without momentum scales the mean update.
     strategy = FedAvgM(server_learning_rate=config.server_learning_rate, server_momentum=0.0, **common)
     # FedAvgM tracks the current model only when its server step is on, which it decides once from the

@@ -68,6 +68,11 @@ class ServerConfig:
     #: If positive, the server learning rate follows a cosine from ``server_learning_rate`` in round 1
     #: down to this in the last round; 0 keeps it constant.
     final_server_learning_rate: float = 0.0
+    #: FedAdam/FedYogi/FedAdagrad's ``tau`` (Reddi et al., 2021): the server optimiser's epsilon,
+    #: Flower's default 1e-3. A mean update far smaller than tau moves a weight by about
+    #: ``eta * update / tau`` instead of ``eta``, which stalls item weights that few devices touch
+    #: (large catalogues); centralized Adam uses 1e-8.
+    adaptivity_tau: float = 1e-3
     #: Federated validation every this many rounds on ``clients_per_evaluation`` sampled clients.
     evaluate_every: int = 5
     clients_per_evaluation: int = 100
@@ -87,6 +92,8 @@ class ServerConfig:
             raise ConfigError("server.min_clients: must be between 1 and server.clients_per_round")
         if self.server_learning_rate <= 0 or self.round_timeout <= 0:
             raise ConfigError("server.server_learning_rate and server.round_timeout must be positive")
+        if not self.adaptivity_tau > 0:
+            raise ConfigError(f"server.adaptivity_tau: must be positive, got {self.adaptivity_tau}")
         if self.evaluate_every < 0 or self.clients_per_evaluation < 0:
             raise ConfigError("server.evaluate_every and server.clients_per_evaluation must not be negative")
         if not 0 <= self.final_server_learning_rate <= self.server_learning_rate:

@@ -9,6 +9,7 @@ parameters go back to the server. Every random draw is seeded by
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.evaluation import MetricSums
 from recsys_core.experiment import DataConfig, load_interactions
 from recsys_core.federated.config import FederatedConfig, require_gradient_model
-from recsys_core.models import CatalogInfo, Recommender, build_model
+from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.training import evaluate_model, make_optimizer, run_local_epochs, seeded
 
 Arrays = dict[str, np.ndarray]
@@ -159,6 +160,30 @@ def build_device_model(config: FederatedConfig, catalog: CatalogInfo, n_local_us
         return build_model(config.model.name, local_catalog, config.model.options)
 
 
+def fresh_device_model(config: FederatedConfig, catalog: CatalogInfo, n_local_users: int,
+                       partition_id: int) -> Recommender:
+    """:func:`build_device_model` for a device about to load the global model over it.
+
+    A model with no private parameters and no item features gets every weight from the
+    server, so its own initial weights are never used: it is copied from a per-process
+    template instead of drawn again. Drawing them was most of a Mult-DAE device update on
+    Amazon Beauty (14.6M weights, about 0.13 s a device). The copy is the same model
+    the build would give once the shared parameters are loaded.
+    """
+    if model_class(config.model.name).private_modules or catalog.item_features is not None:
+        return build_device_model(config, catalog, n_local_users, partition_id)
+    options = json.dumps(config.model.options, sort_keys=True)
+    model = copy.deepcopy(_model_template(config.model.name, options, catalog.n_items, n_local_users))
+    model.catalog = replace(catalog, n_users=n_local_users)
+    return model
+
+
+@lru_cache(maxsize=2)
+def _model_template(name: str, options_json: str, n_items: int, n_users: int) -> Recommender:
+    # Simulated devices run in long-lived worker processes, one model family per run.
+    return build_model(name, CatalogInfo(n_users=n_users, n_items=n_items), json.loads(options_json))
+
+
 #: Stands in for the round number in the seed of a refit, which happens outside any training round.
 REFIT_ROUND_TAG = 2**31 - 1
 
@@ -235,7 +260,7 @@ def _train(
     inject_faults(config, server_round, partition_id)
     if config.privacy.local.enabled:
         require_gradient_model(config.model.name)
-    model = build_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users, partition_id)
+    model = fresh_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users, partition_id)
     load_device_model(model, shared, state)
     if config.privacy.local.enabled:
         return _train_with_local_dp(config, split, model, shared, state, server_round, partition_id)
@@ -404,7 +429,7 @@ def evaluate_on_device(
     partition_id: int,
 ) -> MetricSums:
     """Ranks the device's held-out items (``valid`` or ``test``) with the global model and its private state."""
-    model = build_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users, partition_id)
+    model = fresh_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users, partition_id)
     load_device_model(model, shared, state)
     if not model.trains_with_gradients and not shared:
         model.fit_statistics(split.train)

@@ -36,7 +36,7 @@ from recsys_core.federated.device import (
 )
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from server.privacy import user_level_step
-from server.strategies import fedadam_step
+from server.strategies import build_strategy, fedadam_step
 
 Arrays = dict[str, np.ndarray]
 
@@ -82,7 +82,8 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
     if config.server.strategy not in ("fedavg", "fedadam"):
         raise ValueError(f"the plain loop runs fedavg and fedadam only, not {config.server.strategy!r}")
     # Flower's FedAdam object holds the server optimiser's settings and moments; no engine runs.
-    fedadam = FedAdam(eta=config.server.server_learning_rate) if config.server.strategy == "fedadam" else None
+    fedadam = build_strategy(config.server, config.local.proximal_mu) if config.server.strategy == "fedadam" else None
+    assert fedadam is None or isinstance(fedadam, FedAdam)
     for server_round in range(1, config.server.rounds + 1):
         started = time.perf_counter()
         updates = []

@@ -7,6 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
+from recsys_core.errors import ConfigError
 from recsys_core.federated.config import ServerConfig
 from server.strategies import apply_mean_update, build_strategy, fedadam_step
 
@@ -45,3 +46,25 @@ def test_a_mean_update_under_fedadam_is_flowers_fedadam_step() -> None:
     assert isinstance(reference, FedAdam)
     expected = fedadam_step(reference, current, {"w": current["w"] + mean["w"]}, 1)
     assert np.allclose(apply_mean_update(ours, current, mean, 1, 0.1)["w"], expected["w"])
+
+
+def test_a_small_tau_lets_a_tiny_mean_update_move_a_weight_by_about_eta() -> None:
+    """Flower's default tau (1e-3) damps a 1e-5 update a hundredfold; ``server.adaptivity_tau`` lifts that."""
+    current = {"w": np.zeros(1, dtype=np.float32)}
+    tiny = {"w": np.array([1e-5])}
+    moves = {}
+    for tau in (1e-3, 1e-8):
+        strategy = build_strategy(ServerConfig(strategy="fedadam", server_learning_rate=0.01, adaptivity_tau=tau),
+                                  proximal_mu=0.0)
+        assert isinstance(strategy, FedAdam) and strategy.tau == tau
+        moves[tau] = float(apply_mean_update(strategy, current, tiny, 1, 0.01)["w"][0])
+    assert moves[1e-8] > 50 * moves[1e-3] > 0
+    # Round 1: m = 0.1 g and sqrt(v) = 0.1 g, so the step is the bias-corrected eta itself, times 1 / (1 + tau / 1e-6).
+    corrected_eta = 0.01 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)
+    assert moves[1e-8] == pytest.approx(corrected_eta / (1 + 1e-8 / 1e-6), rel=1e-4)
+
+
+@pytest.mark.parametrize("tau", [0.0, -1e-3])
+def test_a_non_positive_tau_is_rejected(tau: float) -> None:
+    with pytest.raises(ConfigError, match="server.adaptivity_tau"):
+        ServerConfig(adaptivity_tau=tau).validate()

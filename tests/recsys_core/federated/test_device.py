@@ -14,6 +14,7 @@ from recsys_core.federated.device import (
     SimulatedDeviceError,
     build_device_model,
     evaluate_on_device,
+    fresh_device_model,
     load_device_model,
     load_federated_data,
     refit_private_parameters,
@@ -129,6 +130,33 @@ def test_every_model_trains_on_a_device_and_keeps_its_private_part(name: str) ->
     assert not set(outcome.shared_parameters) & set(model.private_state())
     sums = evaluate_on_device(cfg, data.device_split(1), outcome.shared_parameters, outcome.device_state, "test", 1)
     assert sums.num_users == 1
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_fresh_device_model_is_the_built_model_once_the_global_model_is_loaded(name: str) -> None:
+    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})})
+    data = load_federated_data(cfg.data, cfg.partition)
+    split = data.device_split(2)
+    shared = global_shared(cfg)
+    catalog = CatalogInfo.from_log(split.train)
+    built = build_device_model(cfg, catalog, split.train.n_users, 2)
+    fresh = fresh_device_model(cfg, catalog, split.train.n_users, 2)
+    for model in (built, fresh):
+        load_device_model(model, shared, None)
+    assert type(fresh) is type(built) and fresh.training == built.training
+    assert fresh.catalog.n_users == built.catalog.n_users == split.train.n_users
+    assert np.array_equal(fresh.catalog.item_popularity, built.catalog.item_popularity)
+    assert set(fresh.state_dict()) == set(built.state_dict())
+    for key, value in built.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    # Each call gives its own copy: training one device's model leaves the next one untouched.
+    with torch.no_grad():
+        for parameter in fresh.parameters():
+            parameter.add_(1.0)
+    again = fresh_device_model(cfg, catalog, split.train.n_users, 2)
+    load_device_model(again, shared, None)
+    for key, value in built.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
 
 
 def test_refit_moves_only_private_parameters_and_lowers_the_local_loss() -> None:
