@@ -61,11 +61,16 @@ def aggregate(config: FederatedConfig, shared: Arrays, updates: list[tuple[Array
 
 
 def evaluate_all(config: FederatedConfig, data: FederatedData, shared: Arrays, states: dict[int, DeviceState],
-                 partitions: list[int], part: str) -> dict[str, float]:
+                 partitions: list[int], part: str, per_device: dict[int, dict[str, float]] | None = None
+                 ) -> dict[str, float]:
+    """Mean metrics over ``partitions``; ``per_device`` (when given) receives each device's metric sums."""
     total = MetricSums()
     for partition in partitions:
-        total.add(evaluate_on_device(config, data.device_split(partition), shared, states.get(partition), part,
-                                     partition))
+        sums = evaluate_on_device(config, data.device_split(partition), shared, states.get(partition), part,
+                                  partition)
+        if per_device is not None:
+            per_device[partition] = {"users": sums.num_users, **sums.sums}
+        total.add(sums)
     return total.means()
 
 
@@ -110,8 +115,9 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
     tested = list(range(data.num_clients))
     if test_clients:
         tested = sample_partitions(config.seed, 0, EVALUATION, tested, test_clients)
-    test = evaluate_all(config, data, shared, states, tested, "test")
-    return {"rounds": rounds, "test": test}
+    test_per_device: dict[int, dict[str, float]] = {}
+    test = evaluate_all(config, data, shared, states, tested, "test", test_per_device)
+    return {"rounds": rounds, "test": test, "test_per_device": test_per_device}
 
 
 def main() -> int:
@@ -122,6 +128,9 @@ def main() -> int:
     parser.add_argument("--evaluate-every", type=int, default=0)
     parser.add_argument("--test-clients", type=int, default=0,
                         help="test on this many seeded devices instead of all (large federations)")
+    parser.add_argument("--per-device-output", metavar="JSON",
+                        help="write each test device's metric sums here, for paired comparisons of runs "
+                             "(simulations.benchmarks.paired_comparison)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = ([f'data.data_dir="{args.data_dir}"'] if args.data_dir else []) + args.set
@@ -133,6 +142,9 @@ def main() -> int:
               + (f"  valid ndcg@10 {validation['full/ndcg@10']:.4f}" if validation else ""), flush=True)
 
     result = run_plain_loop(config, args.evaluate_every, show, args.test_clients)
+    if args.per_device_output:
+        with open(args.per_device_output, "w", encoding="utf-8") as handle:
+            json.dump({str(partition): sums for partition, sums in result["test_per_device"].items()}, handle)
     print(json.dumps({"test": {k: v for k, v in result["test"].items() if k.endswith("@10")},
                       "mean_round_seconds": float(np.mean([r["seconds"] for r in result["rounds"]]))}, indent=2))
     return 0

@@ -18,6 +18,7 @@ from recsys_core.evaluation import (
     evaluate_ranking,
     metric_names,
     metrics_from_ranks,
+    paired_difference,
     sample_evaluation_negatives,
 )
 
@@ -144,3 +145,21 @@ def test_metric_sums_add_like_one_pass() -> None:
 def test_invalid_config_is_rejected() -> None:
     with pytest.raises(ConfigError, match="cutoffs"):
         EvaluationConfig(cutoffs=(0,)).validate()
+
+
+def test_a_paired_difference_sees_a_small_margin_that_noise_between_units_hides() -> None:
+    generator = np.random.default_rng(0)
+    difficulty = generator.exponential(1.0, size=2000)  # shared by both runs, unit by unit
+    better = difficulty + 0.02 + generator.normal(0, 0.01, size=2000)
+    result = paired_difference(better, difficulty)
+    assert result.units == 2000
+    assert result.mean_difference == pytest.approx(0.02, abs=0.002)
+    assert result.paired_standard_error == pytest.approx(0.01 / np.sqrt(2000), rel=0.1)
+    assert result.z > 50
+    assert result.unpaired_standard_error > 100 * result.paired_standard_error
+    assert paired_difference(difficulty, better).z == pytest.approx(-result.z)
+
+
+def test_a_paired_difference_needs_matching_units() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        paired_difference(np.ones(3), np.ones(4))
