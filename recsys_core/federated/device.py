@@ -52,7 +52,8 @@ class FederatedData:
         return CatalogInfo.from_log(self.split.train)
 
     def most_training_rows(self) -> int:
-        """The most training rows any partition holds (secure aggregation scales example weights by it)."""
+        """The most training rows any partition holds: a bound on any device's example count, by which
+        secure aggregation scales example weights."""
         rows = np.bincount(self.partitioners[0].assignment, weights=np.diff(self.split.train.user_offsets),
                            minlength=self.num_clients)
         return int(rows.max()) if rows.size else 0
@@ -291,7 +292,8 @@ def _train(
         state_to_arrays(model.private_state()),
         {} if private_optimizer is None else _optimizer_state_to_arrays(private_optimizer),
     )
-    return TrainOutcome(state_to_arrays(model.shared_state()), new_state, split.train.n_interactions, losses[-1])
+    return TrainOutcome(state_to_arrays(model.shared_state()), new_state, model.example_count(split.train),
+                        losses[-1])
 
 
 def _train_with_local_dp(
@@ -359,7 +361,7 @@ def _train_with_local_dp(
         _parameter_state_to_arrays(private_parameters, [optimizer, *auxiliary]),
         accountant.to_dict(),
     )
-    return TrainOutcome(state_to_arrays(work.shared_state()), new_state, split.train.n_interactions, float("nan"),
+    return TrainOutcome(state_to_arrays(work.shared_state()), new_state, model.example_count(split.train), float("nan"),
                         privacy_epsilon=accountant.epsilon(privacy.target_delta))
 
 

@@ -101,6 +101,8 @@ def _tanh_stack(widths: list[int]) -> nn.Sequential:
 class _MultAutoencoder(Recommender):
     """What Mult-DAE and Mult-VAE share: samples, input corruption, likelihood and scoring."""
 
+    # One sample is a user's history, its loss summed over the history's items.
+    example_unit = "user"
     config: MultDAEConfig
     encoder: nn.Sequential
     decoder: nn.Sequential

@@ -28,7 +28,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -94,6 +94,11 @@ class Recommender(nn.Module, ABC):
     #: Whether Opacus's ghost clipping (its fastest per-sample clipping) handles the model;
     #: False makes local DP use per-sample gradient hooks instead.
     ghost_clipping_supported: ClassVar[bool] = True
+    #: What FedAvg counts as one example when it weights a device's update (:meth:`example_count`).
+    #: "user" suits a model whose one sample is a user's whole history with a loss summed over
+    #: it (the autoencoders): that loss already grows with the history, so weighting by
+    #: interactions as well would count a heavy user's history twice over.
+    example_unit: ClassVar[Literal["interaction", "user"]] = "interaction"
 
     def __init__(self, catalog: CatalogInfo, config: ModelConfig) -> None:
         super().__init__()
@@ -114,6 +119,12 @@ class Recommender(nn.Module, ABC):
     def private_state(self) -> dict[str, torch.Tensor]:
         """Parameters and buffers that never leave the device."""
         return {k: v for k, v in self.state_dict().items() if self.is_private(k)}
+
+    def example_count(self, log: InteractionLog) -> int:
+        """How many examples a device holding ``log`` trains on, in :attr:`example_unit`."""
+        if self.example_unit == "user":
+            return int(np.count_nonzero(np.diff(log.user_offsets)))
+        return log.n_interactions
 
     # -- training ----------------------------------------------------------------------------
     @abstractmethod

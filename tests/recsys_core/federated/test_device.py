@@ -256,3 +256,16 @@ def test_server_learning_rate_schedule_is_constant_or_a_cosine_to_the_final_rate
     assert rates == sorted(rates, reverse=True)
     with pytest.raises(ConfigError, match="server.final_server_learning_rate"):
         ServerConfig(server_learning_rate=1.0, final_server_learning_rate=2.0).validate()
+
+
+@pytest.mark.parametrize(("name", "unit"), [("neumf", "interaction"), ("mult_dae", "user"), ("mult_vae", "user")])
+def test_a_device_reports_its_examples_in_the_models_unit(name: str, unit: str) -> None:
+    """FedAvg weights an autoencoder device by its users: its loss already sums over each history."""
+    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})})
+    data = load_federated_data(cfg.data, cfg.partition)
+    split = data.device_split(4)
+    outcome = train_on_device(cfg, split, global_shared(cfg), None, 1, 4)
+    assert MODELS[name].example_unit == unit
+    expected = split.train.n_users if unit == "user" else split.train.n_interactions
+    assert split.train.n_interactions > split.train.n_users >= 1
+    assert outcome.num_examples == expected
