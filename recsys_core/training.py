@@ -113,11 +113,11 @@ def run_local_epochs(
     a device passes one optimiser for shared and one for private parameters, and FedProx
     passes its proximal term as ``regularizer`` (added to every batch's mean loss).
 
-    A model with an auxiliary phase (a GAN) also takes one
-    :meth:`~recsys_core.models.base.Recommender.auxiliary_loss` step after every
-    per-sample step, with ``auxiliary_optimizer`` or, when that is None, with
-    ``optimizer``. Plain optimisers may serve both phases: each phase leaves the other's
-    gradients unset, and Adam, Adagrad and SGD skip parameters without a gradient.
+    A model with an auxiliary phase (a GAN) also takes its auxiliary steps after every
+    per-sample step (:meth:`~recsys_core.models.base.Recommender.take_auxiliary_steps`),
+    with ``auxiliary_optimizer`` or, when that is None, with ``optimizer``. Plain
+    optimisers may serve both phases: each phase leaves the other's gradients unset,
+    and Adam, Adagrad and SGD skip parameters without a gradient.
     A DP optimiser may not (it has no per-sample gradients in the auxiliary step):
     under DP pass plain optimisers over ``model.auxiliary_parameters()`` here.
     """
@@ -142,12 +142,7 @@ def run_local_epochs(
             loss.backward()
             for each in optimizers:
                 each.step()
-            if model.has_auxiliary_phase:
-                for each in auxiliary_optimizers:
-                    each.zero_grad(set_to_none=True)
-                model.auxiliary_loss().backward()
-                for each in auxiliary_optimizers:
-                    each.step()
+            model.take_auxiliary_steps(auxiliary_optimizers)
             total += float(per_sample.detach().sum())
             count += len(index)
         losses.append(total / max(count, 1))

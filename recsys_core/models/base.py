@@ -17,8 +17,9 @@ loss cannot express. They name the sub-modules that :meth:`~Recommender.per_samp
 trains in ``per_sample_modules`` (the discriminator: the only part that reads real
 data, so the only part a DP engine wraps and clips), set ``has_auxiliary_phase``
 and implement :meth:`~Recommender.auxiliary_loss` for the rest (the generator),
-which reads no data. :func:`recsys_core.training.run_local_epochs` takes one
-auxiliary step after each per-sample step. Every other model leaves these at their
+which reads no data. :func:`recsys_core.training.run_local_epochs` takes
+:meth:`~Recommender.auxiliary_steps` auxiliary steps (one by default) after each
+per-sample step. Every other model leaves these at their
 defaults and trains as before.
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -160,7 +161,7 @@ class Recommender(nn.Module, ABC):
                 if parameter.requires_grad and id(parameter) not in per_sample]
 
     def auxiliary_loss(self) -> torch.Tensor:
-        """Scalar loss of the auxiliary step, taken right after each per-sample step.
+        """Scalar loss of an auxiliary step; :meth:`take_auxiliary_steps` takes them after each per-sample step.
 
         Only models with ``has_auxiliary_phase`` implement it. It takes no batch on
         purpose: it must not read real data, nor which samples the current batch
@@ -170,6 +171,25 @@ class Recommender(nn.Module, ABC):
         are then post-processing of a DP-trained module and need no noise of their own.
         """
         raise NotImplementedError(f"{type(self).__name__} has no auxiliary training phase")
+
+    def auxiliary_steps(self) -> int:
+        """How many auxiliary steps follow each per-sample step (a GAN's generator steps)."""
+        return 1
+
+    def take_auxiliary_steps(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """The auxiliary phase after one per-sample step; nothing for a model without one.
+
+        ``optimizers`` are plain (not DP) optimisers; each step zeroes their gradients
+        first, so the per-sample phase's gradients never leak into it.
+        """
+        if not self.has_auxiliary_phase:
+            return
+        for _ in range(self.auxiliary_steps()):
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            self.auxiliary_loss().backward()
+            for optimizer in optimizers:
+                optimizer.step()
 
     def fit_statistics(self, log: InteractionLog) -> None:
         """Fits count-based state; only models with ``trains_with_gradients = False`` need it."""

@@ -23,9 +23,16 @@ Retrieval Models". Two matrix-factorisation models play a minimax game:
   and nothing is pre-trained, since pre-training the generator on real data would
   break the privacy argument below.
 
-The generator is the recommender: ``score`` ranks items by its logits, as in the
-paper. Generated items for the discriminator are drawn from ``p_G`` (restricted to
-items the user has not seen) once per epoch, when :meth:`IRGAN.training_samples`
+The generator is the recommender by default: ``score`` ranks items by its logits,
+as in the paper. ``recommend_with = "discriminator"`` ranks by the discriminator's
+scores instead (IRGAN's reference code evaluates both players); training is the
+same either way. The discriminator learns from real data directly, while the
+generator learns only through the discriminator's reward, one step per discriminator
+step: federated on Amazon Beauty, where a device takes one such step per round, the
+generator had not caught up after 600 rounds (docs/benchmarks.md).
+
+Generated items for the discriminator are drawn from ``p_G`` (restricted to items
+the user has not seen) once per epoch, when :meth:`IRGAN.training_samples`
 builds the epoch, as IRGAN's reference code does.
 
 Why DP on the discriminator alone is enough. The generator's loss
@@ -51,6 +58,7 @@ wrap and clip only the discriminator; the generator gets a plain optimiser.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -76,11 +84,18 @@ class IRGANConfig(ModelConfig):
     entropy_weight: float = 0.5
     #: Users (drawn uniformly from all user ids) in each generator step.
     generator_users: int = 128
+    #: Generator steps after each discriminator step.
+    generator_steps: int = 1
+    #: Which player ranks items: "generator" (the paper's choice) or "discriminator".
+    recommend_with: Literal["generator", "discriminator"] = "generator"
 
     def validate(self) -> None:
         super().validate()
-        if self.embedding_dim < 1 or self.generator_users < 1:
-            raise ConfigError("model.embedding_dim and model.generator_users must be at least 1")
+        if min(self.embedding_dim, self.generator_users, self.generator_steps) < 1:
+            raise ConfigError("model.embedding_dim, model.generator_users and model.generator_steps must be at least 1")
+        if self.recommend_with not in ("generator", "discriminator"):
+            raise ConfigError(f"model.recommend_with: must be \"generator\" or \"discriminator\", "
+                              f"got {self.recommend_with!r}")
 
 
 class MatrixFactorization(nn.Module):
@@ -107,7 +122,7 @@ class MatrixFactorization(nn.Module):
 
 
 class IRGAN(Recommender):
-    """A discriminator and a generator, both matrix factorisations; the generator recommends."""
+    """A discriminator and a generator, both matrix factorisations; either may recommend."""
 
     name = "irgan"
     config_class = IRGANConfig
@@ -178,5 +193,9 @@ class IRGAN(Recommender):
         log_policy = functional.log_softmax(self.generator.all_items(users), dim=1)
         return (log_policy.exp() * (self.config.entropy_weight * log_policy - reward)).sum(dim=1).mean()
 
+    def auxiliary_steps(self) -> int:
+        return self.config.generator_steps
+
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
-        return self.generator.all_items(torch.as_tensor(users, dtype=torch.int64).unsqueeze(1))
+        recommender = self.generator if self.config.recommend_with == "generator" else self.discriminator
+        return recommender.all_items(torch.as_tensor(users, dtype=torch.int64).unsqueeze(1))

@@ -242,21 +242,11 @@ def run_private_epochs(
                     index = torch.from_numpy(chosen)
                     per_sample = engine.step(optimizer, {name: values[index] for name, values in samples.items()})
                     total, count = total + float(per_sample.sum()), count + len(chosen)
-                _auxiliary_step(model, auxiliary_optimizers)
+                # A GAN's generator steps: they read only the DP-trained discriminator, without gradient.
+                model.take_auxiliary_steps(auxiliary_optimizers)
             losses.append(total / max(count, 1))
         optimizer.zero_grad(set_to_none=True)
     return losses
-
-
-def _auxiliary_step(model: Recommender, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    # A GAN's generator step: it reads only the DP-trained discriminator, without gradient.
-    if not model.has_auxiliary_phase:
-        return
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
-    model.auxiliary_loss().backward()
-    for optimizer in optimizers:
-        optimizer.step()
 
 
 def samples_count(samples: Batch) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from model_test_helpers import popularity_ndcg, synthetic_split, train
 
 from recsys_core.data.sampling import SeenItems
+from recsys_core.errors import ConfigError
 from recsys_core.models import CatalogInfo, build_model
 from recsys_core.training import make_optimizer, run_local_epochs, seeded
 
@@ -70,3 +72,44 @@ def test_separate_optimisers_train_both_players() -> None:
                          auxiliary_optimizer=generator)
     changed = {key for key, value in model.state_dict().items() if not torch.equal(value, before[key])}
     assert {"discriminator.item_embedding.weight", "generator.item_embedding.weight"} <= changed
+
+
+def test_recommend_with_picks_the_player_that_scores() -> None:
+    log = synthetic_split().train
+    users = np.array([0, 3])
+    with seeded(0):
+        generator_scored = build_model("irgan", CatalogInfo.from_log(log), {"embedding_dim": 8})
+    with seeded(0):
+        discriminator_scored = build_model("irgan", CatalogInfo.from_log(log),
+                                           {"embedding_dim": 8, "recommend_with": "discriminator"})
+    as_tensor = torch.from_numpy(users).unsqueeze(1)
+    with torch.no_grad():
+        assert torch.equal(generator_scored.score(users, log), generator_scored.generator.all_items(as_tensor))
+        assert torch.equal(discriminator_scored.score(users, log),
+                           discriminator_scored.discriminator.all_items(as_tensor))
+        assert not torch.equal(discriminator_scored.score(users, log), generator_scored.score(users, log))
+
+
+def test_recommend_with_rejects_an_unknown_player() -> None:
+    with pytest.raises(ConfigError, match="model.recommend_with"):
+        build_model("irgan", CatalogInfo(n_users=2, n_items=3), {"recommend_with": "critic"})
+
+
+def test_generator_steps_follow_each_discriminator_step() -> None:
+    log = synthetic_split().train.select(synthetic_split().train.user_ids < 40)
+    with seeded(0):
+        model = build_model("irgan", CatalogInfo.from_log(log), {"embedding_dim": 8, "generator_steps": 3})
+    calls = []
+    original = model.auxiliary_loss
+
+    def counted() -> torch.Tensor:
+        calls.append(1)
+        return original()
+
+    model.auxiliary_loss = counted
+    optimizer = make_optimizer(list(model.parameters()), "sgd", 0.1)
+    batch_size = 64
+    with seeded(0):
+        run_local_epochs(model, log, optimizer, 1, batch_size, np.random.default_rng(0))
+    discriminator_steps = -(-log.n_interactions // batch_size)
+    assert len(calls) == 3 * discriminator_steps
