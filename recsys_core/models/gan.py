@@ -28,8 +28,8 @@ as in the paper. ``recommend_with = "discriminator"`` ranks by the discriminator
 scores instead (IRGAN's reference code evaluates both players); training is the
 same either way. With the federated Amazon Beauty config the generator ranked better
 (test NDCG@10 0.0101 against 0.0093); with other recipes either player could lead
-(docs/benchmarks.md). ``generator_steps`` sets how many
-generator steps follow each discriminator step (one by default).
+(docs/benchmarks.md). ``generator_steps`` sets how many generator steps follow each
+discriminator step (one by default).
 
 Generated items for the discriminator are drawn from ``p_G`` (restricted to items
 the user has not seen) once per epoch, when :meth:`IRGAN.training_samples`
