@@ -47,6 +47,7 @@ def main() -> int:
     shared = device.state_to_arrays(device.build_device_model(config, data.catalog, 1, 0).shared_state())
     partitions = list(range(min(args.devices, data.num_clients)))
     seconds: dict[str, list[float]] = {"template": [], "built": []}
+    identical = True
     for _ in range(args.repeats):
         # Alternate so that both see the same machine load; the first template pass pays for the template.
         template_seconds, template_sent = time_updates(config, data, shared, partitions)
@@ -54,7 +55,8 @@ def main() -> int:
             built_seconds, built_sent = time_updates(config, data, shared, partitions)
         seconds["template"].append(template_seconds)
         seconds["built"].append(built_seconds)
-        identical = all(np.array_equal(a[name], b[name]) for a, b in zip(template_sent, built_sent) for name in a)
+        identical = identical and all(np.array_equal(a[name], b[name])
+                                      for a, b in zip(template_sent, built_sent) for name in a)
     print("per repeat, s/device:", json.dumps(seconds))
     template_ms, built_ms = 1000 * min(seconds["template"]), 1000 * min(seconds["built"])
     print("| model | devices | built ms/device | template ms/device | ratio | same updates |")

@@ -96,7 +96,8 @@ def test_recommend_with_rejects_an_unknown_player() -> None:
 
 
 def test_generator_steps_follow_each_discriminator_step() -> None:
-    log = synthetic_split().train.select(synthetic_split().train.user_ids < 40)
+    full = synthetic_split().train
+    log = full.select(full.user_ids < 40)
     with seeded(0):
         model = build_model("irgan", CatalogInfo.from_log(log), {"embedding_dim": 8, "generator_steps": 3})
     calls = []
