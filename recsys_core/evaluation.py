@@ -208,12 +208,15 @@ def evaluate_ranking(
     history: InteractionLog,
     seen_for_negatives: SeenItems,
     config: EvaluationConfig = EvaluationConfig(),
+    per_user: dict[int, dict[str, float]] | None = None,
 ) -> MetricSums:
     """Ranks every user's held-out items under both protocols and sums the metrics.
 
     ``targets`` holds the held-out rows, ``history`` what each user had seen before
     (excluded from the full ranking), and ``seen_for_negatives`` every pair the
-    user ever had (never drawn as a sampled negative).
+    user ever had (never drawn as a sampled negative). ``per_user``, when given,
+    receives each evaluated user's metrics keyed by internal user id, for paired
+    comparisons of models on the same users.
     """
     config.validate()
     users = np.flatnonzero(np.diff(targets.user_offsets) > 0)
@@ -240,6 +243,9 @@ def evaluate_ranking(
             for key, value in values.items():
                 name = f"{prefix}/{key}"
                 totals.sums[name] = totals.sums.get(name, 0.0) + float(value.sum())
+                if per_user is not None:
+                    for user, user_value in zip(batch.tolist(), value.tolist(), strict=True):
+                        per_user.setdefault(user, {})[name] = user_value
         for cutoff in config.cutoffs:
             totals.recommended_counts[cutoff] += np.bincount(
                 top_items[:, :cutoff].reshape(-1).numpy(), minlength=targets.n_items

@@ -155,13 +155,18 @@ def evaluate_model(
     part: Literal["valid", "test"],
     seen: SeenItems,
     config: EvaluationConfig,
+    per_user: dict[int, dict[str, float]] | None = None,
 ) -> MetricSums:
-    """Ranks the held-out items of ``part`` (``valid`` or ``test``) under both protocols."""
+    """Ranks the held-out items of ``part`` (``valid`` or ``test``) under both protocols.
+
+    ``per_user``, when given, receives each user's metrics (see :func:`evaluate_ranking`).
+    """
     history = split.history_before(part)
     targets = split.valid if part == "valid" else split.test
     model.eval()
     with torch.no_grad():
-        return evaluate_ranking(lambda users: model.score(users, history), targets, history, seen, config)
+        return evaluate_ranking(lambda users: model.score(users, history), targets, history, seen, config,
+                                per_user)
 
 
 def train_model(

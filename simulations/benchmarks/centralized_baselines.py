@@ -3,11 +3,14 @@
 Usage (from the repository root):
 
     python -m simulations.benchmarks.centralized_baselines --data-dir ../shared/datasets \
-        [--configs simulations/centralized/ml-100k-*.toml] [--output runs/benchmarks]
+        [--configs simulations/centralized/ml-100k-*.toml] [--output runs/benchmarks] \
+        [--per-user-output runs/central-users]
 
 Prints a Markdown table (the one in docs/benchmarks.md) with each learned model's
 full-ranking NDCG@10 as a ratio to Popularity's on the same dataset, and writes the
-same numbers to ``<output>/centralized-<UTC time>.json``.
+same numbers to ``<output>/centralized-<UTC time>.json``. ``--per-user-output DIR``
+also writes each test user's metrics to ``DIR/<config name>.json`` (keyed by the
+dataset's user id), for ``simulations.benchmarks.paired_comparison``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,32 @@ from pathlib import Path
 import torch
 
 from recsys_core.config import apply_overrides, read_toml
-from recsys_core.experiment import ExperimentConfig, run_experiment
+from recsys_core.data.sampling import SeenItems
+from recsys_core.evaluation import EvaluationConfig
+from recsys_core.experiment import ExperimentConfig, ExperimentResult, run_experiment
 from recsys_core.run_records import environment_record
+from recsys_core.training import evaluate_model
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_one(path: Path, data_dir: str | None, output: Path, overrides: list[str]) -> dict:
+def write_per_user_test(result: ExperimentResult, evaluation: EvaluationConfig, path: Path) -> None:
+    """Each test user's metrics, in ``paired_comparison``'s format (a unit of one user)."""
+    split = result.split
+    per_user: dict[int, dict[str, float]] = {}
+    sums = evaluate_model(result.model, split, "test", SeenItems.from_logs(split.train, split.valid, split.test),
+                          evaluation, per_user)
+    if abs(sums.means()["full/ndcg@10"] - result.training.test["full/ndcg@10"]) > 1e-9:
+        raise RuntimeError(f"{path.stem}: re-testing per user gave full NDCG@10 {sums.means()['full/ndcg@10']}, "
+                           f"training's test gave {result.training.test['full/ndcg@10']}")
+    original_ids = split.test.user_map.original_ids
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({str(original_ids[user]): {"users": 1, **metrics}
+                                for user, metrics in per_user.items()}))
+
+
+def run_one(path: Path, data_dir: str | None, output: Path, overrides: list[str],
+            per_user_output: Path | None = None) -> dict:
     flags = [f'output_dir="{output / "runs"}"'] + ([f'data.data_dir="{data_dir}"'] if data_dir else [])
     config = ExperimentConfig.from_dict(apply_overrides(read_toml(path), flags + overrides))
     started = time.perf_counter()
@@ -39,6 +61,8 @@ def run_one(path: Path, data_dir: str | None, output: Path, overrides: list[str]
         + (f" valid ndcg@10 {report.validation['full/ndcg@10']:.4f}"
            f" sampled hr@10 {report.validation['sampled/hr@10']:.4f}" if report.validation else ""),
         flush=True))
+    if per_user_output is not None:
+        write_per_user_test(result, config.evaluation, per_user_output / f"{path.stem}.json")
     return {
         "config": str(path.relative_to(REPOSITORY_ROOT)) if path.is_relative_to(REPOSITORY_ROOT) else str(path),
         "dataset": config.data.dataset,
@@ -79,6 +103,8 @@ def main() -> int:
     parser.add_argument("--output", default="runs/benchmarks", help="where JSON results and run folders go")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every config")
+    parser.add_argument("--per-user-output", type=Path, metavar="DIR",
+                        help="write each test user's metrics to DIR/<config name>.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     default_configs = sorted(glob.glob(str(REPOSITORY_ROOT / "simulations/centralized/*.toml")))
@@ -87,7 +113,7 @@ def main() -> int:
     rows = []
     for path in paths:
         print(f"== {path}", flush=True)
-        rows.append(run_one(path, args.data_dir, output, args.set))
+        rows.append(run_one(path, args.data_dir, output, args.set, args.per_user_output))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     output.mkdir(parents=True, exist_ok=True)
     report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,

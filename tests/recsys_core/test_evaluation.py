@@ -134,6 +134,25 @@ def test_negatives_are_unseen_and_reproducible() -> None:
     np.testing.assert_array_equal(first[1], again[0])
 
 
+def test_per_user_metrics_are_each_users_own_and_sum_to_the_totals() -> None:
+    # User 0 saw item 1 and holds out item 4 (rank 0); user 1 saw nothing and holds out item 3,
+    # behind 1, 4 and 2 (rank 3). Batches of one user: the per-user values must not depend on batching.
+    def log_of(rows: list[tuple[int, int]]) -> InteractionLog:
+        users, items = (np.array(column, np.int64) for column in zip(*rows, strict=True))
+        return InteractionLog.from_arrays(users, items, np.arange(len(rows)), None, IdMap(np.arange(2)),
+                                          IdMap(np.arange(5)))
+    history, targets = log_of([(0, 1)]), log_of([(0, 4), (1, 3)])
+    config = EvaluationConfig(cutoffs=(3, 4), sampled_negatives=2, batch_size=1)
+    per_user: dict[int, dict[str, float]] = {}
+    totals = evaluate_ranking(lambda users: SCORES.expand(len(users), -1), targets, history,
+                              SeenItems.from_logs(history, targets), config, per_user)
+    assert sorted(per_user) == [0, 1]
+    assert per_user[0]["full/ndcg@3"] == pytest.approx(1.0)
+    assert per_user[1]["full/ndcg@3"] == 0.0 and per_user[1]["full/ndcg@4"] == pytest.approx(1 / math.log2(5))
+    for name, total in totals.sums.items():
+        assert per_user[0][name] + per_user[1][name] == pytest.approx(total)
+
+
 def test_metric_sums_add_like_one_pass() -> None:
     left = MetricSums({"full/hr@10": 1.0}, 2, {10: np.array([1, 0, 0])})
     right = MetricSums({"full/hr@10": 0.0}, 2, {10: np.array([0, 0, 1])})

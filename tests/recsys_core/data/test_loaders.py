@@ -45,18 +45,23 @@ def test_movielens_100k(datasets_dir: Path) -> None:
     assert (log.n_interactions, log.n_users, log.n_items) == (100_000, 943, 1_682)
     assert log.name == "ml-100k"
     assert log.item_features is not None
-    assert log.item_features.values.shape == (1_682, 20)
-    assert log.item_features.names[0] == "unknown" and log.item_features.names[-1] == "year"
+    assert log.item_features.values.shape == (1_682, 21)
+    assert log.item_features.names[0] == "unknown" and log.item_features.names[-2:] == ("year", "log_age")
     assert sorted(np.unique(log.ratings).tolist()) == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert np.bincount(log.ratings.astype(int))[1:].tolist() == [6110, 11370, 27145, 34174, 21201]
     toy_story = features_of(log, 1)
     assert toy_story["Animation"] == toy_story["Children's"] == toy_story["Comedy"] == 1.0
     assert toy_story["Action"] == 0.0
-    years = log.item_features.values[:, -1]
-    assert years.min() == 0.0 and years.max() == 1.0
-    # Item 267 has no release date: it gets the mean of the other scaled years.
-    others = np.delete(years, log.item_map.to_internal([267]))
-    assert features_of(log, 267)["year"] == pytest.approx(others.mean(), abs=1e-6)
+    years, log_ages = log.item_features.values[:, -2], log.item_features.values[:, -1]
+    assert years.min() == log_ages.min() == 0.0 and years.max() == log_ages.max() == 1.0
+    # 1922-1998: a 1997 film is 1/76 of the year range but log(2)/log(77) of the log age range.
+    star_wars = features_of(log, 50)  # Star Wars (1977)
+    assert star_wars["year"] == pytest.approx(55 / 76)
+    assert star_wars["log_age"] == pytest.approx(np.log(22) / np.log(77))
+    # Item 267 has no release date: it gets the mean of the other movies' values.
+    others = np.delete(log.item_features.values, log.item_map.to_internal([267]), axis=0)
+    assert features_of(log, 267)["year"] == pytest.approx(others[:, -2].mean(), abs=1e-5)
+    assert features_of(log, 267)["log_age"] == pytest.approx(others[:, -1].mean(), abs=1e-5)
     assert log.item_titles[log.item_map.to_internal([1])[0]] == "Toy Story (1995)"
     assert log.item_titles[log.item_map.to_internal([543])[0]] == "Misérables, Les (1995)"
     assert_sorted_by_user_then_time(log)
@@ -67,7 +72,7 @@ def test_movielens_latest_small(datasets_dir: Path) -> None:
     assert (log.n_interactions, log.n_users, log.n_items) == (100_836, 610, 9_724)
     assert set(np.unique(log.ratings).tolist()) == {x / 2 for x in range(1, 11)}
     names = log.item_features.names
-    assert "(no genres listed)" not in names and "IMAX" in names and names[-1] == "year"
+    assert "(no genres listed)" not in names and "IMAX" in names and names[-2:] == ("year", "log_age")
     assert log.item_titles[log.item_map.to_internal([11])[0]] == "American President, The (1995)"
     assert features_of(log, 11)["Romance"] == 1.0
     assert log.timestamps.min() == 828124615  # 1996-03-29 UTC
@@ -111,13 +116,13 @@ def test_movielens_1m_latin1(tmp_path: Path) -> None:
     assert log.item_map.original_ids.tolist() == [10, 20, 30]
     # The genre vocabulary is the movie file's, including genres of unrated movies (Western).
     genres = ("Action", "Comedy", "Crime", "Drama", "Thriller", "Western")
-    assert log.item_features.names == (*genres, "year")
+    assert log.item_features.names == (*genres, "year", "log_age")
     assert features_of(log, 10) == pytest.approx(
-        {"Action": 0, "Comedy": 1, "Crime": 0, "Drama": 1, "Thriller": 0, "Western": 0, "year": 0}
+        {"Action": 0, "Comedy": 1, "Crime": 0, "Drama": 1, "Thriller": 0, "Western": 0, "year": 0, "log_age": 1}
     )
-    assert features_of(log, 20)["year"] == 1.0
-    # Movie 30 is rated but not in movies.dat: no genres, the mean year, no title.
-    assert features_of(log, 30) == pytest.approx({**dict.fromkeys(genres, 0.0), "year": 0.5})
+    assert features_of(log, 20)["year"] == 1.0 and features_of(log, 20)["log_age"] == 0.0
+    # Movie 30 is rated but not in movies.dat: no genres, the mean year and log age, no title.
+    assert features_of(log, 30) == pytest.approx({**dict.fromkeys(genres, 0.0), "year": 0.5, "log_age": 0.5})
     assert log.item_titles.tolist() == ["Café Society (1990)", "Heat (1995)", ""]
     # User 1's rows are in time order: item 20 (earlier) before item 10.
     assert log.item_map.to_original(log.items_of(0)).tolist() == [20, 10]
@@ -146,10 +151,10 @@ def test_movielens_25m_style_csv(tmp_path: Path) -> None:
     )
     log = load_movielens_csv(tmp_path, "ml-25m")
     assert log.name == "ml-25m"
-    assert log.item_features.names == ("Comedy", "Crime", "Drama", "IMAX", "year")
+    assert log.item_features.names == ("Comedy", "Crime", "Drama", "IMAX", "year", "log_age")
     assert log.item_titles[0] == "Shawshank Redemption, The (1994)"
     assert features_of(log, 2) == pytest.approx(
-        {"Comedy": 0, "Crime": 0, "Drama": 0, "IMAX": 0, "year": 0.5}
+        {"Comedy": 0, "Crime": 0, "Drama": 0, "IMAX": 0, "year": 0.5, "log_age": 0.5}
     )
     assert features_of(log, 3)["year"] == 1.0 and features_of(log, 3)["IMAX"] == 1.0
 
