@@ -54,7 +54,7 @@ def test_movielens_100k(datasets_dir: Path) -> None:
     assert toy_story["Action"] == 0.0
     years, log_ages = log.item_features.values[:, -2], log.item_features.values[:, -1]
     assert years.min() == log_ages.min() == 0.0 and years.max() == log_ages.max() == 1.0
-    # 1922-1998: a 1997 film is 1/76 of the year range but log(2)/log(77) of the log age range.
+    # 1922-1998: a 1997 film sits 1/76 below 1998 in year but log(2)/log(77) = 0.16 above it in log age.
     star_wars = features_of(log, 50)  # Star Wars (1977)
     assert star_wars["year"] == pytest.approx(55 / 76)
     assert star_wars["log_age"] == pytest.approx(np.log(22) / np.log(77))
