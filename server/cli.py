@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=command_train)
 
     simulate = commands.add_parser("simulate", help="federated simulation on Flower's simulation engine")
-    simulate.add_argument("--config", help="TOML file, e.g. simulations/synthetic.toml")
+    simulate.add_argument("--config", help="TOML file, e.g. simulations/configs/synthetic/neumf.toml")
     simulate.add_argument("--dataset", help="dataset name, 'synthetic' or 'file'")
     simulate.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
     simulate.add_argument("--model", help=f"model name: {', '.join(MODELS)}")

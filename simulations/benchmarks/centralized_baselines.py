@@ -1,15 +1,15 @@
-"""Centralized baselines: every config in simulations/centralized/, side by side in one run.
+"""Centralized baselines: every config in simulations/configs/*/centralized/, side by side in one run.
 
 Usage (from the repository root):
 
     python -m simulations.benchmarks.centralized_baselines --data-dir ../shared/datasets \
-        [--configs simulations/centralized/ml-100k-*.toml] [--output runs/benchmarks] \
+        [--configs simulations/configs/ml-100k/centralized/*.toml] [--output runs/benchmarks] \
         [--per-user-output runs/central-users]
 
 Prints a Markdown table (the one in docs/benchmarks.md) with each learned model's
 full-ranking NDCG@10 as a ratio to Popularity's on the same dataset, and writes the
 same numbers to ``<output>/centralized-<UTC time>.json``. ``--per-user-output DIR``
-also writes each test user's metrics to ``DIR/<config name>.json`` (keyed by the
+also writes each test user's metrics to ``DIR/<dataset>-<model>.json`` (keyed by the
 dataset's user id), for ``simulations.benchmarks.paired_comparison``.
 """
 
@@ -62,7 +62,8 @@ def run_one(path: Path, data_dir: str | None, output: Path, overrides: list[str]
            f" sampled hr@10 {report.validation['sampled/hr@10']:.4f}" if report.validation else ""),
         flush=True))
     if per_user_output is not None:
-        write_per_user_test(result, config.evaluation, per_user_output / f"{path.stem}.json")
+        write_per_user_test(result, config.evaluation,
+                            per_user_output / f"{config.data.dataset}-{config.model.name}.json")
     return {
         "config": str(path.relative_to(REPOSITORY_ROOT)) if path.is_relative_to(REPOSITORY_ROOT) else str(path),
         "dataset": config.data.dataset,
@@ -99,15 +100,15 @@ def markdown_table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="folder with the datasets (default: $FEDREC_DATA_DIR)")
-    parser.add_argument("--configs", nargs="*", help="config files (default: simulations/centralized/*.toml)")
+    parser.add_argument("--configs", nargs="*", help="config files (default: simulations/configs/*/centralized/*.toml)")
     parser.add_argument("--output", default="runs/benchmarks", help="where JSON results and run folders go")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every config")
     parser.add_argument("--per-user-output", type=Path, metavar="DIR",
-                        help="write each test user's metrics to DIR/<config name>.json")
+                        help="write each test user's metrics to DIR/<dataset>-<model>.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    default_configs = sorted(glob.glob(str(REPOSITORY_ROOT / "simulations/centralized/*.toml")))
+    default_configs = sorted(glob.glob(str(REPOSITORY_ROOT / "simulations/configs/*/centralized/*.toml")))
     paths = [Path(p) for p in (args.configs or default_configs)]
     output = Path(args.output)
     rows = []

@@ -5,7 +5,7 @@ A device whose model has no private parameters gets every weight from the server
 that loading overwrites. This times ``train_on_device`` both ways, side by side on the
 same devices, and checks that both give the same shared parameters.
 
-    python -m simulations.benchmarks.device_model_build --config simulations/amazon-beauty-mult_dae.toml \
+    python -m simulations.benchmarks.device_model_build --config simulations/configs/amazon-beauty/mult_dae.toml \
         --data-dir ../shared/datasets --devices 30
 """
 

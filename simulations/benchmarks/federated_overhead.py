@@ -6,7 +6,7 @@ Python loop calling the same device update for the same sampled clients. Round 1
 (Ray workers starting, data loading) is reported but left out of the means.
 
     python -m simulations.benchmarks.federated_overhead --data-dir ../shared/datasets \
-        [--config simulations/ml-100k.toml] [--clients 10 50 100] [--rounds 4]
+        [--config simulations/configs/ml-100k/neumf.toml] [--clients 10 50 100] [--rounds 4]
 
 Prints a Markdown table: seconds per round for each, their ratio, and the framework
 time per client (Flower's round time x workers minus the plain loop's, over clients).
@@ -40,7 +40,7 @@ def measure(config: FederatedConfig) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="simulations/ml-100k.toml")
+    parser.add_argument("--config", default="simulations/configs/ml-100k/neumf.toml")
     parser.add_argument("--data-dir")
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--rounds", type=int, default=4)

@@ -11,7 +11,7 @@ Usage (from the repository root):
     python -m simulations.benchmarks.model_zoo table runs/benchmarks/centralized-*.json
 
 The centralized runs themselves are ``simulations.benchmarks.centralized_baselines``
-with the configs in ``simulations/centralized/`` (one per model and dataset).
+with the configs in ``simulations/configs/<dataset>/centralized/`` (one per model and dataset).
 
 Cold-start protocol. The usual chronological leave-one-out split of ML-100K is
 made first; then a seeded 10% of the catalogue becomes *cold*: every interaction
@@ -60,7 +60,7 @@ from recsys_core.run_records import environment_record
 from recsys_core.training import seeded, train_model
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = REPOSITORY_ROOT / "simulations" / "centralized"
+CONFIGS = REPOSITORY_ROOT / "simulations" / "configs" / "ml-100k" / "centralized"
 
 
 # -- cold start ---------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def cold_start_once(model_name: str, data_dir: str | None, seed: int, fraction: 
                     overrides: list[str]) -> dict[str, Any]:
     flags = [f'data.data_dir="{data_dir}"'] if data_dir else []
     config = ExperimentConfig.from_dict(
-        apply_overrides(read_toml(CONFIGS / f"ml-100k-{model_name}.toml"), flags + overrides))
+        apply_overrides(read_toml(CONFIGS / f"{model_name}.toml"), flags + overrides))
     log = load_interactions(config.data)
     split = split_log(log, config.data.split)
     n_items = split.train.n_items

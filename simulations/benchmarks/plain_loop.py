@@ -6,7 +6,7 @@ and aggregates like FedAvg with a server learning rate (weights = local examples
 like Flower's FedAdam, with DP-FedAvg's noisy mean under ``privacy.user_level``.
 Use it to measure what Flower adds, and to tune federated hyper-parameters quickly.
 
-    python -m simulations.benchmarks.plain_loop --config simulations/ml-100k.toml \
+    python -m simulations.benchmarks.plain_loop --config simulations/configs/ml-100k/neumf.toml \
         --data-dir ../shared/datasets [--set server.rounds=50] [--evaluate-every 10]
 """
 

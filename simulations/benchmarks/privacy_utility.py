@@ -54,10 +54,10 @@ SASREC_ML100K = [
 ]
 #: (base config, overrides, rounds, test clients) per suite; rounds are cut to fit a small machine.
 SUITES: dict[str, tuple[str, list[str], int, int]] = {
-    "ml-100k-neumf": ("simulations/ml-100k.toml", [], 30, 0),
-    "ml-100k-sasrec": ("simulations/ml-100k.toml", SASREC_ML100K, 150, 0),
-    "amazon-beauty-neumf": ("simulations/ml-100k.toml", ['data.dataset="amazon-beauty"'], 30, 2000),
-    "amazon-beauty-sasrec": ("simulations/amazon-beauty.toml", [], 100, 2000),
+    "ml-100k-neumf": ("simulations/configs/ml-100k/neumf.toml", [], 30, 0),
+    "ml-100k-sasrec": ("simulations/configs/ml-100k/neumf.toml", SASREC_ML100K, 150, 0),
+    "amazon-beauty-neumf": ("simulations/configs/ml-100k/neumf.toml", ['data.dataset="amazon-beauty"'], 30, 2000),
+    "amazon-beauty-sasrec": ("simulations/configs/amazon-beauty/sasrec-local-adam.toml", [], 100, 2000),
 }
 
 

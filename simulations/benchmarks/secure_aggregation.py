@@ -6,7 +6,7 @@ drift); seconds per round (round 1, with Ray starting, left out), bytes uploaded
 round and their ratios. It also times the protocol's own steps without Flower: one
 device masking its vector, and the server unmasking the sum of a round.
 
-``--part utility``: federated NeuMF on MovieLens 100K (``simulations/ml-100k.toml``)
+``--part utility``: federated NeuMF on MovieLens 100K (``simulations/configs/ml-100k/neumf.toml``)
 plain, with secure aggregation, and both again with distributed user-level DP noise:
 final full-ranking NDCG@10 and sampled HR@10 over all 943 users.
 
@@ -156,7 +156,7 @@ def utility(base: dict[str, Any], args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="simulations/ml-100k.toml")
+    parser.add_argument("--config", default="simulations/configs/ml-100k/neumf.toml")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--part", choices=["cost", "utility"], required=True)
     parser.add_argument("--clients", type=int, default=50)

@@ -4,7 +4,7 @@ Runs ``fedrec simulate`` in a child process and samples the summed RSS of it and
 its descendants every half second (psutil: ``pip install -e '.[bench]'``).
 
     python -m simulations.benchmarks.simulation_memory -- \
-        --config simulations/amazon-beauty.toml --data-dir ../shared/datasets --rounds 2
+        --config simulations/configs/amazon-beauty/sasrec-local-adam.toml --data-dir ../shared/datasets --rounds 2
 
 Everything after ``--`` goes to ``fedrec simulate``.
 """

@@ -23,7 +23,7 @@ def make_bundle(output: Path) -> Path:
     from recsys_core.federated.config import FederatedConfig
     from server.simulate import run_federated_simulation
 
-    values = read_toml("simulations/synthetic.toml")
+    values = read_toml("simulations/configs/synthetic/neumf.toml")
     values["server"].update({"rounds": 3, "evaluate_every": 0, "final_evaluation": False})
     values["output_dir"] = str(output)
     directory, _ = run_federated_simulation(FederatedConfig.from_dict(values))
