@@ -14,41 +14,16 @@ from typing import Any
 
 import torch
 
-from recsys_core.audit.canaries import CanaryConfig
 from recsys_core.config import dataclass_from_dict, dataclass_to_dict
-from recsys_core.data.interactions import InteractionLog
-from recsys_core.data.preprocessing import PreprocessingConfig, preprocess
-from recsys_core.data.splits import DatasetSplit, SplitConfig, split_log
-from recsys_core.data.synthetic import SyntheticConfig, generate_synthetic
+from recsys_core.data.config import DataConfig
+from recsys_core.data.loading import load_interactions
+from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation import EvaluationConfig
 from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.models.base import num_parameters
 from recsys_core.run_records import environment_record, new_run_directory, write_json
 from recsys_core.training import EpochReport, TrainConfig, TrainingResult, seeded, train_model
-
-GENERIC_FILE_DATASET = "file"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where interactions come from and how they are prepared.
-
-    ``dataset`` is a registered name (``fedrec datasets list``), ``synthetic``, or
-    ``file`` for your own CSV/TSV/Parquet log at ``path`` with a column mapping
-    ``columns`` (keys ``user``, ``item``, optional ``rating`` and ``timestamp``).
-    """
-
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    download: bool = False
-    path: str | None = None
-    columns: dict[str, Any] = field(default_factory=dict)
-    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    #: Audit canaries planted in the training split (``fedrec simulate --audit-canaries M``).
-    canaries: CanaryConfig = field(default_factory=CanaryConfig)
 
 
 @dataclass(frozen=True)
@@ -75,17 +50,7 @@ class ExperimentConfig:
 
     def validate(self) -> ExperimentConfig:
         """Checks every section once, before any data is read."""
-        self.data.preprocessing.validate()
-        self.data.split.validate()
-        self.data.canaries.validate()
-        if self.data.dataset == "synthetic":
-            self.data.synthetic.validate()
-        if self.data.dataset == GENERIC_FILE_DATASET and not self.data.path:
-            raise ConfigError("data.path: required when data.dataset = 'file'")
-        if self.data.dataset not in (GENERIC_FILE_DATASET, "synthetic"):
-            from recsys_core.data.registry import get_dataset_spec
-
-            get_dataset_spec(self.data.dataset)
+        self.data.validate()
         self.train.validate()
         self.evaluation.validate()
         from recsys_core.models.base import config_from_dict
@@ -97,21 +62,6 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclass_to_dict(self)
-
-
-def load_interactions(config: DataConfig) -> InteractionLog:
-    """Loads (or generates) and preprocesses the configured interactions."""
-    if config.dataset == "synthetic":
-        log = generate_synthetic(config.synthetic)
-    elif config.dataset == GENERIC_FILE_DATASET:
-        from recsys_core.data.generic import ColumnMapping, load_interactions_file
-
-        log = load_interactions_file(Path(str(config.path)), dataclass_from_dict(ColumnMapping, config.columns))
-    else:
-        from recsys_core.data.registry import load_dataset
-
-        log = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    return preprocess(log, config.preprocessing)
 
 
 @dataclass

@@ -9,10 +9,11 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from recsys_core.config import dataclass_from_dict, dataclass_to_dict
+from recsys_core.data.config import DataConfig
 from recsys_core.data.partitions import PartitionConfig
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation import EvaluationConfig
-from recsys_core.experiment import DataConfig, ModelSection
+from recsys_core.experiment import ModelSection
 from recsys_core.models import model_class
 from recsys_core.models.base import config_from_dict
 from recsys_core.privacy.config import PrivacyConfig
@@ -153,11 +154,7 @@ class FederatedConfig:
         knows it, enables the local-DP delta check up front; a device checks its own count
         again before it trains (:func:`recsys_core.federated.device.train_on_device`).
         """
-        self.data.preprocessing.validate()
-        self.data.split.validate()
-        self.data.canaries.validate()
-        if self.data.dataset == "synthetic":
-            self.data.synthetic.validate()
+        self.data.validate()
         self.partition.validate()
         self.local.validate()
         self.server.validate()

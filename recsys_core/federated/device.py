@@ -22,11 +22,12 @@ import torch
 
 from recsys_core.audit.canaries import CanaryPlan, insert_canaries
 from recsys_core.config import dataclass_from_dict, dataclass_to_dict
+from recsys_core.data.config import DataConfig
+from recsys_core.data.loading import load_interactions
 from recsys_core.data.partitions import ClientPartitioner, PartitionConfig, localize_users, rows_of_users
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.evaluation import MetricSums
-from recsys_core.experiment import DataConfig, load_interactions
 from recsys_core.federated.config import FederatedConfig, require_gradient_model
 from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.training import evaluate_model, make_optimizer, run_local_epochs, seeded

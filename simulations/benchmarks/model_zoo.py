@@ -52,9 +52,10 @@ import torch
 
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.data.interactions import InteractionLog
+from recsys_core.data.loading import load_interactions
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit, split_log
-from recsys_core.experiment import ExperimentConfig, load_interactions
+from recsys_core.experiment import ExperimentConfig
 from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.run_records import environment_record
 from recsys_core.training import seeded, train_model
