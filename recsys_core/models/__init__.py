@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from recsys_core.errors import ConfigError
-from recsys_core.models.autoencoder import MultDAE, MultVAE
 from recsys_core.models.base import CatalogInfo, ModelConfig, Recommender, config_from_dict
 from recsys_core.models.caser import Caser
 from recsys_core.models.content import ContentBased
-from recsys_core.models.gan import IRGAN
 from recsys_core.models.gru4rec import GRU4Rec
 from recsys_core.models.hybrid import Hybrid
+from recsys_core.models.irgan import IRGAN
+from recsys_core.models.mult_dae import MultDAE
+from recsys_core.models.mult_vae import MultVAE
 from recsys_core.models.neumf import NeuMF
 from recsys_core.models.popularity import Popularity
 from recsys_core.models.sasrec import SASRec

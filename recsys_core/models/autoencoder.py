@@ -1,15 +1,12 @@
-"""Mult-DAE and Mult-VAE: autoencoders over a user's whole history (Liang et al., WWW 2018).
+"""The base of Mult-DAE and Mult-VAE: autoencoders over a user's whole history (Liang et al., WWW 2018).
 
 "Variational Autoencoders for Collaborative Filtering". A user is the multi-hot
 vector of the items they interacted with. The encoder reads it (L2-normalised,
-with dropout on the input, which is what makes the DAE denoising), the decoder
-returns one logit per item, and the loss is the multinomial log-likelihood of the
-user's items under the softmax of those logits. Mult-VAE encodes a Gaussian
-(mean, log-variance), samples from it while training and adds a KL term whose
-weight ``beta`` rises linearly from 0 to ``anneal_cap`` over ``total_anneal_steps``
-training batches. The count of batches is a buffer, so the schedule is part of the
-model's state: deterministic, checkpointed with the weights and, federated, shared
-(the server averages the devices' counts like any other tensor).
+with dropout on the input), the decoder returns one logit per item, and the loss
+is the multinomial log-likelihood of the user's items under the softmax of those
+logits. This file holds what both models share: the input, its corruption, the
+likelihood and the ranking; ``mult_dae.py`` and ``mult_vae.py`` each add their
+encoder's code and their loss.
 
 Every parameter is shared; there is no user embedding, so nothing is private. A
 user's representation is computed from their history each time (``score`` encodes
@@ -55,8 +52,8 @@ def multi_hot_histories(log: InteractionLog, users: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class MultDAEConfig(ModelConfig):
-    """Mult-DAE's hyper-parameters; the defaults are the paper's [I -> 600 -> 200 -> 600 -> I]."""
+class MultAutoencoderConfig(ModelConfig):
+    """Hyper-parameters both autoencoders have; the defaults are the paper's [I -> 600 -> 200 -> 600 -> I]."""
 
     #: Encoder widths from the input side; the decoder mirrors them. The last is the code size.
     hidden_dims: tuple[int, ...] = (600, 200)
@@ -78,17 +75,7 @@ class MultDAEConfig(ModelConfig):
             raise ConfigError(f"model.dropout: must lie in [0, 1), got {self.dropout}")
 
 
-@dataclass(frozen=True)
-class MultVAEConfig(MultDAEConfig):
-    """Mult-VAE's hyper-parameters: Mult-DAE's plus the KL annealing schedule."""
-
-    #: Largest weight of the KL term.
-    anneal_cap: float = 0.2
-    #: Training batches over which the KL weight rises from 0 to ``anneal_cap``.
-    total_anneal_steps: int = 200_000
-
-
-def _tanh_stack(widths: list[int]) -> nn.Sequential:
+def tanh_stack(widths: list[int]) -> nn.Sequential:
     """Linear layers of the given widths with tanh between them (none after the last)."""
     layers: list[nn.Module] = []
     for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
@@ -98,16 +85,16 @@ def _tanh_stack(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class _MultAutoencoder(Recommender):
+class MultAutoencoder(Recommender):
     """What Mult-DAE and Mult-VAE share: samples, input corruption, likelihood and scoring."""
 
     # One sample is a user's history, its loss summed over the history's items.
     example_unit = "user"
-    config: MultDAEConfig
+    config: MultAutoencoderConfig
     encoder: nn.Sequential
     decoder: nn.Sequential
 
-    def __init__(self, catalog: CatalogInfo, config: MultDAEConfig) -> None:
+    def __init__(self, catalog: CatalogInfo, config: MultAutoencoderConfig) -> None:
         super().__init__(catalog, config)
         self.input_dropout = nn.Dropout(config.dropout)
 
@@ -170,74 +157,3 @@ class _MultAutoencoder(Recommender):
     @abstractmethod
     def code_from_first_layer(self, first_layer_output: torch.Tensor) -> torch.Tensor:
         """The decoder's input from the encoder's first-layer output (before its activation)."""
-
-
-class MultDAE(_MultAutoencoder):
-    """Mult-DAE: a denoising autoencoder with a multinomial likelihood."""
-
-    name = "mult_dae"
-    config_class = MultDAEConfig
-
-    def __init__(self, catalog: CatalogInfo, config: MultDAEConfig) -> None:
-        super().__init__(catalog, config)
-        widths = [catalog.n_items, *config.hidden_dims]
-        self.encoder = _tanh_stack(widths)
-        self.decoder = _tanh_stack(widths[::-1])
-        self._init_weights()
-
-    def code_from_first_layer(self, first_layer_output: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.encoder[1:](first_layer_output))
-
-    def per_sample_loss(self, batch: Batch) -> torch.Tensor:
-        histories = batch["histories"].to(torch.float32)
-        return self._negative_log_likelihood(self.logits(histories), histories)
-
-
-class MultVAE(_MultAutoencoder):
-    """Mult-VAE: a variational autoencoder with a multinomial likelihood and KL annealing."""
-
-    name = "mult_vae"
-    config_class = MultVAEConfig
-    anneal_step: torch.Tensor
-
-    def __init__(self, catalog: CatalogInfo, config: MultVAEConfig) -> None:
-        super().__init__(catalog, config)
-        self.config: MultVAEConfig = config
-        widths = [catalog.n_items, *config.hidden_dims]
-        # The last encoder layer emits the mean and the log-variance side by side.
-        self.encoder = _tanh_stack([*widths[:-1], 2 * widths[-1]])
-        self.decoder = _tanh_stack(widths[::-1])
-        # Training batches seen so far: drives the KL weight. float32 so that federated
-        # averaging treats it like any other tensor; exact up to 2**24 steps.
-        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.float32))
-        self._init_weights()
-
-    def kl_weight(self) -> float:
-        """The current ``beta``: ``min(anneal_cap, step / total_anneal_steps)``."""
-        if self.config.total_anneal_steps == 0:
-            return self.config.anneal_cap
-        return min(self.config.anneal_cap, float(self.anneal_step) / self.config.total_anneal_steps)
-
-    def _encode(self, histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The code (sampled while training, the mean otherwise), the mean and the log-variance."""
-        return self._code(self.encoder[0](self._encoder_input(histories)))
-
-    def _code(self, first_layer_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, log_variance = self.encoder[1:](first_layer_output).chunk(2, dim=1)
-        code = mean
-        if self.training:
-            code = mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance)
-        return code, mean, log_variance
-
-    def code_from_first_layer(self, first_layer_output: torch.Tensor) -> torch.Tensor:
-        return self._code(first_layer_output)[0]
-
-    def per_sample_loss(self, batch: Batch) -> torch.Tensor:
-        histories = batch["histories"].to(torch.float32)
-        code, mean, log_variance = self._encode(histories)
-        kl = -0.5 * (1 + log_variance - mean.pow(2) - log_variance.exp()).sum(dim=1)
-        beta = self.kl_weight()
-        if self.training and torch.is_grad_enabled():
-            # One call per training batch; evaluation and no-grad calls leave the schedule alone.
-            self.anneal_step += 1
-        return self._negative_log_likelihood(self.decoder(code), histories) + beta * kl

@@ -16,7 +16,7 @@ compose as DP-SGD's analysis assumes. So one DP optimiser holds the shared *and*
 private parameters of the per-sample modules, each sample's gradient is clipped
 jointly over both, and noise is added to both; the whole local trajectory is then
 post-processing of the noised steps. (A GAN's generator, outside ``per_sample_modules``,
-reads no data and gets a plain optimiser, see :mod:`recsys_core.models.gan`.)
+reads no data and gets a plain optimiser, see :mod:`recsys_core.models.irgan`.)
 
 The unit of privacy is one *training sample* as the model builds them
 (:meth:`~recsys_core.models.base.Recommender.private_training_samples`): a positive with its
