@@ -46,3 +46,9 @@ def test_centralized_configs_validate(path: Path) -> None:
     assert path.parents[1].name == config.data.dataset
     assert path.stem == config.model.name
 
+
+@pytest.mark.parametrize("path", FEDERATED + CENTRALIZED, ids=_name)
+def test_configs_start_with_a_one_line_header(path: Path) -> None:
+    # "# <what it runs>: <measured result or purpose>", then settings or comments on them.
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and ": " in first, first
