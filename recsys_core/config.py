@@ -2,6 +2,8 @@
 
 ``dataclass_from_dict`` rejects unknown keys and wrong types with a message that
 names the full key (``train.learning_rate``), so a typo fails before any work starts.
+The privacy ledger reads its JSON with the same loader, so files and configs are
+held to one set of rules.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -21,6 +24,19 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 T = TypeVar("T")
+
+#: Per-type functions that rewrite a raw value before it is checked, for formats that spell a value their own way.
+Decoders = Mapping[Any, Callable[[Any], Any]]
+
+
+class ConfigKeyError(ConfigError):
+    """A :class:`ConfigError` about one key, which keeps the key and the reason apart for callers that
+    report them in their own words (the privacy ledger names the file, then the field)."""
+
+    def __init__(self, key: str, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -39,7 +55,7 @@ def _type_name(expected: Any) -> str:
     return getattr(expected, "__name__", str(expected))
 
 
-def _convert(value: Any, expected: Any, key: str) -> Any:
+def _convert(value: Any, expected: Any, key: str, decoders: Decoders) -> Any:
     origin = typing.get_origin(expected)
     if origin in (Union, types.UnionType):
         options = typing.get_args(expected)
@@ -50,67 +66,82 @@ def _convert(value: Any, expected: Any, key: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _convert(value, option, key)
+                return _convert(value, option, key, decoders)
             except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} has the wrong type")
+                errors.append(error)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigKeyError(key, f"{value!r} has the wrong type")
     if origin is typing.Literal:
         allowed = typing.get_args(expected)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+            raise ConfigKeyError(key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigKeyError(key, f"expected a list, got {value!r}")
         item_type = typing.get_args(expected)[0]
-        return tuple(_convert(item, item_type, f"{key}[{index}]") for index, item in enumerate(value))
+        return tuple(_convert(item, item_type, f"{key}[{index}]", decoders) for index, item in enumerate(value))
     if origin is dict or expected is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
+            raise ConfigKeyError(key, f"expected a table, got {value!r}")
         return dict(value)
     if dataclasses.is_dataclass(expected):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return dataclass_from_dict(typing.cast(type, expected), value, prefix=f"{key}.")
+            raise ConfigKeyError(key, f"expected a table, got {value!r}")
+        return dataclass_from_dict(typing.cast(type, expected), value, prefix=f"{key}.", decoders=decoders)
+    if expected in decoders:
+        value = decoders[expected](value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is Any:
         return value
     if isinstance(expected, type):
         if isinstance(value, bool) and expected is not bool:
-            raise ConfigError(f"{key}: expected {_type_name(expected)}, got {value!r}")
+            raise ConfigKeyError(key, f"expected {_type_name(expected)}, got {value!r}")
         if not isinstance(value, expected):
-            raise ConfigError(f"{key}: expected {_type_name(expected)}, got {value!r}")
+            raise ConfigKeyError(key, f"expected {_type_name(expected)}, got {value!r}")
     return value
 
 
-def dataclass_from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
-    """Builds dataclass ``cls`` from ``values``, recursing into nested dataclasses.
+def dataclass_from_dict(cls: type[T], values: dict[str, Any], prefix: str = "", *,
+                        decoders: Decoders | None = None) -> T:
+    """Builds dataclass ``cls`` from ``values``, recursing into nested dataclasses and tuples of them.
 
-    Missing keys keep their defaults; unknown keys and mistyped values raise
-    :class:`ConfigError` naming the full key.
+    Missing keys keep their defaults; a missing key without a default, unknown keys and
+    mistyped values raise :class:`ConfigKeyError` naming the full key. ``decoders`` maps a
+    type to a function applied to each raw value of that type before it is checked.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)
-    known = {field.name for field in dataclasses.fields(cls) if field.init}
+    fields = [field for field in dataclasses.fields(cls) if field.init]
+    known = {field.name for field in fields}
     unknown = sorted(set(values) - known)
     if unknown:
         names = ", ".join(prefix + name for name in unknown)
-        raise ConfigError(f"unknown config key(s) {names}; known keys here: "
-                          f"{', '.join(prefix + name for name in sorted(known))}")
-    converted = {name: _convert(value, hints[name], prefix + name) for name, value in values.items()}
+        known_keys = ", ".join(prefix + name for name in sorted(known))
+        raise ConfigKeyError(prefix + unknown[0], f"unknown key; known keys here: {known_keys}",
+                             f"unknown config key(s) {names}; known keys here: {known_keys}")
+    for field in fields:
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if required and field.name not in values:
+            raise ConfigKeyError(prefix + field.name, "missing")
+    converted = {name: _convert(value, hints[name], prefix + name, decoders or {}) for name, value in values.items()}
     return cls(**converted)
 
 
-def dataclass_to_dict(instance: Any) -> dict[str, Any]:
-    """Plain dict (tuples as lists) of a dataclass, for JSON run records."""
+def dataclass_to_dict(instance: Any, encode: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Plain dict (tuples as lists) of a dataclass, for JSON run records.
+
+    ``encode`` rewrites each value that is not a list or dict, for formats that spell a value their own way.
+    """
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
             return [plain(item) for item in value]
         if isinstance(value, dict):
             return {key: plain(item) for key, item in value.items()}
-        return value
+        return value if encode is None else encode(value)
 
     return plain(dataclasses.asdict(instance))
 

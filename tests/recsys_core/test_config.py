@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from recsys_core.config import apply_overrides, dataclass_from_dict, read_toml
+from recsys_core.config import ConfigKeyError, apply_overrides, dataclass_from_dict, dataclass_to_dict, read_toml
 from recsys_core.errors import ConfigError
 from recsys_core.experiment import ExperimentConfig
 from recsys_core.training import TrainConfig
@@ -62,3 +64,61 @@ def test_read_toml_reports_file_and_problem(tmp_path: Path) -> None:
         read_toml(broken)
     with pytest.raises(ConfigError, match="config file not found"):
         read_toml(tmp_path / "missing.toml")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    weight: float | None
+
+
+@dataclass(frozen=True)
+class Record:
+    """No defaults: every key is required, as in the privacy ledger."""
+
+    entries: tuple[Entry, ...]
+    limit: float
+
+
+def test_tuples_of_dataclasses_name_the_item_that_is_wrong() -> None:
+    record = dataclass_from_dict(Record, {"entries": [{"name": "a", "weight": 1}, {"name": "b", "weight": None}],
+                                          "limit": 2})
+    assert record == Record((Entry("a", 1.0), Entry("b", None)), 2.0)
+    with pytest.raises(ConfigKeyError) as caught:
+        dataclass_from_dict(Record, {"entries": [{"name": "a", "weight": 1}, {"name": "b", "weight": "x"}],
+                                     "limit": 2})
+    assert (caught.value.key, caught.value.reason) == ("entries[1].weight", "expected float, got 'x'")
+    assert str(caught.value) == "entries[1].weight: expected float, got 'x'"
+
+
+def test_a_key_without_a_default_must_be_present() -> None:
+    with pytest.raises(ConfigKeyError) as caught:
+        dataclass_from_dict(Record, {"entries": [{"name": "a"}], "limit": 2})
+    assert (caught.value.key, caught.value.reason) == ("entries[0].weight", "missing")
+
+
+def test_unknown_keys_keep_their_message_and_name_the_first_key() -> None:
+    with pytest.raises(ConfigKeyError) as caught:
+        dataclass_from_dict(TrainConfig, {"epohcs": 3, "bogus": 1})
+    assert str(caught.value).startswith("unknown config key(s) bogus, epohcs; known keys here: ")
+    assert caught.value.key == "bogus" and caught.value.reason.startswith("unknown key; known keys here: ")
+
+
+def test_decoders_rewrite_raw_values_of_their_type_only() -> None:
+    def decode(value: object) -> object:
+        return math.inf if value == "Infinity" else value
+
+    values = {"entries": [{"name": "Infinity", "weight": "Infinity"}], "limit": "Infinity"}
+    record = dataclass_from_dict(Record, values, decoders={float: decode})
+    assert record == Record((Entry("Infinity", math.inf),), math.inf)
+    with pytest.raises(ConfigKeyError, match=r"entries\[0\]\.weight: expected float, got 'Infinity'"):
+        dataclass_from_dict(Record, values)
+
+
+def test_to_dict_encodes_leaf_values() -> None:
+    record = Record((Entry("a", math.inf), Entry("b", None)), 1.0)
+    assert dataclass_to_dict(record) == {"entries": [{"name": "a", "weight": math.inf}, {"name": "b", "weight": None}],
+                                         "limit": 1.0}
+    assert dataclass_to_dict(record, encode=lambda value: "Infinity" if value == math.inf else value)["entries"][0] \
+        == {"name": "a", "weight": "Infinity"}
+
