@@ -9,9 +9,9 @@ optimiser state stay in ``Context.state``; only shared parameters are sent back.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -45,13 +45,15 @@ from recsys_core.federated.wire import (
     EVALUATION_PART_KEY,
     METRICS_RECORD,
     PARAMETERS_RECORD,
-    PRIVACY_ACCOUNTANT_KEY,
+    PARTITION_KEY,
     PUBLIC_KEY_KEY,
     ROUND_KEY,
     SECURE_ARRAYS_RECORD,
-    evaluation_metrics,
+    EvaluateReply,
+    TrainReply,
 )
 from recsys_core.files import write_atomically
+from recsys_core.privacy.accountant import PrivacyAccountant
 
 DEVICE_STATE_RECORD = "fedrec.device-state"
 ROUND_TAG = "meta/written-in-round"
@@ -128,7 +130,7 @@ def write_device_state(context: Context, state: DeviceState, state_file: Path | 
     if state_file is None:
         return
     # The device's disk: the new generation is written atomically beside the previous one.
-    write_atomically(state_file, lambda stream: np.savez(stream, **arrays, **{ROUND_TAG: np.array(server_round)}),
+    write_atomically(state_file, lambda stream: np.savez(stream, **arrays, **{ROUND_TAG: np.array(server_round)}),  # type: ignore[arg-type]
                      keep_previous=state_file.with_suffix(".previous.npz"))
 
 
@@ -136,30 +138,33 @@ def write_device_state(context: Context, state: DeviceState, state_file: Path | 
 def train(message: Message, context: Context) -> Message:
     device = _setup(message, context)
     config, partition_id = device.config, device.partition_id
-    server_round = int(message.content[CONFIG_RECORD][ROUND_KEY])
+    server_round = cast(int, message.content.config_records[CONFIG_RECORD][ROUND_KEY])
     outcome = train_on_device(
         config,
         device.split,
-        record_arrays(message.content[PARAMETERS_RECORD]),
+        record_arrays(message.content.array_records[PARAMETERS_RECORD]),
         device.read_state(context, message, server_round),
         server_round,
         partition_id,
     )
     device.write_state(context, message, outcome.device_state, server_round)
     accountant = outcome.device_state.privacy_accountant
-    metrics: dict[str, float | int] = {
-        "partition-id": partition_id,
-        # A device whose privacy budget is spent declines with a normal reply.
-        "declined": int(outcome.declined),
-        **({} if outcome.privacy_epsilon is None else {"privacy-epsilon": outcome.privacy_epsilon}),
-    }
-    # The accountant's history (mechanism, sampling rate, steps): what the run's privacy ledger needs.
-    config_record = ConfigRecord({} if accountant is None
-                                 else {PRIVACY_ACCOUNTANT_KEY: json.dumps(accountant, sort_keys=True)})
-    if is_secure(message):
-        reply = RecordDict({METRICS_RECORD: MetricRecord(metrics), CONFIG_RECORD: config_record})
+    secure = is_secure(message)
+    # A device whose privacy budget is spent declines with a normal reply. Under secure aggregation
+    # its example count and loss travel inside the masked vector, not in clear.
+    train_reply = TrainReply(
+        partition_id, outcome.declined,
+        num_examples=None if secure else outcome.num_examples,
+        train_loss=None if secure else outcome.train_loss,
+        privacy_epsilon=outcome.privacy_epsilon,
+        # The accountant's history (mechanism, sampling rate, steps): what the run's privacy ledger needs.
+        accountant=None if accountant is None else PrivacyAccountant.from_dict(accountant))
+    metrics = MetricRecord(train_reply.to_metrics())
+    config_record = ConfigRecord(train_reply.to_config())
+    if secure:
+        reply = RecordDict({METRICS_RECORD: metrics, CONFIG_RECORD: config_record})
         if not outcome.declined:
-            received = record_arrays(message.content[PARAMETERS_RECORD])
+            received = record_arrays(message.content.array_records[PARAMETERS_RECORD])
             settings = exchange_settings(message)
             values = training_values(settings.layout, received, outcome.payload, outcome.num_examples,
                                      outcome.train_loss, settings.weight_scale, config.privacy.user_level.enabled)
@@ -168,8 +173,7 @@ def train(message: Message, context: Context) -> Message:
     reply = RecordDict({
         # Shared parameters, or under user-level DP the clipped update: never the private ones.
         PARAMETERS_RECORD: array_record(outcome.payload),
-        METRICS_RECORD: MetricRecord({**metrics, "num-examples": outcome.num_examples,
-                                      "train-loss": outcome.train_loss}),
+        METRICS_RECORD: metrics,
         CONFIG_RECORD: config_record,
     })
     return Message(reply, reply_to=message)
@@ -182,17 +186,17 @@ def evaluate(message: Message, context: Context) -> Message:
     sums = evaluate_on_device(
         device.config,
         device.split,
-        record_arrays(message.content[PARAMETERS_RECORD]),
-        device.read_state(context, message, int(message.content[CONFIG_RECORD][ROUND_KEY]) + 1),
+        record_arrays(message.content.array_records[PARAMETERS_RECORD]),
+        device.read_state(context, message, cast(int, message.content.config_records[CONFIG_RECORD][ROUND_KEY]) + 1),
         str(message.content[CONFIG_RECORD][EVALUATION_PART_KEY]),
         partition_id,
     )
     if is_secure(message):
-        reply = RecordDict({METRICS_RECORD: MetricRecord({"partition-id": partition_id}),
+        reply = RecordDict({METRICS_RECORD: MetricRecord(EvaluateReply(partition_id).to_metrics()),
                             CONFIG_RECORD: ConfigRecord()})
         add_masked(reply, message, context, evaluation_values(exchange_settings(message).layout, sums))
         return Message(reply, reply_to=message)
-    reply = RecordDict({METRICS_RECORD: MetricRecord(evaluation_metrics(sums, partition_id))})
+    reply = RecordDict({METRICS_RECORD: MetricRecord(EvaluateReply(partition_id, sums).to_metrics())})
     return Message(reply, reply_to=message)
 
 
@@ -206,7 +210,7 @@ def unmask(message: Message, context: Context) -> Message:
 def describe(message: Message, context: Context) -> Message:
     """Tells the server which partition this node holds, so sampling can be replayed exactly."""
     # The public key is registered for secure aggregation: one exchange per run, not per round.
-    reply = RecordDict({METRICS_RECORD: MetricRecord({"partition-id": _partition_id(context)}),
+    reply = RecordDict({METRICS_RECORD: MetricRecord({PARTITION_KEY: _partition_id(context)}),
                         CONFIG_RECORD: ConfigRecord({"role": "fedrec-device",
                                                      PUBLIC_KEY_KEY: device_keys(context).public_key})})
     return Message(reply, reply_to=message)

@@ -8,6 +8,8 @@ so the device answers the unmask request from its own copy, not the server's.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
@@ -36,7 +38,7 @@ def device_keys(context: Context) -> DeviceKeys:
     """This device's long-term key pair, made on first use."""
     if KEYS_STATE not in context.state.config_records:
         context.state[KEYS_STATE] = ConfigRecord({"private-key": DeviceKeys.generate().private_key})
-    return DeviceKeys(bytes(context.state.config_records[KEYS_STATE]["private-key"]))
+    return DeviceKeys(cast(bytes, context.state.config_records[KEYS_STATE]["private-key"]))
 
 
 def is_secure(message: Message) -> bool:
@@ -66,7 +68,7 @@ def masked_record(message: Message, context: Context, values: dict[str, np.ndarr
     settings = exchange_settings(message)
     if settings.registered_key != keys.public_key:
         raise KeyChangedError("the server holds another public key for this device")
-    neighbours = decode_neighbours(record_arrays(message.content[SECURE_ARRAYS_RECORD]))
+    neighbours = decode_neighbours(record_arrays(message.content.array_records[SECURE_ARRAYS_RECORD]))
     setup = RoundSetup(settings.exchange_id, settings.server_round, context.node_id, neighbours, settings.threshold)
     codec = settings.layout.codec(settings.max_clients, settings.modulus_bits)
     contribution = mask_contribution(keys, setup, settings.layout.pack(values), codec)
@@ -81,7 +83,7 @@ def add_masked(reply: RecordDict, message: Message, context: Context, values: di
     try:
         reply[SECURE_ARRAYS_RECORD] = masked_record(message, context, values)
     except KeyChangedError:
-        reply[CONFIG_RECORD][PUBLIC_KEY_KEY] = device_keys(context).public_key
+        reply.config_records[CONFIG_RECORD][PUBLIC_KEY_KEY] = device_keys(context).public_key
 
 
 def unmask_record(message: Message, context: Context) -> ArrayRecord:
@@ -95,8 +97,8 @@ def unmask_record(message: Message, context: Context) -> ArrayRecord:
         raise ValueError(f"unmask request for exchange {asked!r}, but this device last masked for "
                          f"{stored['exchange-id']!r}")
     neighbours = decode_neighbours(record_arrays(context.state.array_records[ROUND_NEIGHBOURS_STATE]))
-    setup = RoundSetup(str(stored["exchange-id"]), int(stored["round"]), context.node_id, neighbours,
-                       int(stored["threshold"]))
-    request = decode_unmask_request(record_arrays(message.content[SECURE_ARRAYS_RECORD]))
+    setup = RoundSetup(str(stored["exchange-id"]), cast(int, stored["round"]), context.node_id, neighbours,
+                       cast(int, stored["threshold"]))
+    request = decode_unmask_request(record_arrays(message.content.array_records[SECURE_ARRAYS_RECORD]))
     response = answer_unmask(device_keys(context), setup, request)
     return array_record(encode_unmask_response(response))

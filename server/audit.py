@@ -101,15 +101,20 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
     if options.data_dir is not None:
         config_values["data"]["data_dir"] = options.data_dir
     config = FederatedConfig.from_dict(config_values)
-    rounds = directory.read_rounds()
+    round_lines = directory.read_round_lines()
     ledger, ledger_problem = _ledger(directory.path)
 
     result: dict[str, Any] = {"run_directory": str(directory.path)}
-    result["integrity"] = _integrity(directory, rounds, options.expected_head)
+    result["integrity"] = _integrity(directory, round_lines, options.expected_head)
     formal_checks: list[Check] = []
     if ledger is not None:
         formal_checks = recompute_with_two_accountants(ledger, str(directory.path / LEDGER_FILE))
-        formal_checks += check_against_log(ledger, json.loads(config_path.read_text(encoding="utf-8")), rounds)
+        try:
+            rounds = directory.read_rounds()
+        except FedrecError as error:
+            formal_checks.append(Check("round records follow the schema", False, str(error)))
+        else:
+            formal_checks += check_against_log(ledger, json.loads(config_path.read_text(encoding="utf-8")), rounds)
     elif ledger_problem:
         formal_checks = [Check("privacy ledger readable", False, ledger_problem)]
     claims = _claims(ledger, config)

@@ -116,6 +116,7 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_simulate(args: argparse.Namespace) -> int:
     from recsys_core.federated.config import FederatedConfig
+    from recsys_core.federated.records import RoundRecord
     from server.simulate import run_federated_simulation
 
     if args.resume:
@@ -134,17 +135,19 @@ def command_simulate(args: argparse.Namespace) -> int:
                   console=console) as progress:
         task = progress.add_task("rounds", total=config.server.rounds, status="starting Ray workers")
 
-        def on_round(record: dict[str, Any]) -> None:
-            status = f"{record['participants']}/{record['sampled']} clients"
-            if record["failures"]:
-                status += f" ({len(record['failures'])} failed)"
-            if record.get("declined"):
-                status += f" ({len(record['declined'])} out of privacy budget)"
-            if record.get("train_loss") is not None:
-                status += f"  loss {record['train_loss']:.4f}"
-            if record.get("validation"):
-                status += f"  valid ndcg@10 {record['validation'].get('full/ndcg@10', float('nan')):.4f}"
-            progress.update(task, completed=record["round"], status=status)
+        def on_round(record: RoundRecord) -> None:
+            status = f"{record.participants}/{record.sampled} clients"
+            if record.failures:
+                status += f" ({len(record.failures)} failed)"
+            if record.declined:
+                status += f" ({len(record.declined)} out of privacy budget)"
+            if record.status != "aggregated":
+                status += f" ({record.status})"
+            if record.train_loss is not None:
+                status += f"  loss {record.train_loss:.4f}"
+            if record.validation:
+                status += f"  valid ndcg@10 {record.validation.get('full/ndcg@10', float('nan')):.4f}"
+            progress.update(task, completed=record.round, status=status)
 
         directory, summary = run_federated_simulation(config, run_dir=args.resume, resume=bool(args.resume),
                                                       on_round=on_round, verbose=args.verbose)

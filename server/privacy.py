@@ -1,21 +1,19 @@
-"""The server's part of differential privacy: the DP-FedAvg step and the run's privacy ledger.
+"""The server's part of differential privacy: the run's privacy ledger from its round records.
 
-The maths lives in :mod:`recsys_core.privacy`; this module applies it to a round's
-replies and turns the round log (``rounds.jsonl``: who sent an update in which round,
-and each device's accountant history) into the ledger a reviewer can recompute.
+The DP-FedAvg step itself is :func:`recsys_core.federated.aggregation.apply_round`; this
+module turns the round log (``rounds.jsonl``: who sent an update in which round, and each
+device's accountant history) into the ledger a reviewer can recompute.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-from flwr.serverapp.strategy import FedAdam
-
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.privacy.accountant import PrivacyAccountant, ScheduleEntry, compute_epsilon
+from recsys_core.federated.records import RoundRecord
+from recsys_core.privacy.accountant import ScheduleEntry, compute_epsilon
 from recsys_core.privacy.ledger import (
     ClientPrivacy,
     PrivacyLedger,
@@ -23,64 +21,12 @@ from recsys_core.privacy.ledger import (
     local_privacy_record,
     user_level_privacy_record,
 )
-from recsys_core.privacy.user_level import clip_update, noisy_mean_update, user_level_epsilon
-from server.strategies import apply_mean_update
-
-Arrays = dict[str, np.ndarray]
+from recsys_core.privacy.user_level import user_level_epsilon
 
 LEDGER_FILE = "privacy-ledger.json"
 
 
-def user_level_step(config: FederatedConfig, current: Arrays, updates: list[Arrays], fedadam: FedAdam | None = None,
-                    server_round: int = 1, evidence: dict[str, Any] | None = None) -> Arrays:
-    """The new global shared parameters from the noisy mean of the clipped updates.
-
-    FedAvg: current + server lr * mean. With ``fedadam`` (Flower's strategy, for its
-    settings and moments) the noisy mean is FedAdam's pseudo-gradient; either is
-    post-processing of the noisy mean, so the guarantee is the same.
-
-    Central noise is drawn from OS entropy: the run seed is public, and noise that can be
-    regenerated from it could be subtracted from the released model. A DP run therefore
-    does not replay bit for bit, by design.
-
-    ``evidence``, when given, receives what the server can attest about this step for the
-    round log and the audit: the mechanism's settings, the largest update norm it received
-    (before its own clipping), and under central noise the standard deviation of the
-    noise it actually added, measured as the noisy sum minus the clipped sum.
-    """
-    user_level = config.privacy.user_level
-    central = user_level.noise_placement == "central"
-    mean = noisy_mean_update(
-        updates,
-        expected_clients=config.server.clients_per_round,
-        clip_norm=user_level.clip_norm,
-        central_noise_multiplier=user_level.noise_multiplier if central else None,
-        generator=np.random.default_rng(),
-    )
-    if evidence is not None:
-        evidence.update(_step_evidence(config, updates, mean))
-    return apply_mean_update(fedadam, current, mean, server_round, config.server.learning_rate_at(server_round))
-
-
-def _step_evidence(config: FederatedConfig, updates: list[Arrays], noisy_mean: Arrays) -> dict[str, Any]:
-    user_level = config.privacy.user_level
-    expected = config.server.clients_per_round
-    clipped = [clip_update(update, user_level.clip_norm) for update in updates]
-    evidence: dict[str, Any] = {
-        "noise_multiplier": user_level.noise_multiplier, "clip_norm": user_level.clip_norm,
-        "noise_placement": user_level.noise_placement, "expected_clients": expected, "updates": len(updates),
-        "largest_update_norm": max((norm for _, norm in clipped), default=0.0)}
-    if user_level.noise_placement == "central":
-        noise = np.concatenate([
-            (noisy_mean[name] * expected - sum(np.asarray(update[name], dtype=np.float64) for update, _ in clipped))
-            .ravel() for name in noisy_mean])
-        evidence["noise_std_measured"] = float(np.std(noise))
-        evidence["noise_coordinates"] = int(noise.size)
-        evidence["noise_std_declared"] = user_level.noise_multiplier * user_level.clip_norm
-    return evidence
-
-
-def run_ledger(config: FederatedConfig, num_clients: int, rounds: list[dict[str, Any]]) -> PrivacyLedger | None:
+def run_ledger(config: FederatedConfig, num_clients: int, rounds: Sequence[RoundRecord]) -> PrivacyLedger | None:
     """The ledger of a run from its round records; None when the run used no DP.
 
     A client's rounds joined counts every round in which its update left the device
@@ -93,9 +39,9 @@ def run_ledger(config: FederatedConfig, num_clients: int, rounds: list[dict[str,
     joined: Counter[int] = Counter()
     histories: dict[int, tuple[ScheduleEntry, ...]] = {}
     for record in rounds:
-        joined.update(int(partition) for partition in record.get("joined", []))
-        for partition, state in record.get("local_privacy", {}).items():
-            histories[int(partition)] = PrivacyAccountant.from_dict(json.loads(state)).history
+        joined.update(record.joined)
+        for reported in record.local_privacy:
+            histories[reported.partition] = reported.history
     epsilon_of: dict[tuple[ScheduleEntry, ...], float] = {}
     clients = []
     for partition in range(num_clients):

@@ -1,8 +1,10 @@
-"""The server's round loop: sample, train, aggregate shared parameters, evaluate, record, checkpoint.
+"""The server's round loop: sample, exchange, apply the round, evaluate, record, checkpoint.
 
 Sampling is over *partitions* with a generator seeded by ``(seed, round)``, and
-replies are aggregated in partition order, so a run resumed from its last
-checkpoint continues exactly as an uninterrupted run would.
+replies are summed in partition order, so a run resumed from its last checkpoint
+continues exactly as an uninterrupted run would. The exchange (plain replies or a
+secure sum) ends in a :class:`~recsys_core.federated.aggregation.RoundSum`; everything
+after that, gates, noise and the server step, is :func:`~recsys_core.federated.aggregation.apply_round`.
 """
 
 from __future__ import annotations
@@ -13,18 +15,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam
 
 from recsys_core.audit.canaries import CANARIES_FILE
 from recsys_core.bundle import ModelBundle, bundle_catalog, write_bundle
 from recsys_core.config import dataclass_to_dict
-from recsys_core.evaluation import MetricSums
+from recsys_core.evaluation import MetricSums, metric_names
+from recsys_core.federated.aggregation import (
+    Arrays,
+    RoundResult,
+    RoundSum,
+    ServerOptimizer,
+    apply_round,
+    server_optimizer,
+    sum_plain_updates,
+)
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays
+from recsys_core.federated.records import AccountantHistory, DeviceFailure, RoundRecord
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from recsys_core.federated.secure_payload import evaluation_layout, evaluation_sums, training_layout, training_sum
 from recsys_core.federated.wire import (
@@ -34,90 +44,90 @@ from recsys_core.federated.wire import (
     EVALUATION_PART_KEY,
     METRICS_RECORD,
     PARAMETERS_RECORD,
-    PRIVACY_ACCOUNTANT_KEY,
     PUBLIC_KEY_KEY,
     ROUND_KEY,
-    metric_sums_from_replies,
+    EvaluateReply,
+    MalformedReplyError,
+    TrainReply,
+    reported_partition,
     update_problem,
 )
 from recsys_core.privacy.ledger import write_ledger
 from recsys_core.run_records import write_json
-from recsys_core.secure_aggregation.layout import VectorLayout
-from server.privacy import LEDGER_FILE, privacy_summary, run_ledger, user_level_step
+from server.privacy import LEDGER_FILE, privacy_summary, run_ledger
 from server.run_directory import Checkpoint, RunDirectory
-from server.secure_aggregation import ExchangeResult, SecureAggregator, record_arrays, short_reason
-from server.strategies import (
-    apply_mean_update,
-    build_strategy,
-    configure_train,
-    restore_strategy_state,
-    set_learning_rate,
-    strategy_state,
-)
+from server.secure_aggregation import SecureAggregator, record_arrays, short_reason
 
-RoundCallback = Callable[[dict[str, Any]], None]
+RoundCallback = Callable[[RoundRecord], None]
 
 logger = logging.getLogger("fedrec.server")
 
 
-def _reply_arrays(reply: Message) -> dict[str, np.ndarray]:
-    return record_arrays(reply.content[PARAMETERS_RECORD])
-
-
 @dataclass
-class SortedReplies:
-    """A round's replies: usable updates, devices that declined, and failures with their reasons."""
+class TrainingExchange:
+    """What one round's training exchange gave the server, whichever protocol carried it."""
 
-    good: list[Message]
-    #: Replies whose update left the device (usable or rejected), for the privacy ledger.
-    sent: list[Message]
-    answered: list[Message]
-    declined: list[int | None]
-    failures: list[dict[str, Any]]
-    node_to_partition: dict[int, int]
-
-    def privacy_record(self) -> dict[str, Any]:
-        """Whose update left the device, and each device's accountant history, for the privacy ledger."""
-        partition_of = self.node_to_partition
-        return {
-            "joined": sorted(partition_of[r.metadata.src_node_id] for r in self.sent),
-            "local_privacy": {
-                str(partition_of[r.metadata.src_node_id]): str(r.content[CONFIG_RECORD][PRIVACY_ACCOUNTANT_KEY])
-                for r in self.answered
-                if CONFIG_RECORD in r.content and PRIVACY_ACCOUNTANT_KEY in r.content[CONFIG_RECORD]},
-        }
+    #: None when the exchange gave no sum (secure aggregation failed); ``failure`` says why.
+    round_sum: RoundSum | None
+    failure: str = ""
+    declined: list[int | None] = field(default_factory=list)
+    failures: list[DeviceFailure] = field(default_factory=list)
+    #: Partitions whose update left the device (used or rejected): the privacy ledger counts them.
+    joined: list[int] = field(default_factory=list)
+    local_privacy: list[AccountantHistory] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_down: int = 0
 
 
-def reply_problem(reply: Message, current: dict[str, np.ndarray]) -> str | None:
-    """Why a device's training reply cannot be used, or None: malformed arrays or metrics."""
-    if PARAMETERS_RECORD not in reply.content or METRICS_RECORD not in reply.content:
-        return f"reply lacks the {PARAMETERS_RECORD!r} or {METRICS_RECORD!r} record"
-    metrics = reply.content[METRICS_RECORD]
-    for key in ("num-examples", "train-loss"):
-        if not isinstance(metrics.get(key), (int, float)):
-            return f"metric {key!r} is missing or not a number"
-    if not float(metrics["num-examples"]) >= 0:
-        return f"metric 'num-examples' is negative ({metrics['num-examples']})"
-    return update_problem(_reply_arrays(reply), current)
+def _reply_failure(reply: Message, partition: int | None) -> DeviceFailure:
+    return DeviceFailure(partition, short_reason(reply.error.reason), str(reply.error.reason))
+
+
+def read_train_reply(reply: Message, with_counts: bool) -> TrainReply:
+    """The typed training reply a device sent; :class:`MalformedReplyError` says what is wrong with it."""
+    if METRICS_RECORD not in reply.content:
+        raise MalformedReplyError(f"reply lacks the {METRICS_RECORD!r} record")
+    config = reply.content.get(CONFIG_RECORD)
+    return TrainReply.from_metrics(reply.content[METRICS_RECORD], config, with_counts=with_counts)
 
 
 def sort_replies(replies: list[Message], partitions: list[int], node_to_partition: dict[int, int],
-                 current: dict[str, np.ndarray]) -> SortedReplies:
-    """Splits replies into usable updates, declines, rejected updates, client errors and missing replies."""
-    answered = [reply for reply in replies if not reply.has_error()]
-    said_no = [bool(int(r.content[METRICS_RECORD].get("declined", 0))) if METRICS_RECORD in r.content else False
-               for r in answered]
-    declined = [node_to_partition.get(r.metadata.src_node_id) for r, no in zip(answered, said_no) if no]
-    sent = [r for r, no in zip(answered, said_no) if not no]
-    problems = [reply_problem(r, current) for r in sent]
-    failures = [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": short_reason(r.error.reason),
-                 "detail": r.error.reason} for r in replies if r.has_error()]
-    failures += [{"partition": node_to_partition.get(r.metadata.src_node_id), "reason": f"update rejected: {problem}"}
-                 for r, problem in zip(sent, problems) if problem]
-    failures += [{"partition": p, "reason": "no reply before the round timeout"}
-                 for p in set(partitions) - {node_to_partition.get(r.metadata.src_node_id) for r in replies}]
-    good = [r for r, problem in zip(sent, problems) if problem is None]
-    return SortedReplies(good, sent, answered, declined, failures, node_to_partition)
+                 current: Arrays) -> tuple[list[tuple[int, Arrays, TrainReply]], TrainingExchange]:
+    """Splits plain replies into usable updates (in partition order) and the round's bookkeeping."""
+    exchange = TrainingExchange(round_sum=None)
+    usable = []
+    for reply in sorted(replies, key=lambda r: node_to_partition.get(r.metadata.src_node_id, -1)):
+        partition = node_to_partition.get(reply.metadata.src_node_id)
+        if reply.has_error():
+            exchange.failures.append(_reply_failure(reply, partition))
+            continue
+        try:
+            parsed = read_train_reply(reply, with_counts=True)
+        except MalformedReplyError as error:
+            exchange.failures.append(DeviceFailure(partition, f"update rejected: {error}"))
+            if partition is not None:
+                exchange.joined.append(partition)
+            continue
+        if parsed.accountant is not None and partition is not None:
+            exchange.local_privacy.append(AccountantHistory.of(partition, parsed.accountant))
+        if parsed.declined:
+            exchange.declined.append(partition)
+            continue
+        if partition is not None:
+            exchange.joined.append(partition)
+        if PARAMETERS_RECORD not in reply.content.array_records:
+            problem: str | None = f"reply lacks the {PARAMETERS_RECORD!r} record"
+        else:
+            arrays = record_arrays(reply.content.array_records[PARAMETERS_RECORD])
+            problem = update_problem(arrays, current)
+        if problem is not None or partition is None:
+            exchange.failures.append(DeviceFailure(partition, f"update rejected: {problem or 'unknown sender'}"))
+            continue
+        usable.append((partition, arrays, parsed))
+    answered = {node_to_partition.get(reply.metadata.src_node_id) for reply in replies}
+    exchange.failures += [DeviceFailure(p, "no reply before the round timeout")
+                          for p in sorted(set(partitions) - answered)]
+    return usable, exchange
 
 
 @dataclass
@@ -138,6 +148,10 @@ class FederatedRun:
         return ConfigRecord({CONFIG_KEY: self.config.to_json(), ROUND_KEY: server_round,
                              DEVICE_STATE_DIR_KEY: str(self.run_directory.devices), **extra})
 
+    def messages(self, content: RecordDict, partitions: list[int], message_type: str) -> list[Message]:
+        return [Message(content, dst_node_id=self.partition_to_node[p], message_type=message_type)
+                for p in partitions]
+
     def discover(self, grid: Grid, expected: int) -> None:
         """Asks every node which partition it holds (once per run; replies carry no data).
 
@@ -157,7 +171,11 @@ class FederatedRun:
             if reply.has_error():
                 logger.warning("node %s did not describe itself: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue
-            partition = int(reply.content[METRICS_RECORD]["partition-id"])
+            try:
+                partition = reported_partition(reply.content[METRICS_RECORD])
+            except (KeyError, MalformedReplyError) as error:
+                logger.warning("node %s described itself wrongly: %s", reply.metadata.src_node_id, error)
+                continue
             self.partition_to_node[partition] = reply.metadata.src_node_id
             if self.secure is not None:
                 self.secure.register(reply.metadata.src_node_id, reply.content[CONFIG_RECORD].get(PUBLIC_KEY_KEY))
@@ -171,8 +189,7 @@ class FederatedRun:
         """Federated evaluation: devices rank their own held-out items and send metric sums."""
         record = RecordDict({PARAMETERS_RECORD: arrays,
                              CONFIG_RECORD: self.message_config(server_round, **{EVALUATION_PART_KEY: part})})
-        messages = [Message(record, dst_node_id=self.partition_to_node[p], message_type=MessageType.EVALUATE)
-                    for p in partitions]
+        messages = self.messages(record, partitions, MessageType.EVALUATE)
         if self.secure is not None:
             layout = evaluation_layout(self.config.evaluation, self.most_users)
             result = self.secure.exchange(grid, messages, layout, f"evaluate-{part}", server_round)
@@ -180,12 +197,22 @@ class FederatedRun:
                 logger.error("round %d: secure evaluation failed: %s", server_round, result.failure)
                 return {}, len(partitions)
             return evaluation_sums(layout, result.total).means(), len(partitions) - len(result.contributors)
-        replies = list(grid.send_and_receive(messages, timeout=self.config.server.round_timeout))
-        good = [dict(reply.content[METRICS_RECORD]) for reply in replies if not reply.has_error()]
+        names = metric_names(self.config.evaluation)
+        good: list[EvaluateReply] = []
+        for reply in grid.send_and_receive(messages, timeout=self.config.server.round_timeout):
+            if reply.has_error():
+                continue
+            try:
+                good.append(EvaluateReply.from_metrics(reply.content[METRICS_RECORD], names))
+            except (KeyError, MalformedReplyError) as error:
+                logger.warning("round %d: node %s sent an unusable evaluation: %s", server_round,
+                               reply.metadata.src_node_id, error)
+        total = MetricSums()
         # Add in partition order so the float sums do not depend on reply arrival order.
-        good.sort(key=lambda metrics: int(metrics["partition-id"]))
-        sums: MetricSums = metric_sums_from_replies(good)
-        return sums.means(), len(replies) - len(good)
+        for parsed in sorted(good, key=lambda r: r.partition_id):
+            assert parsed.sums is not None
+            total.add(parsed.sums)
+        return total.means(), len(partitions) - len(good)
 
     def run(self, grid: Grid, resume: bool = False) -> dict[str, Any]:
         config = self.config
@@ -198,197 +225,124 @@ class FederatedRun:
         self.discover(grid, data.num_clients)
         initial = build_device_model(config, data.catalog, 1, 0)
         shared = state_to_arrays(initial.shared_state())
-        strategy = build_strategy(config.server, config.local.proximal_mu)
+        optimizer = server_optimizer(config)
         first_round = 1
         if resume and (checkpoint := self.run_directory.read_checkpoint()) is not None:
             shared = checkpoint.shared_parameters
-            restore_strategy_state(strategy, checkpoint.strategy_state)
+            optimizer.restore(checkpoint.strategy_state)
             first_round = checkpoint.completed_round + 1
             self.run_directory.truncate_rounds(checkpoint.completed_round)
             logger.info("Resuming after round %d", checkpoint.completed_round)
-        arrays = ArrayRecord({name: Array(value) for name, value in shared.items()})
         for server_round in range(first_round, config.server.rounds + 1):
-            arrays = self.train_round(grid, strategy, arrays, server_round)
-        return self.finish(grid, arrays, initial)
+            shared = self.train_round(grid, optimizer, shared, server_round)
+        return self.finish(grid, shared, initial)
 
-    def train_round(self, grid: Grid, strategy: Any, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+    def train_round(self, grid: Grid, optimizer: ServerOptimizer, current: Arrays, server_round: int) -> Arrays:
         config = self.config
         started = time.perf_counter()
         partitions = self.sample(server_round, config.server.clients_per_round, TRAINING)
-        node_to_partition = {self.partition_to_node[p]: p for p in partitions}
-        messages = configure_train(strategy, server_round, arrays, self.message_config(server_round), grid,
-                                   [self.partition_to_node[p] for p in partitions])
-        current = {name: array.numpy() for name, array in arrays.items()}
-        if self.secure is not None:
-            arrays, record = self.secure_train(grid, strategy, arrays, current, messages, server_round,
-                                               node_to_partition)
+        arrays = ArrayRecord({name: Array(value) for name, value in current.items()})
+        content = RecordDict({PARAMETERS_RECORD: arrays, CONFIG_RECORD: self.message_config(server_round)})
+        messages = self.messages(content, partitions, MessageType.TRAIN)
+        exchange = (self.secure_exchange(grid, messages, current, server_round) if self.secure is not None
+                    else self.plain_exchange(grid, messages, current, partitions))
+        if exchange.round_sum is None:
+            result = RoundResult(current, "failed", f"secure aggregation: {exchange.failure}")
         else:
-            arrays, record = self.plain_train(grid, strategy, arrays, current, messages, server_round, partitions,
-                                              node_to_partition)
-        record = {"round": server_round, "sampled": len(partitions),
-                  "secure_aggregation": self.secure is not None, **record}
-        for failure in record["failures"]:
-            logger.warning("round %d: partition %s failed: %s", server_round, failure["partition"], failure["reason"])
+            result = apply_round(config, current, exchange.round_sum, optimizer, server_round)
+        if result.status != "aggregated":
+            logger.warning("round %d: %s: %s; model unchanged", server_round, result.status, result.status_reason)
+        if result.clipped_coordinates:
+            logger.warning("round %d: devices clipped %d update coordinates to secure_aggregation."
+                           "update_clip_range; raise it if this persists", server_round, result.clipped_coordinates)
+        for failure in exchange.failures:
+            logger.warning("round %d: partition %s failed: %s", server_round, failure.partition, failure.reason)
+        validation, evaluation_failures = None, None
         if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
             evaluated = self.sample(server_round, config.server.clients_per_evaluation, EVALUATION)
-            record["validation"], record["evaluation_failures"] = self.evaluate(
-                grid, arrays, evaluated, "valid", server_round)
-        record["seconds"] = time.perf_counter() - started
-        shared = {name: array.numpy() for name, array in arrays.items()}
-        self.run_directory.write_checkpoint(Checkpoint(server_round, shared, strategy_state(strategy)))
+            updated = ArrayRecord({name: Array(value) for name, value in result.arrays.items()})
+            validation, evaluation_failures = self.evaluate(grid, updated, evaluated, "valid", server_round)
+        record = RoundRecord(
+            round=server_round, sampled=len(partitions), secure_aggregation=self.secure is not None,
+            status=result.status, status_reason=result.status_reason,
+            participants=exchange.round_sum.contributors if result.status == "aggregated" and exchange.round_sum
+            else 0,
+            declined=tuple(exchange.declined), failures=tuple(exchange.failures), joined=tuple(exchange.joined),
+            local_privacy=tuple(exchange.local_privacy), bytes_down=exchange.bytes_down, bytes_up=exchange.bytes_up,
+            train_loss=result.train_loss, clipped_coordinates=result.clipped_coordinates,
+            user_level=result.user_level, validation=validation, evaluation_failures=evaluation_failures,
+            seconds=time.perf_counter() - started)
+        self.run_directory.write_checkpoint(Checkpoint(server_round, result.arrays, optimizer.state()))
         self.run_directory.append_round(record)
         if self.on_round is not None:
             self.on_round(record)
-        return arrays
+        return result.arrays
 
-    def plain_train(self, grid: Grid, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray],
-                    messages: list[Message], server_round: int, partitions: list[int],
-                    node_to_partition: dict[int, int]) -> tuple[ArrayRecord, dict[str, Any]]:
-        """Devices send their parameters; the strategy aggregates them."""
+    def plain_exchange(self, grid: Grid, messages: list[Message], current: Arrays,
+                       partitions: list[int]) -> TrainingExchange:
+        """Devices send their parameters in clear; the server sums them in partition order."""
+        node_to_partition = {self.partition_to_node[p]: p for p in partitions}
         replies = list(grid.send_and_receive(messages, timeout=self.config.server.round_timeout))
-        # Aggregate in partition order: float sums then do not depend on reply arrival order.
-        replies.sort(key=lambda reply: node_to_partition.get(reply.metadata.src_node_id, -1))
-        sorted_replies = sort_replies(replies, partitions, node_to_partition, current)
-        good = sorted_replies.good
-        record: dict[str, Any] = {
-            "participants": len(good),
-            "declined": sorted_replies.declined,
-            "failures": sorted_replies.failures,
-            "bytes_down": sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages),
-            "bytes_up": sum(r.content[PARAMETERS_RECORD].count_bytes() for r in good),
-        }
-        # Who sent an update, every run: the ledger counts it, and an audit of any run reads it.
-        record.update(sorted_replies.privacy_record())
-        return self.aggregate(strategy, arrays, current, good, server_round, record), record
+        usable, exchange = sort_replies(replies, partitions, node_to_partition, current)
+        updates = [(arrays, reply.num_examples or 0, reply.train_loss if reply.train_loss is not None
+                    else float("nan")) for _, arrays, reply in usable]
+        exchange.round_sum = sum_plain_updates(self.config, current, updates)
+        exchange.bytes_down = sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages)
+        good_nodes = {self.partition_to_node[partition] for partition, _, _ in usable}
+        exchange.bytes_up = sum(r.content[PARAMETERS_RECORD].count_bytes() for r in replies
+                                if r.metadata.src_node_id in good_nodes)
+        return exchange
 
-    def secure_train(self, grid: Grid, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray],
-                     messages: list[Message], server_round: int,
-                     node_to_partition: dict[int, int]) -> tuple[ArrayRecord, dict[str, Any]]:
-        """Devices send masked vectors; the server unmasks their sum and takes the strategy's step from it."""
+    def secure_exchange(self, grid: Grid, messages: list[Message], current: Arrays,
+                        server_round: int) -> TrainingExchange:
+        """Devices send masked vectors; the server learns only their sum."""
         assert self.secure is not None
+        node_to_partition = {node: partition for partition, node in self.partition_to_node.items()}
         layout = training_layout(self.config, current)
         result = self.secure.exchange(grid, messages, layout, "train", server_round,
                                       weight_scale=float(self.most_training_rows))
-        sorted_replies = self._secure_replies(result, node_to_partition)
-        record: dict[str, Any] = {
-            "participants": len(result.contributors) if result.total is not None else 0,
-            "declined": sorted_replies.declined,
-            "failures": sorted_replies.failures,
-            "bytes_down": result.bytes_down,
-            "bytes_up": result.bytes_up,
-        }
-        # Who sent an update, every run: the ledger counts it, and an audit of any run reads it.
-        record.update(sorted_replies.privacy_record())
-        return self.secure_aggregate(strategy, arrays, current, result, layout, server_round, record), record
-
-    @staticmethod
-    def _secure_replies(result: ExchangeResult, node_to_partition: dict[int, int]) -> SortedReplies:
-        contributed = set(result.contributors)
-        answered = [reply for reply in result.replies if not reply.has_error()]
-        return SortedReplies(
-            good=[], sent=[r for r in answered if r.metadata.src_node_id in contributed], answered=answered,
+        exchange = TrainingExchange(
+            round_sum=None, failure=result.failure or "",
             declined=[node_to_partition.get(node) for node in result.declined],
-            failures=[{"partition": node_to_partition.get(f["node"]), "reason": f["reason"]} for f in result.failures],
-            node_to_partition=node_to_partition)
+            failures=[DeviceFailure(node_to_partition.get(f["node"]), f["reason"]) for f in result.failures],
+            bytes_up=result.bytes_up, bytes_down=result.bytes_down)
+        contributed = set(result.contributors)
+        for reply in result.replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error() or (partition := node_to_partition.get(node)) is None:
+                continue
+            try:
+                parsed = read_train_reply(reply, with_counts=False)
+            except MalformedReplyError:
+                continue  # the secure exchange has already set this reply aside and said why
+            if parsed.accountant is not None:
+                exchange.local_privacy.append(AccountantHistory.of(partition, parsed.accountant))
+            if node in contributed:
+                exchange.joined.append(partition)
+        exchange.joined.sort()
+        if result.total is not None:
+            reports_loss = not (self.config.privacy.local.enabled or self.config.privacy.user_level.enabled)
+            exchange.round_sum = training_sum(layout, result.total).round_sum(current, len(result.contributors),
+                                                                              reports_loss)
+        return exchange
 
-    def secure_aggregate(self, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray],
-                         result: ExchangeResult, layout: VectorLayout, server_round: int,
-                         record: dict[str, Any]) -> ArrayRecord:
-        """The new global arrays from the unmasked sum; unchanged (and logged) when the exchange failed."""
-        config = self.config
-        user_level = config.privacy.user_level
-        set_learning_rate(strategy, config.server.learning_rate_at(server_round))
-        contributors = len(result.contributors)
-        if result.total is None:
-            record["status"] = f"failed: secure aggregation: {result.failure}"
-        elif contributors < config.server.min_clients:
-            record["status"] = f"skipped: {contributors} contributions, fewer than server.min_clients"
-        elif user_level.enabled and contributors < user_level.min_surviving_clients:
-            record["status"] = (f"discarded: {contributors} updates, fewer than privacy.user_level."
-                                f"min_surviving_clients = {user_level.min_surviving_clients}")
-        if "status" in record:
-            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
-            return arrays
-        assert result.total is not None
-        summed = training_sum(layout, result.total)
-        if user_level.enabled:
-            # The server sees only the sum: it attests the settings each device was sent, not the noise.
-            record["user_level"] = {
-                "noise_multiplier": user_level.noise_multiplier, "clip_norm": user_level.clip_norm,
-                "noise_placement": user_level.noise_placement, "expected_clients": config.server.clients_per_round,
-                "updates": contributors, "min_surviving_clients": user_level.min_surviving_clients}
-            # DP-FedAvg divides by the planned number of clients, as in server.privacy.user_level_step.
-            mean = {name: (summed.update_sum[name] / config.server.clients_per_round).reshape(np.shape(value))
-                    for name, value in current.items()}
-        else:
-            mean = summed.mean_update(current)
-            if not config.privacy.local.enabled:  # under local DP devices report no loss
-                record["train_loss"] = summed.weighted_loss_sum / max(summed.weight_sum, 1e-12)
-        record["clipped_coordinates"] = summed.clipped_coordinates
-        if summed.clipped_coordinates:
-            logger.warning("round %d: devices clipped %d update coordinates to secure_aggregation."
-                           "update_clip_range; raise it if this persists", server_round, summed.clipped_coordinates)
-        updated = apply_mean_update(strategy, current, mean, server_round, config.server.learning_rate_at(server_round))
-        record["status"] = "aggregated"
-        return ArrayRecord({name: Array(value) for name, value in updated.items()})
-
-    def aggregate(self, strategy: Any, arrays: ArrayRecord, current: dict[str, np.ndarray], good: list[Message],
-                  server_round: int, record: dict[str, Any]) -> ArrayRecord:
-        """The round's new global arrays (unchanged when too few updates); sets ``status`` and ``train_loss``."""
-        config = self.config
-        user_level = config.privacy.user_level
-        set_learning_rate(strategy, config.server.learning_rate_at(server_round))
-        if len(good) < config.server.min_clients:
-            record["status"] = f"skipped: {len(good)} replies, fewer than server.min_clients"
-            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
-            return arrays
-        if (user_level.enabled and user_level.noise_placement == "distributed"
-                and len(good) < user_level.min_surviving_clients):
-            # The shares were sized for min_surviving_clients: fewer carry too little noise to release.
-            record["status"] = (f"discarded: {len(good)} updates, fewer than privacy.user_level."
-                                f"min_surviving_clients = {user_level.min_surviving_clients}")
-            logger.warning("round %d: %s; model unchanged", server_round, record["status"])
-            return arrays
-        if user_level.enabled:
-            record["user_level"] = {}
-            updated = user_level_step(config, current, [_reply_arrays(r) for r in good],
-                                      strategy if isinstance(strategy, FedAdam) else None, server_round,
-                                      evidence=record["user_level"])
-            arrays = ArrayRecord({name: Array(value) for name, value in updated.items()})
-        else:
-            aggregated, _ = strategy.aggregate_train(server_round, good)
-            if aggregated is not None:
-                # Flower's FedOpt strategies return float64: keep the model's dtypes, or every later
-                # message doubles in size (measured: 3.3 to 6.6 MB per Beauty SASRec client).
-                arrays = ArrayRecord({name: Array(np.asarray(array.numpy(), dtype=current[name].dtype))
-                                      for name, array in aggregated.items()})
-        weights = np.array([float(r.content[METRICS_RECORD]["num-examples"]) for r in good])
-        losses = np.array([float(r.content[METRICS_RECORD]["train-loss"]) for r in good])
-        # Under DP a device reports no loss (NaN): the exact loss is not covered by its guarantee.
-        reported = np.isfinite(losses)
-        if reported.any():
-            record["train_loss"] = float((weights[reported] * losses[reported]).sum()
-                                         / max(weights[reported].sum(), 1e-12))
-        record["status"] = "aggregated"
-        return arrays
-
-    def finish(self, grid: Grid, arrays: ArrayRecord, initial: Any) -> dict[str, Any]:
+    def finish(self, grid: Grid, shared: Arrays, initial: Any) -> dict[str, Any]:
         config = self.config
         summary: dict[str, Any] = {"rounds": config.server.rounds}
         if config.server.final_evaluation:
             everyone = sorted(self.partition_to_node)
+            arrays = ArrayRecord({name: Array(value) for name, value in shared.items()})
             summary["test"], summary["test_failures"] = self.evaluate(grid, arrays, everyone, "test",
                                                                       config.server.rounds)
         rounds = self.run_directory.read_rounds()
-        summary["seconds_total"] = sum(r.get("seconds", 0.0) for r in rounds)
-        summary["failures_total"] = sum(len(r.get("failures", [])) for r in rounds)
-        summary["bytes_up_total"] = sum(r.get("bytes_up", 0) for r in rounds)
-        summary["bytes_down_total"] = sum(r.get("bytes_down", 0) for r in rounds)
+        summary["seconds_total"] = sum(r.seconds for r in rounds)
+        summary["failures_total"] = sum(len(r.failures) for r in rounds)
+        summary["bytes_up_total"] = sum(r.bytes_up for r in rounds)
+        summary["bytes_down_total"] = sum(r.bytes_down for r in rounds)
         if config.secure_aggregation.enabled:
             summary["secure_aggregation"] = {
-                "rounds_failed": sum(str(r.get("status", "")).startswith("failed") for r in rounds),
-                "clipped_coordinates_total": sum(r.get("clipped_coordinates", 0) for r in rounds)}
-        shared = {name: array.numpy() for name, array in arrays.items()}
+                "rounds_failed": sum(r.status == "failed" for r in rounds),
+                "clipped_coordinates_total": sum(r.clipped_coordinates or 0 for r in rounds)}
         data = load_federated_data(config.data, config.partition)
         write_bundle(self.run_directory.path / "final-model", ModelBundle(
             config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,

@@ -26,6 +26,7 @@ import numpy as np
 
 from recsys_core.audit import hash_chain
 from recsys_core.errors import FedrecError
+from recsys_core.federated.records import RoundRecord, round_record_from_dict
 from recsys_core.files import write_atomically
 from recsys_core.run_records import write_json
 
@@ -66,18 +67,19 @@ class RunDirectory:
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
         return hash_chain.genesis_hash(config)
 
-    def append_round(self, record: dict[str, Any]) -> None:
+    def append_round(self, record: RoundRecord) -> None:
         """Appends one round's record, linked to the one before, and flushes it before the next round starts."""
         if self._chain_head is None:
-            self._chain_head = hash_chain.head_of(self.read_rounds(), self.genesis())
-        chained = hash_chain.linked(record, self._chain_head)
+            self._chain_head = hash_chain.head_of(self.read_round_lines(), self.genesis())
+        chained = hash_chain.linked(record.to_dict(), self._chain_head)
         with self.rounds_file.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(chained, sort_keys=True) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
         self._chain_head = chained[hash_chain.CHAIN_KEY]["hash"]
 
-    def read_rounds(self) -> list[dict[str, Any]]:
+    def read_round_lines(self) -> list[dict[str, Any]]:
+        """The records as written, for the hash chain (which must hash exactly what is on disk)."""
         if not self.rounds_file.exists():
             return []
         records = []
@@ -90,16 +92,21 @@ class RunDirectory:
                 raise FedrecError(f"{self.rounds_file}, line {number}: not a JSON round record") from None
         return records
 
+    def read_rounds(self) -> list[RoundRecord]:
+        """The typed round records; a line that breaks the schema is one error naming the file and line."""
+        return [round_record_from_dict(values, f"{self.rounds_file}, line {number}")
+                for number, values in enumerate(self.read_round_lines(), start=1)]
+
     def truncate_rounds(self, last_round: int) -> None:
         """Drops records of rounds after ``last_round`` (a round interrupted before its checkpoint)."""
-        kept = [record for record in self.read_rounds() if record.get("round", 0) <= last_round]
+        kept = [record for record in self.read_round_lines() if record.get("round", 0) <= last_round]
         self._chain_head = None
         self.rounds_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
 
     def seal(self, ledger: Path | None) -> str:
         """Writes the chain's seal over the rounds and the ledger file; returns the head hash to keep."""
         ledger_sha256 = hashlib.sha256(ledger.read_bytes()).hexdigest() if ledger is not None else None
-        rounds = self.read_rounds()
+        rounds = self.read_round_lines()
         sealed = hash_chain.seal(hash_chain.head_of(rounds, self.genesis()), len(rounds), ledger_sha256)
         write_json(self.chain_file, sealed)
         return str(sealed["head"])
@@ -110,7 +117,8 @@ class RunDirectory:
         folder.mkdir(exist_ok=True)
         arrays = {f"shared/{k}": v for k, v in checkpoint.shared_parameters.items()}
         arrays.update({f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()})
-        write_atomically(folder / f"round-{checkpoint.completed_round}.npz", lambda stream: np.savez(stream, **arrays))
+        write_atomically(folder / f"round-{checkpoint.completed_round}.npz",
+                         lambda stream: np.savez(stream, **arrays))  # type: ignore[arg-type]
         write_json(folder / "latest.json", {"format": CHECKPOINT_FORMAT, "completed_round": checkpoint.completed_round,
                                             "arrays": f"round-{checkpoint.completed_round}.npz"})
         for stale in folder.glob("round-*.npz"):
@@ -137,7 +145,7 @@ class RunDirectory:
             strategy_state={k.removeprefix("strategy/"): v for k, v in arrays.items() if k.startswith("strategy/")},
         )
 
-    def write_plots(self, rounds: list[dict[str, Any]]) -> Path | None:
+    def write_plots(self, rounds: list[RoundRecord]) -> Path | None:
         """``metrics.png``: training loss and validation metrics over rounds."""
         import matplotlib
 
@@ -147,12 +155,12 @@ class RunDirectory:
         if not rounds:
             return None
         figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
-        trained = [r for r in rounds if r.get("train_loss") is not None]
-        loss_axis.plot([r["round"] for r in trained], [r["train_loss"] for r in trained], marker=".")
+        trained = [r for r in rounds if r.train_loss is not None]
+        loss_axis.plot([r.round for r in trained], [r.train_loss for r in trained], marker=".")
         loss_axis.set(title="training loss (mean over clients)", xlabel="round", ylabel="loss")
-        evaluated = [r for r in rounds if r.get("validation")]
+        evaluated = [r for r in rounds if r.validation]
         for metric in ("full/ndcg@10", "full/hr@10", "sampled/hr@10"):
-            points = [(r["round"], r["validation"][metric]) for r in evaluated if metric in r["validation"]]
+            points = [(r.round, r.validation[metric]) for r in evaluated if r.validation and metric in r.validation]
             if points:
                 metric_axis.plot(*zip(*points), marker="o", label=metric)
         metric_axis.set(title="federated validation", xlabel="round")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from recsys_core.federated.config import FederatedConfig
@@ -32,6 +32,8 @@ from recsys_core.federated.wire import (
     SECURE_ARRAYS_RECORD,
     SECURE_CONFIG_RECORD,
     UNMASK_MESSAGE_TYPE,
+    MalformedReplyError,
+    TrainReply,
 )
 from recsys_core.secure_aggregation.fixed_point import OutOfRangeSumError
 from recsys_core.secure_aggregation.keys import PUBLIC_KEY_BYTES
@@ -57,7 +59,7 @@ from recsys_core.secure_aggregation.wire import (
 logger = logging.getLogger("fedrec.server")
 
 
-def short_reason(reason: str) -> str:
+def short_reason(reason: str | None) -> str:
     """The last meaningful line of a client error (Ray wraps it in several lines of traceback)."""
     lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
     last = lines[-1] if lines else "unknown error"
@@ -156,7 +158,7 @@ class SecureAggregator:
             if problem is None:
                 result.bytes_up += reply.content[SECURE_ARRAYS_RECORD].count_bytes()
                 try:
-                    contribution = decode_contribution(record_arrays(reply.content[SECURE_ARRAYS_RECORD]))
+                    contribution = decode_contribution(record_arrays(reply.content.array_records[SECURE_ARRAYS_RECORD]))
                     check_contribution(contribution, server_round, graph[node], codec)
                     contributions[node] = contribution
                     continue
@@ -181,10 +183,14 @@ class SecureAggregator:
         """None for a usable contribution, ``"declined"``, or why the reply is unusable."""
         if reply.has_error():
             return short_reason(reply.error.reason)
-        metrics = reply.content.get(METRICS_RECORD, {})
-        if int(metrics.get("declined", 0)):
+        try:
+            declined = TrainReply.from_metrics(reply.content.metric_records.get(METRICS_RECORD, MetricRecord()),
+                                               with_counts=False).declined
+        except MalformedReplyError as error:
+            return f"reply rejected: {error}"
+        if declined:
             return "declined"
-        config = reply.content.get(CONFIG_RECORD, {})
+        config = reply.content.config_records.get(CONFIG_RECORD, ConfigRecord())
         if PUBLIC_KEY_KEY in config:
             self.register(reply.metadata.src_node_id, config[PUBLIC_KEY_KEY])
             return "the device's key changed (it restarted); registered its new key for the next round"
@@ -209,7 +215,7 @@ class SecureAggregator:
                 continue
             result.bytes_up += reply.content[SECURE_ARRAYS_RECORD].count_bytes()
             try:
-                response = decode_unmask_response(record_arrays(reply.content[SECURE_ARRAYS_RECORD]))
+                response = decode_unmask_response(record_arrays(reply.content.array_records[SECURE_ARRAYS_RECORD]))
             except ValueError as error:
                 logger.warning("round %d: node %s sent a malformed unmask response: %s", server_round, node, error)
                 continue

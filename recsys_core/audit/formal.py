@@ -16,7 +16,6 @@ aggregation on or off as configured.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,8 @@ from typing import Any
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 
-from recsys_core.privacy.accountant import PrivacyAccountant, ScheduleEntry
+from recsys_core.federated.records import RoundRecord
+from recsys_core.privacy.accountant import ScheduleEntry
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, verify
 
 #: A recorded epsilon may sit this far (relative) below the PLD figure before it counts as an under-count:
@@ -108,7 +108,7 @@ def recompute_with_two_accountants(ledger: PrivacyLedger, source: str = "ledger"
 
 
 def check_against_log(ledger: PrivacyLedger, config: Mapping[str, Any],
-                      rounds: Sequence[Mapping[str, Any]]) -> list[Check]:
+                      rounds: Sequence[RoundRecord]) -> list[Check]:
     """The ledger's mechanism against the resolved config and the per-round log."""
     privacy = config.get("privacy", {})
     checks = [_secure_aggregation_check(config, rounds), _rounds_joined_check(ledger, rounds)]
@@ -125,9 +125,9 @@ def check_against_log(ledger: PrivacyLedger, config: Mapping[str, Any],
     return checks
 
 
-def _secure_aggregation_check(config: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> Check:
+def _secure_aggregation_check(config: Mapping[str, Any], rounds: Sequence[RoundRecord]) -> Check:
     configured = bool(config.get("secure_aggregation", {}).get("enabled"))
-    logged = {record.get("secure_aggregation") for record in rounds}
+    logged = {record.secure_aggregation for record in rounds}
     if logged <= {configured}:
         return Check("secure aggregation as configured", True,
                      f"{'on' if configured else 'off'} in the config and in all {len(rounds)} logged rounds")
@@ -135,8 +135,8 @@ def _secure_aggregation_check(config: Mapping[str, Any], rounds: Sequence[Mappin
                  f"the config says {'on' if configured else 'off'} but rounds log {sorted(map(str, logged))}")
 
 
-def _rounds_joined_check(ledger: PrivacyLedger, rounds: Sequence[Mapping[str, Any]]) -> Check:
-    joined: Counter[str] = Counter(str(partition) for record in rounds for partition in record.get("joined", []))
+def _rounds_joined_check(ledger: PrivacyLedger, rounds: Sequence[RoundRecord]) -> Check:
+    joined: Counter[str] = Counter(str(partition) for record in rounds for partition in record.joined)
     wrong = [client for client in ledger.clients if client.rounds_joined != joined[client.client_id]]
     if not wrong:
         return Check("rounds joined per client", True, f"all {len(ledger.clients)} clients' rounds_joined match the "
@@ -148,7 +148,7 @@ def _rounds_joined_check(ledger: PrivacyLedger, rounds: Sequence[Mapping[str, An
 
 
 def _local_checks(ledger: PrivacyLedger, configured: Mapping[str, Any],
-                  rounds: Sequence[Mapping[str, Any]]) -> list[Check]:
+                  rounds: Sequence[RoundRecord]) -> list[Check]:
     assert ledger.local is not None
     local = ledger.local
     checks = []
@@ -159,9 +159,8 @@ def _local_checks(ledger: PrivacyLedger, configured: Mapping[str, Any],
     checks.append(Check("local DP settings match the config", not differing, "; ".join(differing) or
                         f"sigma {local.noise_multiplier}, C {local.clip_norm}, delta {local.delta}, budget "
                         f"{local.target_epsilon}"))
-    logged_sigmas = {entry.noise_multiplier for record in rounds
-                     for state in record.get("local_privacy", {}).values()
-                     for entry in PrivacyAccountant.from_dict(json.loads(state)).history}
+    logged_sigmas = {entry.noise_multiplier for record in rounds for reported in record.local_privacy
+                     for entry in reported.history}
     ledger_sigmas = {entry.noise_multiplier for client in ledger.clients for entry in client.local_schedule}
     noise_on = bool(logged_sigmas) and min(logged_sigmas) > 0 and logged_sigmas == ledger_sigmas
     checks.append(Check("local noise on, as logged by the devices", noise_on,
@@ -180,7 +179,7 @@ def _local_checks(ledger: PrivacyLedger, configured: Mapping[str, Any],
 
 
 def _user_level_checks(ledger: PrivacyLedger, config: Mapping[str, Any],
-                       rounds: Sequence[Mapping[str, Any]]) -> list[Check]:
+                       rounds: Sequence[RoundRecord]) -> list[Check]:
     assert ledger.user_level is not None
     record, epsilon = ledger.user_level, ledger.user_level.epsilon
     configured = config.get("privacy", {}).get("user_level", {})
@@ -196,32 +195,33 @@ def _user_level_checks(ledger: PrivacyLedger, config: Mapping[str, Any],
                     f"sigma {epsilon.noise_multiplier}, C {record.clip_norm}, delta {epsilon.delta}, "
                     f"{record.noise_placement} noise, {record.clients_per_round} of {record.num_clients} clients "
                     "per round")]
-    aggregated = [entry for entry in rounds if entry.get("status") == "aggregated"]
-    logged = [entry.get("user_level") or {} for entry in aggregated]
+    aggregated = [entry for entry in rounds if entry.status == "aggregated"]
+    logged = [entry.user_level for entry in aggregated]
     mismatched = [index for index, evidence in enumerate(logged)
-                  if evidence.get("noise_multiplier") != epsilon.noise_multiplier
-                  or evidence.get("clip_norm") != record.clip_norm]
+                  if evidence is None or evidence.noise_multiplier != epsilon.noise_multiplier
+                  or evidence.clip_norm != record.clip_norm]
     checks.append(Check("sigma and C as logged every round", bool(aggregated) and not mismatched,
                         f"{len(aggregated) - len(mismatched)} of {len(aggregated)} aggregated rounds logged sigma "
                         f"{epsilon.noise_multiplier} and C {record.clip_norm}"))
     if record.noise_placement == "central":
-        measured = [(evidence["noise_std_measured"] / evidence["noise_std_declared"],
-                     NOISE_STD_STANDARD_ERRORS / math.sqrt(2 * max(int(evidence.get("noise_coordinates", 1)), 1)))
-                    for evidence in logged if evidence.get("noise_std_declared")]
+        measured = [(evidence.noise_std_measured / evidence.noise_std_declared,
+                     NOISE_STD_STANDARD_ERRORS / math.sqrt(2 * max(evidence.noise_coordinates or 1, 1)))
+                    for evidence in logged if evidence is not None and evidence.noise_std_declared
+                    and evidence.noise_std_measured is not None]
         ratios = [ratio for ratio, _ in measured]
         noise_on = bool(measured) and all(abs(ratio - 1) <= tolerance for ratio, tolerance in measured)
         checks.append(Check("central noise on, as measured by the server", noise_on,
                             f"measured / declared noise standard deviation over {len(ratios)} rounds: "
                             f"{min(ratios, default=0):.3f} to {max(ratios, default=0):.3f}"))
     else:
-        short = [entry.get("round") for entry, evidence in zip(aggregated, logged, strict=True)
-                 if evidence.get("updates", 0) < record.min_surviving_clients]
+        short = [entry.round for entry, evidence in zip(aggregated, logged, strict=True)
+                 if evidence is None or evidence.updates < record.min_surviving_clients]
         checks.append(Check("distributed noise: enough surviving shares", not short,
                             f"every aggregated round summed at least min_surviving_clients = "
                             f"{record.min_surviving_clients} noise shares (the server cannot see the noise itself)"
                             if not short else f"rounds {short} summed fewer shares than min_surviving_clients"))
     rate = record.clients_per_round / record.num_clients
-    oversampled = [entry.get("round") for entry in rounds if entry.get("sampled", 0) > record.clients_per_round]
+    oversampled = [entry.round for entry in rounds if entry.sampled > record.clients_per_round]
     checks.append(Check("client sampling rate", math.isclose(epsilon.sampling_rate, rate) and not oversampled,
                         f"ledger q = {epsilon.sampling_rate:.4g}, clients_per_round / num_clients = {rate:.4g}; "
                         + (f"rounds {oversampled} sampled more clients" if oversampled else

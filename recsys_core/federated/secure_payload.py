@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys_core.evaluation import EvaluationConfig, MetricSums, metric_names
+from recsys_core.federated.aggregation import RoundSum
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.privacy.user_level import distributed_noise_std
 from recsys_core.secure_aggregation.layout import Segment, VectorLayout
@@ -97,10 +98,16 @@ class TrainingSum:
     weighted_loss_sum: float
     clipped_coordinates: int
 
-    def mean_update(self, shapes: Arrays) -> Arrays:
-        """The example-weighted mean update (FedAvg's), shaped like the global arrays."""
-        scale = 1.0 / max(self.weight_sum, 1e-12)
-        return {name: (self.update_sum[name] * scale).reshape(np.shape(value)) for name, value in shapes.items()}
+    def round_sum(self, shapes: Arrays, contributors: int, reports_loss: bool) -> RoundSum:
+        """The sum as the aggregation core takes it, shaped like the global arrays.
+
+        Under user-level DP no weight travels: every device counts once. ``reports_loss``
+        is False where devices put no loss in the vector (under DP).
+        """
+        updates = {name: self.update_sum[name].reshape(np.shape(value)) for name, value in shapes.items()}
+        weight = float(contributors) if np.isnan(self.weight_sum) else self.weight_sum
+        return RoundSum(updates, weight, contributors, self.weighted_loss_sum if reports_loss else 0.0,
+                        weight if reports_loss else 0.0, clipped_coordinates=self.clipped_coordinates)
 
 
 def training_sum(layout: VectorLayout, total: np.ndarray) -> TrainingSum:

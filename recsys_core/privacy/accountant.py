@@ -14,14 +14,17 @@ import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.utils import get_noise_multiplier
 
 from recsys_core.privacy.names import ACCOUNTANT_NAMES, AccountantName
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
+# Opacus is imported where epsilon is computed, not here: the wire format and the round records
+# parse accountant histories on every device and server, and importing Opacus costs seconds.
 
 #: Version of the dict written by :meth:`PrivacyAccountant.to_dict`.
 STATE_FORMAT = 1
@@ -57,6 +60,8 @@ def check_delta(delta: float) -> None:
 
 
 def _opacus_accountant(name: str) -> IAccountant:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     if name == "rdp":
         return RDPAccountant()
     if name == "prv":
@@ -91,6 +96,9 @@ def _rdp_of_one_step(noise_multiplier: float, sampling_rate: float) -> np.ndarra
     budget every round and a ledger check asks for every client, mostly with the same
     few (sigma, q), so it is computed once per pair.
     """
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     curve = rdp_analysis.compute_rdp(
         q=sampling_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
     )
@@ -102,6 +110,9 @@ def _rdp_of_one_step(noise_multiplier: float, sampling_rate: float) -> np.ndarra
 def _rdp_epsilon(entries: Sequence[ScheduleEntry], delta: float) -> float:
     # The same arithmetic as RDPAccountant.get_privacy_spent (per-step curve times steps, summed in
     # history order, then Opacus's conversion), so the result is bit-for-bit Opacus's.
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     rdp = sum(_rdp_of_one_step(entry.noise_multiplier, entry.sampling_rate) * entry.steps for entry in entries)
     epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
     return float(epsilon)
@@ -258,6 +269,8 @@ def noise_multiplier_for_budget(
         raise ValueError(f"steps: must be positive, got {steps}")
     ScheduleEntry(1.0, sampling_rate, steps).validate()
     _opacus_accountant(accountant)
+    from opacus.accountants.utils import get_noise_multiplier
+
     with np.errstate(divide="ignore", invalid="ignore"):
         noise_multiplier = float(
             get_noise_multiplier(

@@ -2,8 +2,8 @@
 
 It samples the same partitions per round as the ServerApp (``FederatedRun.sample``'s
 rule), runs the same device update (``train_on_device``) one client after another,
-and aggregates like FedAvg with a server learning rate (weights = local examples), or
-like Flower's FedAdam, with DP-FedAvg's noisy mean under ``privacy.user_level``.
+and ends each round with the ServerApp's own aggregation core
+(:func:`recsys_core.federated.aggregation.apply_round`: gates, DP noise, server step).
 Use it to measure what Flower adds, and to tune federated hyper-parameters quickly.
 
     python -m simulations.benchmarks.plain_loop --config simulations/configs/ml-100k/neumf.toml \
@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from flwr.serverapp.strategy import FedAdam
 
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.evaluation import MetricSums
+from recsys_core.federated.aggregation import apply_round, server_optimizer, sum_plain_updates
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.device import (
     DeviceState,
@@ -35,29 +35,8 @@ from recsys_core.federated.device import (
     train_on_device,
 )
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
-from server.privacy import user_level_step
-from server.strategies import build_strategy, fedadam_step
 
 Arrays = dict[str, np.ndarray]
-
-
-def fedavg(shared: Arrays, updates: list[tuple[Arrays, int]], server_learning_rate: float) -> Arrays:
-    total = float(sum(weight for _, weight in updates))
-    mean = {name: sum(arrays[name] * (weight / total) for arrays, weight in updates) for name in shared}
-    return {name: shared[name] + server_learning_rate * (mean[name] - shared[name]) for name in shared}
-
-
-def aggregate(config: FederatedConfig, shared: Arrays, updates: list[tuple[Arrays, int]], fedadam: FedAdam | None,
-              server_round: int) -> Arrays:
-    """The server's step: FedAvg with a server learning rate or FedAdam, over plain or DP-FedAvg updates."""
-    rate = config.server.learning_rate_at(server_round)
-    if fedadam is not None:
-        fedadam.eta = rate
-    if config.privacy.user_level.enabled:
-        return user_level_step(config, shared, [update for update, _ in updates], fedadam, server_round)
-    if fedadam is not None:
-        return fedadam_step(fedadam, shared, fedavg(shared, updates, 1.0), server_round)
-    return fedavg(shared, updates, rate)
 
 
 def evaluate_all(config: FederatedConfig, data: FederatedData, shared: Arrays, states: dict[int, DeviceState],
@@ -84,11 +63,7 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
     shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
     states: dict[int, DeviceState] = {}
     rounds = []
-    if config.server.strategy not in ("fedavg", "fedadam"):
-        raise ValueError(f"the plain loop runs fedavg and fedadam only, not {config.server.strategy!r}")
-    # Flower's FedAdam object holds the server optimiser's settings and moments; no engine runs.
-    fedadam = build_strategy(config.server, config.local.proximal_mu) if config.server.strategy == "fedadam" else None
-    assert fedadam is None or isinstance(fedadam, FedAdam)
+    optimizer = server_optimizer(config)
     for server_round in range(1, config.server.rounds + 1):
         started = time.perf_counter()
         updates = []
@@ -101,10 +76,11 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
             states[partition] = outcome.device_state
             declined += outcome.declined
             if not outcome.declined:
-                updates.append((outcome.payload, outcome.num_examples))
-        if updates:
-            shared = aggregate(config, shared, updates, fedadam, server_round)
-        record = {"round": server_round, "seconds": time.perf_counter() - started, "declined": declined}
+                updates.append((outcome.payload, outcome.num_examples, outcome.train_loss))
+        result = apply_round(config, shared, sum_plain_updates(config, shared, updates), optimizer, server_round)
+        shared = result.arrays
+        record = {"round": server_round, "seconds": time.perf_counter() - started, "declined": declined,
+                  "status": result.status}
         if evaluate_every and server_round % evaluate_every == 0:
             evaluated = sample_partitions(config.seed, server_round, EVALUATION, range(data.num_clients),
                                           config.server.clients_per_evaluation)

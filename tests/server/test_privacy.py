@@ -1,18 +1,15 @@
-"""The server's DP step and the ledger it derives from the round log, without Flower's engine."""
+"""The ledger the server derives from the round log, without Flower's engine."""
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
-import pytest
 from rich.console import Console
 
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.records import AccountantHistory, RoundRecord
 from recsys_core.privacy.accountant import PrivacyAccountant
 from recsys_core.privacy.ledger import verify
 from server.cli import privacy_table
-from server.privacy import privacy_summary, run_ledger, user_level_step
+from server.privacy import privacy_summary, run_ledger
 
 NUM_CLIENTS = 5
 
@@ -25,18 +22,23 @@ def private_config(**user_level) -> FederatedConfig:
     })
 
 
-def accountant_state(steps: int) -> str:
+def reported(partition: int, steps: int) -> AccountantHistory:
     accountant = PrivacyAccountant("rdp")
     accountant.record(1.0, 0.25, steps)
-    return json.dumps(accountant.to_dict())
+    return AccountantHistory.of(partition, accountant)
+
+
+def record(server_round: int, joined: tuple[int, ...], *local_privacy: AccountantHistory) -> RoundRecord:
+    return RoundRecord(server_round, sampled=2, secure_aggregation=False, status="aggregated", joined=joined,
+                       local_privacy=local_privacy)
 
 
 def test_ledger_counts_rounds_joined_and_keeps_each_devices_latest_history() -> None:
     rounds = [
-        {"round": 1, "joined": [0, 1], "local_privacy": {"0": accountant_state(4), "1": accountant_state(4)}},
+        record(1, (0, 1), reported(0, 4), reported(1, 4)),
         # Device 2 declined (no update sent) but still reported its history; device 0 trained again.
-        {"round": 2, "joined": [0], "local_privacy": {"0": accountant_state(8), "2": accountant_state(0)}},
-        {"round": 3, "joined": [0, 3], "local_privacy": {"0": accountant_state(12), "3": accountant_state(4)}},
+        record(2, (0,), reported(0, 8), reported(2, 0)),
+        record(3, (0, 3), reported(0, 12), reported(3, 4)),
     ]
     ledger = run_ledger(private_config(), NUM_CLIENTS, rounds)
     assert ledger is not None
@@ -58,17 +60,4 @@ def test_ledger_counts_rounds_joined_and_keeps_each_devices_latest_history() -> 
 
 
 def test_no_ledger_without_differential_privacy() -> None:
-    assert run_ledger(FederatedConfig(), NUM_CLIENTS, [{"round": 1}]) is None
-
-
-def test_user_level_step_moves_by_the_server_rate_times_the_noisy_mean() -> None:
-    config = private_config(noise_multiplier=1e-9)
-    current = {"w": np.zeros(2, dtype=np.float32)}
-    updated = user_level_step(config, current, [{"w": np.array([0.3, 0.4], dtype=np.float32)}] * 2)
-    assert updated["w"].dtype == np.float32
-    # Two clipped updates over the planned two clients, server rate 1.
-    np.testing.assert_allclose(updated["w"], [0.3, 0.4], atol=1e-6)
-    noisy = private_config(noise_multiplier=2.0)
-    draws = user_level_step(noisy, {"w": np.zeros(20_000, dtype=np.float32)}, [{"w": np.zeros(20_000)}])["w"]
-    # Noise std sigma * C on the sum, over the planned two clients.
-    assert float(np.std(draws)) == pytest.approx(2.0 * 0.5 / 2, rel=0.05)
+    assert run_ledger(FederatedConfig(), NUM_CLIENTS, [record(1, ())]) is None

@@ -51,7 +51,8 @@ class Device:
         if self.behaviour == "new-key":
             self.context.state = RecordDict()  # a restart: the old key pair is gone
             self.behaviour = "honest"
-        content = RecordDict({METRICS_RECORD: MetricRecord({"declined": 0}), CONFIG_RECORD: ConfigRecord()})
+        metrics = MetricRecord({"partition-id": self.node_id, "declined": 0})
+        content = RecordDict({METRICS_RECORD: metrics, CONFIG_RECORD: ConfigRecord()})
         add_masked(content, message, self.context, {"update/w": self.values, "weight": np.array([1.0])})
         if self.behaviour == "replays" and self.last_masked is not None:
             content[SECURE_ARRAYS_RECORD] = self.last_masked

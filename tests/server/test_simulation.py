@@ -11,6 +11,7 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.records import RoundRecord
 from server.cli import main
 from server.rounds import FederatedRun
 from server.run_directory import RunDirectory
@@ -92,9 +93,9 @@ def private_rows(directory: RunDirectory) -> list[np.ndarray]:
 def test_run_directory_holds_records_plots_and_model(recorded_run) -> None:
     _, directory, _, summary = recorded_run
     rounds = directory.read_rounds()
-    assert [record["round"] for record in rounds] == [1, 2, 3, 4]
-    assert all(record["bytes_up"] > 0 and record["bytes_down"] > 0 and record["seconds"] > 0 for record in rounds)
-    assert "full/ndcg@10" in rounds[1]["validation"]
+    assert [record.round for record in rounds] == [1, 2, 3, 4]
+    assert all(record.bytes_up > 0 and record.bytes_down > 0 and record.seconds > 0 for record in rounds)
+    assert "full/ndcg@10" in (rounds[1].validation or {})
     assert (directory.path / "metrics.png").stat().st_size > 0
     assert (directory.path / "final-model" / "manifest.json").exists()
     assert summary["test"]["full/ndcg@10"] >= 0
@@ -104,13 +105,13 @@ def test_run_directory_holds_records_plots_and_model(recorded_run) -> None:
 def test_a_failing_client_is_counted_and_the_round_proceeds(recorded_run) -> None:
     _, directory, _, _ = recorded_run
     rounds = directory.read_rounds()
-    failed = [record for record in rounds if record["failures"]]
+    failed = [record for record in rounds if record.failures]
     assert failed, "partition 3 was never sampled; pick another seed"
     for record in failed:
-        assert record["failures"][0]["partition"] == 3
-        assert "configured to fail" in record["failures"][0]["reason"]
-        assert record["participants"] == record["sampled"] - 1
-        assert record["status"] == "aggregated"
+        assert record.failures[0].partition == 3
+        assert "configured to fail" in record.failures[0].reason
+        assert record.participants == record.sampled - 1
+        assert record.status == "aggregated"
 
 
 def test_private_parameters_never_leave_the_device(recorded_run) -> None:
@@ -137,13 +138,13 @@ def test_secure_aggregation_gives_the_plain_result_and_the_server_sees_no_update
     directory, recorder, summary = run_recorded(FederatedConfig.from_dict(values).validate())
     plain_rounds, rounds = plain_directory.read_rounds(), directory.read_rounds()
     # The same devices fail (partition 3 raises) and the rest are summed: the same model up to quantisation.
-    def failed(records: list[dict]) -> list[list]:
-        return [[(f["partition"], f["reason"]) for f in record["failures"]] for record in records]
+    def failed(records: list[RoundRecord]) -> list[list]:
+        return [[(f.partition, f.reason) for f in record.failures] for record in records]
 
     assert failed(rounds) == failed(plain_rounds) and any(failed(rounds))
-    assert [r["train_loss"] for r in rounds] == pytest.approx([r["train_loss"] for r in plain_rounds], abs=1e-6)
+    assert [r.train_loss for r in rounds] == pytest.approx([r.train_loss for r in plain_rounds], abs=1e-6)
     assert summary["test"] == pytest.approx(plain_summary["test"], abs=1e-6)
-    assert rounds[1]["validation"] == pytest.approx(plain_rounds[1]["validation"], abs=1e-6)
+    assert rounds[1].validation == pytest.approx(plain_rounds[1].validation, abs=1e-6)
     replies = [reply for reply in recorder.received if not reply.has_error()]
     assert replies
     for reply in replies:
@@ -165,7 +166,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Pat
         for name in expected.files:
             np.testing.assert_array_equal(expected[name], measured[name])
     assert resumed_summary["test"] == summary["test"]
-    assert [r["round"] for r in resumed.read_rounds()] == [1, 2, 3, 4]
+    assert [r.round for r in resumed.read_rounds()] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
@@ -220,9 +221,9 @@ def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -
     values["server"]["evaluate_every"] = 0
     directory, _ = run_federated_simulation(FederatedConfig.from_dict(values))
     for record in directory.read_rounds():
-        assert record["declined"] and len(record["declined"]) == record["sampled"]
-        assert record["participants"] == 0 and not record["failures"]
-        assert record["status"].startswith("skipped")
+        assert record.declined and len(record.declined) == record.sampled
+        assert record.participants == 0 and not record.failures
+        assert record.status == "skipped"
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure-aggregation"])
@@ -246,7 +247,7 @@ def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path, secure: boo
     written = load_ledger(directory.path / "privacy-ledger.json")
     joined = {client.client_id: client.rounds_joined for client in written.clients}
     assert len(joined) == N_USERS
-    assert sum(joined.values()) == sum(len(record["joined"]) for record in rounds) > 0
+    assert sum(joined.values()) == sum(len(record.joined) for record in rounds) > 0
     # Every device that trained reported its accountant; its epsilon is positive, within its budget.
     trained = [client for client in written.clients if client.local_steps > 0]
     assert trained and all(0 < client.local_epsilon <= 50.0 for client in trained)
@@ -255,8 +256,8 @@ def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path, secure: boo
     assert summary["privacy"]["user_level"]["claimed_epsilon"] == written.user_level.epsilon.claimed_epsilon
     for record in rounds:
         # Clipped updates carry neither counts nor losses.
-        assert "train_loss" not in record
-        partition_3_failed = any(failure["partition"] == 3 for failure in record["failures"])
-        assert record["status"].startswith("discarded") == partition_3_failed
-        assert record["status"] == "aggregated" or partition_3_failed
-    assert any(record["status"] == "aggregated" for record in rounds)
+        assert record.train_loss is None
+        partition_3_failed = any(failure.partition == 3 for failure in record.failures)
+        assert (record.status == "discarded") == partition_3_failed
+        assert record.status == "aggregated" or partition_3_failed
+    assert any(record.status == "aggregated" for record in rounds)

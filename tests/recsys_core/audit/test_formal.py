@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from recsys_core.audit.formal import check_against_log, guarantee_statement, pld_epsilon, recompute_with_two_accountants
+from recsys_core.federated.records import RoundRecord, round_record_from_dict
 from recsys_core.privacy.accountant import PrivacyAccountant, ScheduleEntry, compute_epsilon
 from recsys_core.privacy.ledger import PrivacyLedger, build_ledger, client_privacy, user_level_privacy_record
 from recsys_core.privacy.user_level import user_level_epsilon
@@ -21,8 +22,12 @@ def rounds_log() -> list[dict[str, Any]]:
              "joined": [p for p, joined in JOINED.items() if r in joined],
              "user_level": {"noise_multiplier": SIGMA, "clip_norm": CLIP, "noise_placement": "central",
                             "noise_std_measured": SIGMA * CLIP * 1.003, "noise_std_declared": SIGMA * CLIP,
-                            "noise_coordinates": 100_000,
-                            "updates": PER_ROUND}} for r in (1, 2, 3)]
+                            "noise_coordinates": 100_000, "expected_clients": PER_ROUND,
+                            "min_surviving_clients": 1, "updates": PER_ROUND}} for r in (1, 2, 3)]
+
+
+def records(rounds: list[dict[str, Any]]) -> list[RoundRecord]:
+    return [round_record_from_dict(values) for values in rounds]
 
 
 def config() -> dict[str, Any]:
@@ -58,7 +63,7 @@ def test_the_second_accountant_agrees_with_opacus_prv_and_sits_below_rdp(schedul
 
 
 def test_an_honest_ledger_passes_every_check_and_states_the_guarantee_in_full() -> None:
-    checks = recompute_with_two_accountants(ledger()) + check_against_log(ledger(), config(), rounds_log())
+    checks = recompute_with_two_accountants(ledger()) + check_against_log(ledger(), config(), records(rounds_log()))
     assert all(check.passed for check in checks), [check for check in checks if not check.passed]
     statement = guarantee_statement(ledger(), secure_aggregation=False)[0]
     for words in ("one user", "add or remove one user", f"{DELTA:g}", "RDP", "without amplification",
@@ -77,18 +82,18 @@ def test_a_halved_epsilon_is_an_under_count_for_both_accountants() -> None:
 
 def test_an_edited_sigma_contradicts_the_config_and_every_logged_round() -> None:
     failed = {check.name: check.detail for check in check_against_log(edited({"noise_multiplier": 2.4}), config(),
-                                                                      rounds_log()) if not check.passed}
+                                                                      records(rounds_log())) if not check.passed}
     assert "noise_multiplier: ledger 2.4, config 1.2" in failed["user-level DP settings match the config"]
     assert "0 of 3 aggregated rounds" in failed["sigma and C as logged every round"]
 
 
 def test_a_removed_round_and_noise_that_was_not_added_are_caught() -> None:
     rounds = rounds_log()
-    failed = {check.name: check.detail for check in check_against_log(ledger(), config(), rounds[:2])
+    failed = {check.name: check.detail for check in check_against_log(ledger(), config(), records(rounds[:2]))
               if not check.passed}
     assert "client 1: ledger 2, log 1" in failed["rounds joined per client"]
     rounds[1]["user_level"]["noise_std_measured"] = 0.0
-    failed = {check.name for check in check_against_log(ledger(), config(), rounds) if not check.passed}
+    failed = {check.name for check in check_against_log(ledger(), config(), records(rounds)) if not check.passed}
     assert failed == {"central noise on, as measured by the server"}
 
 
@@ -103,7 +108,8 @@ def test_local_dp_devices_past_their_budget_and_secure_aggregation_off_are_caugh
     values = {"secure_aggregation": {"enabled": True},
               "privacy": {"local": {"enabled": True, "noise_multiplier": 1.0, "per_sample_clip_norm": 1.0,
                                     "target_delta": 1e-3, "target_epsilon": 2.0}}}
-    rounds = [{"round": 1, "joined": [0], "secure_aggregation": False,
-               "local_privacy": {"0": json.dumps(accountant.to_dict())}}]
-    failed = {check.name for check in check_against_log(over_budget, values, rounds) if not check.passed}
+    rounds = [{"round": 1, "sampled": 1, "status": "aggregated", "joined": [0], "secure_aggregation": False,
+               "local_privacy": [{"partition": 0, "accountant": "rdp", "history": [
+                   {"noise_multiplier": 1.0, "sampling_rate": 0.5, "steps": 40}]}]}]
+    failed = {check.name for check in check_against_log(over_budget, values, records(rounds)) if not check.passed}
     assert failed == {"no device past its budget", "secure aggregation as configured"}

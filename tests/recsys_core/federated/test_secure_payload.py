@@ -27,12 +27,12 @@ def test_the_sum_of_training_vectors_gives_the_example_weighted_mean() -> None:
                ({"item.weight": np.full((3, 2), -0.3), "bias": np.array([0.0, 0.4])}, 30, 0.7)]
     total = sum(layout.pack(training_values(layout, RECEIVED, params, n, loss, weight_scale=40.0,
                                             user_level=False)) for params, n, loss in devices)
-    summed = training_sum(layout, total)
-    mean = summed.mean_update(RECEIVED)
+    round_sum = training_sum(layout, total).round_sum(RECEIVED, contributors=2, reports_loss=True)
+    mean = {name: value / round_sum.weight_sum for name, value in round_sum.update_sum.items()}
     assert mean["item.weight"] == pytest.approx(np.full((3, 2), (10 * 0.1 + 30 * -0.3) / 40))
     assert mean["bias"] == pytest.approx([(10 * 0.2) / 40, (10 * -0.2 + 30 * 0.4) / 40])
-    assert summed.weighted_loss_sum / summed.weight_sum == pytest.approx((10 * 0.5 + 30 * 0.7) / 40)
-    assert summed.clipped_coordinates == 0
+    assert round_sum.loss_sum / round_sum.loss_weight == pytest.approx((10 * 0.5 + 30 * 0.7) / 40)
+    assert round_sum.clipped_coordinates == 0 and round_sum.contributors == 2
 
 
 def test_coordinates_beyond_the_range_are_counted() -> None:
