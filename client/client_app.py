@@ -30,14 +30,10 @@ from client.secure_aggregation import (
 )
 from recsys_core.data.splits import DatasetSplit
 from recsys_core.federated.config import FederatedConfig, config_from_json
-from recsys_core.federated.device import (
-    DeviceState,
-    FederatedData,
-    evaluate_on_device,
-    load_federated_data,
-    train_on_device,
-)
+from recsys_core.federated.data import FederatedData, load_federated_data
+from recsys_core.federated.device import evaluate_on_device, train_on_device
 from recsys_core.federated.secure_payload import evaluation_values, training_values
+from recsys_core.federated.state import DeviceState
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,

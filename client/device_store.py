@@ -27,7 +27,7 @@ from client.sdk.store import KeySource
 from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import DeviceState
+from recsys_core.federated.state import DeviceState
 
 STORE_PATH_KEY = "store-path"
 STORE_KEY_FILE_KEY = "store-key-file"

@@ -49,15 +49,10 @@ from recsys_core.bundle import read_bundle
 from recsys_core.data.splits import DatasetSplit
 from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import (
-    FederatedData,
-    SimulatedDeviceError,
-    build_device_model,
-    load_federated_data,
-    refit_private_parameters,
-    state_to_arrays,
-    train_on_device,
-)
+from recsys_core.federated.data import FederatedData, load_federated_data
+from recsys_core.federated.device import SimulatedDeviceError, refit_private_parameters, train_on_device
+from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, load_ledger
 from recsys_core.run_records import write_json

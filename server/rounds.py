@@ -33,10 +33,12 @@ from recsys_core.federated.aggregation import (
     sum_plain_updates,
 )
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays
+from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.records import AccountantHistory, DeviceFailure, RoundRecord
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from recsys_core.federated.secure_payload import evaluation_layout, evaluation_sums, training_layout, training_sum
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,

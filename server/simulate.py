@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 
 from recsys_core.errors import ConfigError
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import load_federated_data
+from recsys_core.federated.data import load_federated_data
 from server import message_delivery
 from server.rounds import RoundCallback
 from server.run_directory import RunDirectory

@@ -29,7 +29,7 @@ from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.training import make_optimizer, run_local_epochs, seeded
 
 PRIVATE_PREFIX = "private/"
-#: Keys of what federated training keeps on the device (:class:`recsys_core.federated.device.DeviceState`).
+#: Keys of what federated training keeps on the device (:class:`recsys_core.federated.state.DeviceState`).
 TRAINING_STATE_PREFIXES = (PRIVATE_PREFIX, "optimizer/", "privacy/")
 FEEDBACK_KEYS = ("feedback/items", "feedback/kinds", "feedback/values", "feedback/timestamps")
 #: How many positives the private parameters were last fitted to (refit when there are more).

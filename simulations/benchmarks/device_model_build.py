@@ -23,10 +23,13 @@ import torch
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.federated import device
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.data import FederatedData, load_federated_data
+from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.state import Arrays, state_to_arrays
 
 
-def time_updates(config: FederatedConfig, data: device.FederatedData, shared: device.Arrays,
-                 partitions: list[int]) -> tuple[float, list[device.Arrays]]:
+def time_updates(config: FederatedConfig, data: FederatedData, shared: Arrays,
+                 partitions: list[int]) -> tuple[float, list[Arrays]]:
     """Mean seconds per device update over ``partitions``, and the shared parameters each sent."""
     started = time.perf_counter()
     outcomes = [device.train_on_device(config, data.device_split(p), shared, None, 1, p) for p in partitions]
@@ -43,15 +46,15 @@ def main() -> int:
     torch.set_num_threads(1)
     overrides = [f'data.data_dir="{args.data_dir}"'] if args.data_dir else []
     config = FederatedConfig.from_dict(apply_overrides(read_toml(args.config), overrides)).validate()
-    data = device.load_federated_data(config.data, config.partition)
-    shared = device.state_to_arrays(device.build_device_model(config, data.catalog, 1, 0).shared_state())
+    data = load_federated_data(config.data, config.partition)
+    shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
     partitions = list(range(min(args.devices, data.num_clients)))
     seconds: dict[str, list[float]] = {"template": [], "built": []}
     identical = True
     for _ in range(args.repeats):
         # Alternate so that both see the same machine load; the first template pass pays for the template.
         template_seconds, template_sent = time_updates(config, data, shared, partitions)
-        with mock.patch.object(device, "fresh_device_model", device.build_device_model):
+        with mock.patch.object(device, "fresh_device_model", build_device_model):
             built_seconds, built_sent = time_updates(config, data, shared, partitions)
         seconds["template"].append(template_seconds)
         seconds["built"].append(built_seconds)

@@ -38,7 +38,10 @@ import torch
 
 from recsys_core.data.splits import DatasetSplit
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays, train_on_device
+from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.device import train_on_device
+from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import MODELS, CatalogInfo
 from recsys_core.run_records import environment_record
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from recsys_core.config import apply_overrides
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import load_federated_data
+from recsys_core.federated.data import load_federated_data
 from server.audit import AuditOptions, audit_run
 from server.simulate import run_federated_simulation
 from simulations.benchmarks.privacy_utility import base_config, private_overrides

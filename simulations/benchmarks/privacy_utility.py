@@ -37,8 +37,11 @@ import torch
 
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays, train_on_device
+from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.device import train_on_device
+from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.sampling import TRAINING, sample_partitions
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo
 from recsys_core.privacy.accountant import noise_multiplier_for_budget
 from recsys_core.privacy.local_dp import PoissonSchedule

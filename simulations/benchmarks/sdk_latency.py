@@ -53,7 +53,7 @@ def measure(variant: str, repeats: int) -> dict[str, float | str]:
     from client.sdk.device import Device
     from client.sdk.store import KeySource
     from recsys_core.bundle import ModelBundle, write_bundle
-    from recsys_core.federated.device import state_to_arrays
+    from recsys_core.federated.state import state_to_arrays
     from recsys_core.models import CatalogInfo, build_model
 
     torch.set_num_threads(1)

@@ -117,7 +117,9 @@ def cost(base: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _shared_shapes(config: FederatedConfig) -> list[tuple[int, ...]]:
-    from recsys_core.federated.device import build_device_model, load_federated_data, state_to_arrays
+    from recsys_core.federated.data import load_federated_data
+    from recsys_core.federated.device_model import build_device_model
+    from recsys_core.federated.state import state_to_arrays
 
     data = load_federated_data(config.data, config.partition)
     model = build_device_model(config, data.catalog, 1, 0)

@@ -40,7 +40,8 @@ from recsys_core.bundle import ModelBundle, bundle_catalog, write_bundle
 from recsys_core.data.config import DataConfig
 from recsys_core.data.partitions import PartitionConfig
 from recsys_core.data.synthetic import SyntheticConfig
-from recsys_core.federated.device import load_federated_data, state_to_arrays
+from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, build_model
 from recsys_core.training import seeded
 from server.deploy import make_credentials

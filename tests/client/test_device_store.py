@@ -16,7 +16,7 @@ from client.sdk.store import KeySource
 from recsys_core.bundle import ModelBundle, write_bundle
 from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import state_to_arrays
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.federated.wire import CONFIG_KEY, CONFIG_RECORD, PARAMETERS_RECORD, ROUND_KEY
 from recsys_core.models import CatalogInfo, build_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys_core.bundle import ModelBundle, write_bundle
-from recsys_core.federated.device import state_to_arrays
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, build_model
 from simulations.examples import sdk_quickstart
 

@@ -11,7 +11,7 @@ import torch
 from client.sdk.device import Device, DeviceError
 from client.sdk.store import KeySource
 from recsys_core.bundle import BundleError, ModelBundle, write_bundle
-from recsys_core.federated.device import state_to_arrays
+from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, build_model
 from recsys_core.training import seeded
 

@@ -9,18 +9,15 @@ from model_options import SMALL_OPTIONS
 
 from recsys_core.evaluation import MetricSums
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.device import (
-    DeviceState,
     SimulatedDeviceError,
-    build_device_model,
     evaluate_on_device,
-    fresh_device_model,
-    load_device_model,
-    load_federated_data,
     refit_private_parameters,
-    state_to_arrays,
     train_on_device,
 )
+from recsys_core.federated.device_model import build_device_model, fresh_device_model, load_device_model
+from recsys_core.federated.state import DeviceState, state_to_arrays
 from recsys_core.models import MODELS, CatalogInfo, build_model
 from recsys_core.training import evaluate_model, seeded
 
@@ -187,7 +184,7 @@ def test_refit_moves_only_private_parameters_and_lowers_the_local_loss() -> None
 
 
 def test_device_state_carries_the_privacy_accountant_through_flat_arrays() -> None:
-    from recsys_core.federated.device import ACCOUNTANT_KEY
+    from recsys_core.federated.state import ACCOUNTANT_KEY
 
     accountant = {"format": 1, "accountant": "rdp", "history": [[1.1, 0.25, 12]]}
     state = DeviceState({"a.weight": np.ones((1, 2))}, {}, accountant)

@@ -10,14 +10,10 @@ from opacus.accountants import RDPAccountant
 
 from recsys_core.errors import ConfigError
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.device import (
-    ACCOUNTANT_KEY,
-    DeviceState,
-    build_device_model,
-    load_federated_data,
-    state_to_arrays,
-    train_on_device,
-)
+from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.device import train_on_device
+from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.state import ACCOUNTANT_KEY, DeviceState, state_to_arrays
 from recsys_core.models import MODELS, CatalogInfo, build_model
 from recsys_core.privacy import local_dp
 from recsys_core.privacy.accountant import PrivacyAccountant
