@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from federated_test_helpers import SMALL, config, global_shared
 from model_options import SMALL_OPTIONS
 
 from recsys_core.evaluation import MetricSums
-from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.device import (
     SimulatedDeviceError,
@@ -16,24 +16,10 @@ from recsys_core.federated.device import (
     refit_private_parameters,
     train_on_device,
 )
-from recsys_core.federated.device_model import build_device_model, fresh_device_model, load_device_model
+from recsys_core.federated.device_model import build_device_model, load_device_model
 from recsys_core.federated.state import DeviceState, state_to_arrays
 from recsys_core.models import MODELS, CatalogInfo, build_model
 from recsys_core.training import evaluate_model, seeded
-
-SMALL = {"gmf_dim": 8, "mlp_layers": [16, 8]}
-
-
-def config(**sections) -> FederatedConfig:
-    values = {"data": {"synthetic": {"n_users": 40, "n_items": 80, "seed": 1}},
-              "model": {"name": "neumf", "options": SMALL}, "local": {"epochs": 1, "learning_rate": 0.01}}
-    values.update(sections)
-    return FederatedConfig.from_dict(values).validate()
-
-
-def global_shared(cfg: FederatedConfig) -> dict[str, np.ndarray]:
-    data = load_federated_data(cfg.data, cfg.partition)
-    return state_to_arrays(build_device_model(cfg, data.catalog, 1, 0).shared_state())
 
 
 def test_training_returns_shared_parameters_only_and_keeps_private_state() -> None:
@@ -51,13 +37,6 @@ def test_training_returns_shared_parameters_only_and_keeps_private_state() -> No
     assert again.device_state.optimizer_state
     before = outcome.device_state.private_parameters["gmf_user_embedding.weight"]
     assert not np.array_equal(before, again.device_state.private_parameters["gmf_user_embedding.weight"])
-
-
-def test_device_state_round_trips_through_flat_arrays() -> None:
-    state = DeviceState({"a.weight": np.ones((1, 2))}, {"0/exp_avg": np.zeros((1, 2)), "0/step": np.array(3.0)})
-    restored = DeviceState.from_arrays(state.to_arrays())
-    assert restored.private_parameters.keys() == state.private_parameters.keys()
-    assert restored.optimizer_state.keys() == state.optimizer_state.keys()
 
 
 def test_same_round_same_partition_same_update() -> None:
@@ -129,33 +108,6 @@ def test_every_model_trains_on_a_device_and_keeps_its_private_part(name: str) ->
     assert sums.num_users == 1
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_a_fresh_device_model_is_the_built_model_once_the_global_model_is_loaded(name: str) -> None:
-    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})})
-    data = load_federated_data(cfg.data, cfg.partition)
-    split = data.device_split(2)
-    shared = global_shared(cfg)
-    catalog = CatalogInfo.from_log(split.train)
-    built = build_device_model(cfg, catalog, split.train.n_users, 2)
-    fresh = fresh_device_model(cfg, catalog, split.train.n_users, 2)
-    for model in (built, fresh):
-        load_device_model(model, shared, None)
-    assert type(fresh) is type(built) and fresh.training == built.training
-    assert fresh.catalog.n_users == built.catalog.n_users == split.train.n_users
-    assert np.array_equal(fresh.catalog.item_popularity, built.catalog.item_popularity)
-    assert set(fresh.state_dict()) == set(built.state_dict())
-    for key, value in built.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value), key
-    # Each call gives its own copy: training one device's model leaves the next one untouched.
-    with torch.no_grad():
-        for parameter in fresh.parameters():
-            parameter.add_(1.0)
-    again = fresh_device_model(cfg, catalog, split.train.n_users, 2)
-    load_device_model(again, shared, None)
-    for key, value in built.state_dict().items():
-        assert torch.equal(again.state_dict()[key], value), key
-
-
 def test_refit_moves_only_private_parameters_and_lowers_the_local_loss() -> None:
     cfg = config(local={"epochs": 1, "learning_rate": 0.01, "private_refit_epochs": 5})
     data = load_federated_data(cfg.data, cfg.partition)
@@ -181,19 +133,6 @@ def test_refit_moves_only_private_parameters_and_lowers_the_local_loss() -> None
         assert not torch.equal(refitted.private_state()[name], value), name
         torch.testing.assert_close(again.private_state()[name], refitted.private_state()[name], rtol=0, atol=0)
     assert local_loss(refitted) < local_loss(before)
-
-
-def test_device_state_carries_the_privacy_accountant_through_flat_arrays() -> None:
-    from recsys_core.federated.state import ACCOUNTANT_KEY
-
-    accountant = {"format": 1, "accountant": "rdp", "history": [[1.1, 0.25, 12]]}
-    state = DeviceState({"a.weight": np.ones((1, 2))}, {}, accountant)
-    flat = state.to_arrays()
-    assert flat[ACCOUNTANT_KEY].dtype == np.uint8
-    assert DeviceState.from_arrays(flat).privacy_accountant == accountant
-    # States written before local DP existed have no accountant.
-    old_format = DeviceState({"a.weight": np.ones((1, 2))}, {}).to_arrays()
-    assert DeviceState.from_arrays(old_format).privacy_accountant is None
 
 
 def test_user_level_privacy_sends_the_clipped_update_and_hides_count_and_loss() -> None:
