@@ -9,6 +9,7 @@ optimiser state stay in ``Context.state``; only shared parameters are sent back.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -37,7 +38,8 @@ from recsys_core.federated.state import DeviceState
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,
-    DEVICE_STATE_DIR_KEY,
+    DEVICE_STATE_DIR_ENV,
+    DEVICE_STATE_DIR_NODE_KEY,
     EVALUATION_PART_KEY,
     METRICS_RECORD,
     PARAMETERS_RECORD,
@@ -74,16 +76,16 @@ class DeviceData:
     split: DatasetSplit
     store: StoreBackedDevice | None
 
-    def read_state(self, context: Context, message: Message, server_round: int) -> DeviceState | None:
+    def read_state(self, context: Context, server_round: int) -> DeviceState | None:
         if self.store is not None:
             return self.store.read_state()
-        return read_device_state(context, _device_state_file(message, self.partition_id), server_round)
+        return read_device_state(context, _device_state_file(context, self.partition_id), server_round)
 
-    def write_state(self, context: Context, message: Message, state: DeviceState, server_round: int) -> None:
+    def write_state(self, context: Context, state: DeviceState, server_round: int) -> None:
         if self.store is not None:
             self.store.write_state(state)
         else:
-            write_device_state(context, state, _device_state_file(message, self.partition_id), server_round)
+            write_device_state(context, state, _device_state_file(context, self.partition_id), server_round)
 
 
 def _setup(message: Message, context: Context) -> DeviceData:
@@ -97,8 +99,10 @@ def _setup(message: Message, context: Context) -> DeviceData:
     return DeviceData(config, partition_id, data.device_split(partition_id), None)
 
 
-def _device_state_file(message: Message, partition_id: int) -> Path | None:
-    folder = message.content[CONFIG_RECORD].get(DEVICE_STATE_DIR_KEY)
+def _device_state_file(context: Context, partition_id: int) -> Path | None:
+    """The device's own state file: its node config's folder, else the simulation launcher's; None keeps
+    the state in ``Context.state`` only."""
+    folder = context.node_config.get(DEVICE_STATE_DIR_NODE_KEY) or os.environ.get(DEVICE_STATE_DIR_ENV)
     return Path(str(folder)) / f"device-{partition_id}.npz" if folder else None
 
 
@@ -139,11 +143,11 @@ def train(message: Message, context: Context) -> Message:
         config,
         device.split,
         record_arrays(message.content.array_records[PARAMETERS_RECORD]),
-        device.read_state(context, message, server_round),
+        device.read_state(context, server_round),
         server_round,
         partition_id,
     )
-    device.write_state(context, message, outcome.device_state, server_round)
+    device.write_state(context, outcome.device_state, server_round)
     accountant = outcome.device_state.privacy_accountant
     secure = is_secure(message)
     # A device whose privacy budget is spent declines with a normal reply. Under secure aggregation
@@ -183,7 +187,7 @@ def evaluate(message: Message, context: Context) -> Message:
         device.config,
         device.split,
         record_arrays(message.content.array_records[PARAMETERS_RECORD]),
-        device.read_state(context, message, cast(int, message.content.config_records[CONFIG_RECORD][ROUND_KEY]) + 1),
+        device.read_state(context, cast(int, message.content.config_records[CONFIG_RECORD][ROUND_KEY]) + 1),
         str(message.content[CONFIG_RECORD][EVALUATION_PART_KEY]),
         partition_id,
     )

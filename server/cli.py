@@ -114,6 +114,22 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_manifest(args: argparse.Namespace) -> int:
+    """The data owner's step before ``flwr run``: what the server may know of the federation."""
+    from recsys_core.federated.config import FederatedConfig
+    from server.simulate import validate_before_start
+
+    config = FederatedConfig.from_dict(_config_values(args, SIMULATE_FLAGS))
+    with console.status(f"Reading {config.data.dataset} to describe its federation"):
+        manifest = validate_before_start(config).manifest(config.data.dataset)
+    path = manifest.write(args.output)
+    console.print(f"Federation manifest: [bold]{path}[/] ({manifest.num_partitions} devices, {manifest.n_items} "
+                  f"items, at most {manifest.max_training_rows} training rows on a device). Hand it to the server: "
+                  f"flwr run . --run-config 'config=\"{args.config or 'CONFIG'}\" manifest=\"{path}\"'",
+                  highlight=False)
+    return 0
+
+
 def command_simulate(args: argparse.Namespace) -> int:
     from recsys_core.federated.config import FederatedConfig
     from recsys_core.federated.records import RoundRecord
@@ -299,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override any config key, e.g. --set server.strategy=fedadam")
     simulate.set_defaults(handler=command_simulate)
+
+    manifest = commands.add_parser("manifest", help="the federation manifest the server reads under flwr run "
+                                                    "(the data owner's step; fedrec simulate writes its own)")
+    manifest.add_argument("--config", help="TOML file, e.g. simulations/configs/ml-100k/neumf.toml")
+    manifest.add_argument("--dataset", help="dataset name, 'synthetic' or 'file'")
+    manifest.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
+    manifest.add_argument("--audit-canaries", type=int, metavar="M", help="plant M canary interactions")
+    manifest.add_argument("--output", default="federation.json", help="where to write it (default: federation.json)")
+    manifest.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    manifest.set_defaults(handler=command_manifest)
 
     audit = commands.add_parser("audit", help="audit a run: integrity, formal recomputation, empirical attacks")
     audit.add_argument("run_dir", metavar="RUN_DIR")

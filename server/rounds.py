@@ -20,7 +20,7 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
 from recsys_core.audit.canaries import CANARIES_FILE
-from recsys_core.bundle import ModelBundle, bundle_catalog, write_bundle
+from recsys_core.bundle import ModelBundle, write_bundle
 from recsys_core.config import dataclass_to_dict
 from recsys_core.evaluation import MetricSums, metric_names
 from recsys_core.federated.aggregation import (
@@ -33,8 +33,8 @@ from recsys_core.federated.aggregation import (
     sum_plain_updates,
 )
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.manifest import FederationManifest
 from recsys_core.federated.records import AccountantHistory, DeviceFailure, RoundRecord
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from recsys_core.federated.secure_payload import evaluation_layout, evaluation_sums, training_layout, training_sum
@@ -42,7 +42,6 @@ from recsys_core.federated.state import state_to_arrays
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,
-    DEVICE_STATE_DIR_KEY,
     EVALUATION_PART_KEY,
     METRICS_RECORD,
     PARAMETERS_RECORD,
@@ -134,10 +133,16 @@ def sort_replies(replies: list[Message], partitions: list[int], node_to_partitio
 
 @dataclass
 class FederatedRun:
-    """One federated run driven over a Flower grid."""
+    """One federated run driven over a Flower grid.
+
+    Its inputs are the config, the federation manifest and the devices' replies: the server
+    never opens an interaction file (``tests/server/test_deployment.py`` runs it with the
+    interaction file unreadable).
+    """
 
     config: FederatedConfig
     run_directory: RunDirectory
+    manifest: FederationManifest
     on_round: RoundCallback | None = None
     partition_to_node: dict[int, int] = field(default_factory=dict)
     #: Set when ``secure_aggregation.enabled``: runs every training and evaluation exchange.
@@ -147,8 +152,7 @@ class FederatedRun:
     most_users: int = 1
 
     def message_config(self, server_round: int, **extra: Any) -> ConfigRecord:
-        return ConfigRecord({CONFIG_KEY: self.config.to_json(), ROUND_KEY: server_round,
-                             DEVICE_STATE_DIR_KEY: str(self.run_directory.devices), **extra})
+        return ConfigRecord({CONFIG_KEY: self.config.to_json(), ROUND_KEY: server_round, **extra})
 
     def messages(self, content: RecordDict, partitions: list[int], message_type: str) -> list[Message]:
         return [Message(content, dst_node_id=self.partition_to_node[p], message_type=message_type)
@@ -218,14 +222,14 @@ class FederatedRun:
 
     def run(self, grid: Grid, resume: bool = False) -> dict[str, Any]:
         config = self.config
-        data = load_federated_data(config.data, config.partition)
+        manifest = self.manifest
         if config.secure_aggregation.enabled:
             self.secure = SecureAggregator(config, self.run_directory.path.name)
-            self.most_training_rows, self.most_users = max(data.most_training_rows(), 1), max(data.most_users(), 1)
-        if data.canaries is not None:
-            write_json(self.run_directory.path / CANARIES_FILE, data.canaries.to_dict(data.split.train))
-        self.discover(grid, data.num_clients)
-        initial = build_device_model(config, data.catalog, 1, 0)
+            self.most_training_rows, self.most_users = manifest.max_training_rows, manifest.max_users
+        if manifest.canaries is not None:
+            write_json(self.run_directory.path / CANARIES_FILE, manifest.canaries)
+        self.discover(grid, manifest.num_partitions)
+        initial = build_device_model(config, manifest.catalog(), 1, 0)
         shared = state_to_arrays(initial.shared_state())
         optimizer = server_optimizer(config)
         first_round = 1
@@ -345,12 +349,11 @@ class FederatedRun:
             summary["secure_aggregation"] = {
                 "rounds_failed": sum(r.status == "failed" for r in rounds),
                 "clipped_coordinates_total": sum(r.clipped_coordinates or 0 for r in rounds)}
-        data = load_federated_data(config.data, config.partition)
         write_bundle(self.run_directory.path / "final-model", ModelBundle(
             config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,
             {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset},
-            bundle_catalog(data.split.train)))
-        ledger = run_ledger(config, data.num_clients, rounds)
+            self.manifest.bundle_catalog()))
+        ledger = run_ledger(config, self.manifest.num_partitions, rounds)
         ledger_path = None
         if ledger is not None:
             ledger_path = write_ledger(ledger, self.run_directory.path / LEDGER_FILE)

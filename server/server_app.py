@@ -3,7 +3,9 @@
 ``fedrec simulate`` builds it with :func:`make_server_app` (config resolved, progress
 callback attached); ``flwr run .`` uses the module-level ``app``, which reads the same
 config keys from the run config: ``config`` (a TOML file) plus dotted overrides such
-as ``server.rounds=5``, and optionally ``run-dir`` and ``resume``.
+as ``server.rounds=5``, ``manifest`` (the federation manifest the data owner wrote with
+``fedrec manifest``), and optionally ``run-dir`` and ``resume``. The server reads the
+manifest and the devices' replies, never a dataset.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from flwr.serverapp import Grid, ServerApp
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.manifest import MANIFEST_FILE, FederationManifest, ManifestError, read_manifest
 from recsys_core.run_records import environment_record, new_run_directory, write_json
 from server.rounds import FederatedRun, RoundCallback
 from server.run_directory import RunDirectory
 
-RESERVED_KEYS = ("config", "run-dir", "resume")
+RESERVED_KEYS = ("config", "run-dir", "resume", "manifest")
 
 
 def config_from_run_config(run_config: dict[str, Any]) -> FederatedConfig:
@@ -56,14 +59,32 @@ def prepare_run_directory(config: FederatedConfig, run_dir: str | None, resume: 
     return directory
 
 
+def run_manifest(run_directory: RunDirectory, given: str | None) -> FederationManifest:
+    """The run's federation manifest: the one given (kept in the run directory), or the run directory's own."""
+    kept = run_directory.path / MANIFEST_FILE
+    if given:
+        manifest = read_manifest(given)
+        if not kept.exists():
+            manifest.write(kept)
+        elif read_manifest(kept) != manifest:
+            raise ManifestError(f"{given}: differs from the manifest this run started with ({kept})")
+        return manifest
+    if not kept.exists():
+        raise ManifestError(f"{run_directory.path}: the server needs a federation manifest and was given none; "
+                            "write one with `fedrec manifest --config CONFIG --output federation.json` (the data "
+                            "owner's step) and pass it as --run-config 'manifest=\"federation.json\"'")
+    return read_manifest(kept)
+
+
 def make_server_app(config: FederatedConfig, run_directory: RunDirectory, resume: bool = False,
                     on_round: RoundCallback | None = None, results: dict[str, Any] | None = None) -> ServerApp:
-    """A ServerApp bound to a resolved config; the final summary is stored in ``results``."""
+    """A ServerApp bound to a resolved config and the run directory's manifest; the summary goes in ``results``."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        summary = FederatedRun(config, run_directory, on_round).run(grid, resume=resume)
+        manifest = run_manifest(run_directory, None)
+        summary = FederatedRun(config, run_directory, manifest, on_round).run(grid, resume=resume)
         if results is not None:
             results.update(summary)
 
@@ -79,4 +100,5 @@ def main(grid: Grid, context: Context) -> None:
     config = config_from_run_config(run_config)
     resume = bool(run_config.get("resume", False))
     directory = prepare_run_directory(config, str(run_config.get("run-dir") or "") or None, resume)
-    FederatedRun(config, directory).run(grid, resume=resume)
+    manifest = run_manifest(directory, str(run_config.get("manifest") or "") or None)
+    FederatedRun(config, directory, manifest).run(grid, resume=resume)

@@ -16,7 +16,9 @@ from flwr.clientapp import ClientApp
 
 from recsys_core.errors import ConfigError
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.data import FederatedData, load_federated_data
+from recsys_core.federated.manifest import MANIFEST_FILE
+from recsys_core.federated.wire import DEVICE_STATE_DIR_ENV
 from server import message_delivery
 from server.rounds import RoundCallback
 from server.run_directory import RunDirectory
@@ -33,8 +35,8 @@ def load_client_app(reference: str = CLIENT_APP_REFERENCE) -> ClientApp:
     return app
 
 
-def validate_before_start(config: FederatedConfig) -> int:
-    """Validates the config against the data; returns the number of clients. Runs before Ray starts.
+def validate_before_start(config: FederatedConfig) -> FederatedData:
+    """Validates the config against the data; returns the data the simulated devices hold. Runs before Ray starts.
 
     Under local DP the delta must be below 1 / (the fewest training examples on a
     device); the count used here is interactions, which no model's DP samples exceed
@@ -48,7 +50,19 @@ def validate_before_start(config: FederatedConfig) -> int:
         per_partition = np.bincount(train.assignment[np.asarray(train.log.user_ids)], minlength=data.num_clients)
         min_local_examples = int(per_partition.min())
     config.validate(num_clients=data.num_clients, min_local_examples=min_local_examples)
-    return data.num_clients
+    return data
+
+
+def provision_federation(config: FederatedConfig, directory: RunDirectory, data: FederatedData) -> None:
+    """The launcher's part, as the data owner: the manifest the server may read, the devices' own storage.
+
+    The manifest is written once per run (a resumed run keeps the one it started with).
+    Each simulated device keeps its durable state in a file of its own; the launcher, not
+    the server, names the folder, and Ray's workers inherit the environment variable.
+    """
+    if not (directory.path / MANIFEST_FILE).exists():
+        data.manifest(config.data.dataset).write(directory.path / MANIFEST_FILE)
+    os.environ[DEVICE_STATE_DIR_ENV] = str(directory.devices)
 
 
 def backend_config(config: FederatedConfig) -> dict[str, Any]:
@@ -80,8 +94,9 @@ def run_federated_simulation(
     verbose: bool = False,
 ) -> tuple[RunDirectory, dict[str, Any]]:
     """Runs a whole simulation; returns the run directory and the final summary."""
-    num_clients = validate_before_start(config)
+    data = validate_before_start(config)
     directory = prepare_run_directory(config, run_dir, resume)
+    provision_federation(config, directory, data)
     results: dict[str, Any] = {}
     server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results)
     keep_ray_on_loopback()
@@ -95,7 +110,7 @@ def run_federated_simulation(
         FLOWER_LOGGER.setLevel(logging.ERROR)
         logging.getLogger("fedrec").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=num_clients,
+    run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=data.num_clients,
                    backend_config=backend_config(config), verbose_logging=verbose)
     if not results:
         raise RuntimeError(f"the simulation ended without a result; see the log above and {directory.path}")

@@ -18,6 +18,7 @@ from recsys_core.data.config import DataConfig
 from recsys_core.data.loading import load_interactions
 from recsys_core.data.partitions import ClientPartitioner, PartitionConfig, localize_users, rows_of_users
 from recsys_core.data.splits import DatasetSplit, split_log
+from recsys_core.federated.manifest import FederationManifest
 from recsys_core.models import CatalogInfo
 
 
@@ -49,6 +50,12 @@ class FederatedData:
         """The most users any partition holds (the range of a device's metric sums)."""
         users = np.bincount(self.partitioners[0].assignment, minlength=self.num_clients)
         return int(users.max()) if users.size else 0
+
+    def manifest(self, dataset: str) -> FederationManifest:
+        """What the server may know of this federation: the launcher writes it, the server reads nothing else."""
+        canaries = None if self.canaries is None else self.canaries.to_dict(self.split.train)
+        return FederationManifest.from_training_log(dataset, self.split.train, self.num_clients,
+                                                    self.most_training_rows(), self.most_users(), canaries)
 
     def device_split(self, partition_id: int) -> DatasetSplit:
         """The partition's train/valid/test rows, with its users renumbered from 0."""

@@ -28,7 +28,11 @@ METRICS_RECORD = "metrics"
 CONFIG_KEY = "fedrec-config"
 ROUND_KEY = "server-round"
 EVALUATION_PART_KEY = "evaluation-part"
-DEVICE_STATE_DIR_KEY = "device-state-dir"
+#: Where a device keeps its durable state is the device's own setting, never the server's: a
+#: SuperNode's node config names the folder; a simulation launcher sets this environment variable
+#: for the simulated devices it starts (``fedrec simulate``: ``RUN_DIR/devices``).
+DEVICE_STATE_DIR_NODE_KEY = "state-dir"
+DEVICE_STATE_DIR_ENV = "FEDREC_DEVICE_STATE_DIR"
 
 PARTITION_KEY = "partition-id"
 DECLINED_KEY = "declined"

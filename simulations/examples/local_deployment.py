@@ -11,8 +11,9 @@ What it does, as docs/deployment.md and docs/client-sdk.md describe:
    its user's purchases, and the current global model bundle.
 5. Starts one SuperNode per device with ``store-path``, ``store-key-file`` and
    ``bundle-path`` in its node config: the ClientApp trains on what the app recorded.
-6. ``flwr run`` with secure aggregation; then each device loads the new global model and
-   recommends, on the device.
+6. Writes the federation manifest from the app's catalogue alone (no interaction is read:
+   the devices' feedback stays in their stores), then ``flwr run`` with secure aggregation;
+   each device then loads the new global model and recommends, on the device.
 
 Every process is stopped (by process tree) when it ends, also on errors.
 """
@@ -36,11 +37,12 @@ import numpy as np
 
 from client.sdk.device import Device
 from client.sdk.store import KeySource
-from recsys_core.bundle import ModelBundle, bundle_catalog, write_bundle
+from recsys_core.bundle import ModelBundle, bundle_catalog, read_bundle, write_bundle
 from recsys_core.data.config import DataConfig
 from recsys_core.data.partitions import PartitionConfig
 from recsys_core.data.synthetic import SyntheticConfig
 from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.manifest import MANIFEST_FILE, FederationManifest
 from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, build_model
 from recsys_core.training import seeded
@@ -51,6 +53,8 @@ BIN = Path(sys.executable).parent
 CONNECTION = "fedrec-local"
 SYNTHETIC = {"n_users": 30, "n_items": 40, "seed": 2}
 MODEL_OPTIONS = {"gmf_dim": 4, "mlp_layers": [8, 4]}
+#: The public bound on one device's training rows that the manifest declares (each app device records 8).
+MAX_TRAINING_ROWS = 64
 
 
 def free_port() -> int:
@@ -137,9 +141,10 @@ class LocalDeployment:
                         "--auth-supernode-private-key", str(key)]
         return self.start(name, command)
 
-    def run(self, run_config: Path, run_dir: Path, timeout: float = 420) -> subprocess.CompletedProcess:
+    def run(self, run_config: Path, manifest: Path, run_dir: Path,
+            timeout: float = 420) -> subprocess.CompletedProcess:
         return self.flwr("run", str(ROOT), CONNECTION, "--stream", "--run-config",
-                         f"config='{run_config}' run-dir='{run_dir}'", timeout=timeout)
+                         f"config='{run_config}' manifest='{manifest}' run-dir='{run_dir}'", timeout=timeout)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -149,18 +154,21 @@ class LocalDeployment:
                 process.wait(timeout=10)
 
 
-def run_config(folder: Path, rounds: int, clients: int) -> Path:
-    """The run's config: the synthetic catalogue the devices' bundle was made for, secure aggregation on."""
+def run_config(folder: Path, rounds: int, clients: int, interactions: Path | None = None) -> Path:
+    """The run's config: the model the devices' bundle was made for, secure aggregation on.
+
+    ``interactions``: name this file as the run's data (``data.dataset = "file"``); the server
+    must never open it, since its devices train on their stores.
+    """
     path = folder / "run.toml"
+    data = (f'dataset = "file"\npath = "{interactions}"' if interactions is not None else
+            f'dataset = "synthetic"\n[data.synthetic]\nn_users = {SYNTHETIC["n_users"]}\n'
+            f'n_items = {SYNTHETIC["n_items"]}\nseed = {SYNTHETIC["seed"]}')
     path.write_text(f"""
 seed = 0
 output_dir = "{folder / 'runs'}"
 [data]
-dataset = "synthetic"
-[data.synthetic]
-n_users = {SYNTHETIC['n_users']}
-n_items = {SYNTHETIC['n_items']}
-seed = {SYNTHETIC['seed']}
+{data}
 [partition]
 users_per_client = {SYNTHETIC['n_users'] // clients}
 [model]
@@ -193,6 +201,13 @@ def initial_bundle(folder: Path) -> Path:
     return write_bundle(folder, ModelBundle("neumf", MODEL_OPTIONS, train.n_items,
                                             state_to_arrays(model.shared_state()), {"rounds": 0},
                                             bundle_catalog(train)))
+
+
+def federation_manifest(folder: Path, bundle: Path, devices: int) -> Path:
+    """The manifest the server reads, from the app's catalogue and declared bounds: no interaction at all."""
+    manifest = FederationManifest.from_bundle_catalog("app", read_bundle(bundle).catalog, num_partitions=devices,
+                                                      max_training_rows=MAX_TRAINING_ROWS)
+    return manifest.write(folder / MANIFEST_FILE)
 
 
 def app_device(folder: Path, index: int, bundle: Path, rng: np.random.Generator) -> dict[str, str]:
@@ -232,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                                  node_config)
         print(f"4-5. {devices} app devices with encrypted stores joined as SuperNodes")
         run_dir = folder / "run"
-        result = deployment.run(run_config(folder, args.rounds, devices), run_dir)
+        manifest = federation_manifest(folder, bundle, devices)
+        result = deployment.run(run_config(folder, args.rounds, devices), manifest, run_dir)
         if result.returncode != 0 or not (run_dir / "summary.json").exists():
             print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
             print(f"the run did not finish; see the logs in {folder}", file=sys.stderr)

@@ -95,3 +95,14 @@ def test_datasets_list_and_info(datasets_dir: Path, capsys: pytest.CaptureFixtur
     assert "amazon-beauty" in capsys.readouterr().out
     assert main(["datasets", "info", "ml-100k", "--data-dir", str(datasets_dir)]) == 0
     assert "943" in capsys.readouterr().out
+
+
+def test_manifest_writes_what_the_server_may_know_and_says_how_to_pass_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recsys_core.federated.manifest import read_manifest
+
+    output = tmp_path / "federation.json"
+    assert main(["manifest", "--dataset", "synthetic", "--output", str(output), *TINY_SYNTHETIC[:4]]) == 0
+    manifest = read_manifest(output)
+    assert manifest.num_partitions == 60 and manifest.n_items == 80 and manifest.canaries is None
+    assert f'manifest="{output}"' in capsys.readouterr().out.replace("\n", "")

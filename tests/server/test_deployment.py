@@ -2,9 +2,12 @@
 
 ``fedrec deploy certs``, a SuperLink with TLS and node authentication, node registration,
 three SuperNodes whose ClientApps train on app devices' encrypted SDK stores, and a short
-``flwr run`` with secure aggregation. Then a SuperNode with an unregistered key and a
-plaintext (``--insecure``) SuperNode are both refused. Every process is started here,
-waited on with a bound, and stopped by PID with its whole process tree.
+``flwr run`` with secure aggregation whose server holds no user data: it gets the federation
+manifest made from the app's catalogue, and the config names an interaction file it cannot
+read (mode 000) and could not parse, so any attempt to load data would fail the run. Then a
+SuperNode with an unregistered key and a plaintext (``--insecure``) SuperNode are both refused.
+Every process is started here, waited on with a bound, and stopped by PID with its whole
+process tree.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import pytest
 
 from client.sdk.device import Device
 from client.sdk.store import KeySource
-from simulations.examples.local_deployment import LocalDeployment, app_device, initial_bundle, run_config
+from simulations.examples.local_deployment import (
+    LocalDeployment,
+    app_device,
+    federation_manifest,
+    initial_bundle,
+    run_config,
+)
 
 NODES = 3
 
@@ -49,9 +58,20 @@ def test_a_tls_deployment_with_authenticated_app_devices_runs_secure_aggregation
     before = Device.open(folder / "device-0.store", KeySource.from_app_key(bytes.fromhex(
         (folder / "device-0.key").read_text()))).training_state()
 
+    # The data directory the server is pointed at: unreadable, and garbage had it been read (root ignores modes).
+    hidden = folder / "interactions"
+    hidden.mkdir()
+    (hidden / "log.csv").write_bytes(b"\x00 not an interaction log \xff")
+    hidden.chmod(0)
     run_dir = folder / "run"
-    result = deployment.run(run_config(folder, rounds=2, clients=NODES), run_dir)
+    config = run_config(folder, rounds=2, clients=NODES, interactions=hidden / "log.csv")
+    try:
+        result = deployment.run(config, federation_manifest(folder, bundle, NODES), run_dir)
+    finally:
+        hidden.chmod(0o700)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((run_dir / "config.json").read_text())["data"]["path"] == str(hidden / "log.csv")
+    assert (run_dir / "federation.json").exists()
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [record["status"] for record in rounds] == ["aggregated", "aggregated"], rounds
     assert all(record["participants"] == NODES for record in rounds)

@@ -11,6 +11,8 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.manifest import MANIFEST_FILE, read_manifest
 from recsys_core.federated.records import RoundRecord
 from server.cli import main
 from server.rounds import FederatedRun
@@ -20,6 +22,7 @@ from server.simulate import (
     backend_config,
     keep_ray_on_loopback,
     load_client_app,
+    provision_federation,
     run_federated_simulation,
     validate_before_start,
 )
@@ -61,6 +64,8 @@ class RecordingGrid:
 def run_recorded(config: FederatedConfig) -> tuple[RunDirectory, RecordingGrid, dict]:
     """Runs ``config`` on the simulation engine and records every message the server sends and receives."""
     directory = prepare_run_directory(config, None, resume=False)
+    provision_federation(config, directory, load_federated_data(config.data, config.partition))
+    manifest = read_manifest(directory.path / MANIFEST_FILE)
     recorders: list[RecordingGrid] = []
     summary: dict = {}
     server_app = ServerApp()
@@ -68,7 +73,7 @@ def run_recorded(config: FederatedConfig) -> tuple[RunDirectory, RecordingGrid, 
     @server_app.main()
     def _(grid, context) -> None:
         recorders.append(RecordingGrid(grid))
-        summary.update(FederatedRun(config, directory).run(recorders[0]))
+        summary.update(FederatedRun(config, directory, manifest).run(recorders[0]))
 
     keep_ray_on_loopback()
     run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=N_USERS,
@@ -209,7 +214,7 @@ def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: l
 
 
 def test_validation_counts_clients(tmp_path: Path) -> None:
-    assert validate_before_start(tiny_config(tmp_path, rounds=1)) == N_USERS
+    assert validate_before_start(tiny_config(tmp_path, rounds=1)).num_clients == N_USERS
 
 
 def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -> None:
