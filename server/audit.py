@@ -16,7 +16,6 @@ The maths lives in ``recsys_core.audit``; this module reads a run directory and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +33,6 @@ from recsys_core.audit.formal import (
     guarantee_statement,
     recompute_with_two_accountants,
 )
-from recsys_core.audit.hash_chain import verify_chain, verify_seal
 from recsys_core.audit.item_set import (
     ItemSetGuess,
     attack_update,
@@ -54,9 +52,8 @@ from recsys_core.federated.device import SimulatedDeviceError, refit_private_par
 from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, Recommender, build_model
-from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, load_ledger
+from recsys_core.privacy.ledger import PrivacyLedger
 from recsys_core.run_records import write_json
-from server.privacy import LEDGER_FILE
 from server.run_directory import RunDirectory
 
 AUDIT_FILE = "audit.json"
@@ -96,14 +93,13 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
     if options.data_dir is not None:
         config_values["data"]["data_dir"] = options.data_dir
     config = FederatedConfig.from_dict(config_values)
-    round_lines = directory.read_round_lines()
-    ledger, ledger_problem = _ledger(directory.path)
+    ledger, ledger_problem = directory.read_ledger()
 
     result: dict[str, Any] = {"run_directory": str(directory.path)}
-    result["integrity"] = _integrity(directory, round_lines, options.expected_head)
+    result["integrity"] = directory.verify_integrity(options.expected_head)
     formal_checks: list[Check] = []
     if ledger is not None:
-        formal_checks = recompute_with_two_accountants(ledger, str(directory.path / LEDGER_FILE))
+        formal_checks = recompute_with_two_accountants(ledger, str(directory.ledger_file))
         try:
             rounds = directory.read_rounds()
         except FedrecError as error:
@@ -130,32 +126,6 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
     _write_plot(directory.path / PLOT_FILE, result)
     (directory.path / REPORT_FILE).write_text(report_markdown(result), encoding="utf-8")
     return result
-
-
-def _ledger(path: Path) -> tuple[PrivacyLedger | None, str | None]:
-    ledger_path = path / LEDGER_FILE
-    if not ledger_path.exists():
-        return None, None
-    try:
-        return load_ledger(ledger_path), None
-    except LedgerError as error:
-        return None, str(error)
-
-
-def _integrity(directory: RunDirectory, rounds: list[dict[str, Any]], expected_head: str | None) -> dict[str, Any]:
-    genesis = directory.genesis()
-    problems = [str(problem) for problem in verify_chain(rounds, genesis)]
-    ledger_path = directory.path / LEDGER_FILE
-    ledger_sha256 = hashlib.sha256(ledger_path.read_bytes()).hexdigest() if ledger_path.exists() else None
-    head = None
-    if directory.chain_file.exists():
-        sealed = json.loads(directory.chain_file.read_text(encoding="utf-8"))
-        head = sealed.get("head")
-        problems += [str(problem) for problem in verify_seal(rounds, genesis, sealed, ledger_sha256, expected_head)]
-    else:
-        problems.append("record-chain.json: missing: the run never finished, or the seal was removed")
-    return {"passed": not problems, "problems": problems, "rounds": len(rounds), "head": head,
-            "expected_head_checked": expected_head is not None}
 
 
 #: The two things an observer may hold, and whose guarantee covers each.

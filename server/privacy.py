@@ -22,8 +22,7 @@ from recsys_core.privacy.ledger import (
     user_level_privacy_record,
 )
 from recsys_core.privacy.user_level import user_level_epsilon
-
-LEDGER_FILE = "privacy-ledger.json"
+from server.run_directory import LEDGER_FILE
 
 
 def run_ledger(config: FederatedConfig, num_clients: int, rounds: Sequence[RoundRecord]) -> PrivacyLedger | None:

@@ -55,7 +55,7 @@ from recsys_core.federated.wire import (
 )
 from recsys_core.privacy.ledger import write_ledger
 from recsys_core.run_records import write_json
-from server.privacy import LEDGER_FILE, privacy_summary, run_ledger
+from server.privacy import privacy_summary, run_ledger
 from server.run_directory import Checkpoint, RunDirectory
 from server.secure_aggregation import SecureAggregator, record_arrays, short_reason
 
@@ -356,7 +356,7 @@ class FederatedRun:
         ledger = run_ledger(config, self.manifest.num_partitions, rounds)
         ledger_path = None
         if ledger is not None:
-            ledger_path = write_ledger(ledger, self.run_directory.path / LEDGER_FILE)
+            ledger_path = write_ledger(ledger, self.run_directory.ledger_file)
             summary["privacy"] = privacy_summary(ledger)
         summary["record_chain_head"] = self.run_directory.seal(ledger_path)
         write_json(self.run_directory.path / "summary.json", summary)

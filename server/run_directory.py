@@ -1,13 +1,18 @@
 """A federated run's directory: config, per-round records, checkpoints, final model, plots.
 
+Everything that reads or writes a run directory lives here, the audit's reading included
+(the record chain, the ledger), so there is one place that knows the layout.
+
 Layout::
 
     RUN_DIR/config.json          the resolved FederatedConfig
     RUN_DIR/environment.json     Python, platform and package versions
-    RUN_DIR/rounds.jsonl         one JSON object per completed round, hash-chained
+    RUN_DIR/federation.json      the federation manifest: all the server knows besides the replies
+    RUN_DIR/rounds.jsonl         one RoundRecord per completed round, hash-chained
+    RUN_DIR/privacy-ledger.json  with DP: every device's schedule and the run's epsilons
     RUN_DIR/record-chain.json    the seal: last round's hash, ledger sha256, the head hash
-    RUN_DIR/checkpoint/          the last completed round (global model + strategy state)
-    RUN_DIR/devices/             simulated devices' own storage (their private state)
+    RUN_DIR/checkpoint/          the last completed round (global model + server optimiser state)
+    RUN_DIR/devices/             simulated devices' own storage, named by the launcher (their private state)
     RUN_DIR/final-model/         the final global model bundle
     RUN_DIR/summary.json         final metrics, both protocols
     RUN_DIR/metrics.png          metrics over rounds
@@ -28,9 +33,11 @@ from recsys_core.audit import hash_chain
 from recsys_core.errors import FedrecError
 from recsys_core.federated.records import RoundRecord, round_record_from_dict
 from recsys_core.files import write_atomically
+from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, load_ledger
 from recsys_core.run_records import write_json
 
 CHECKPOINT_FORMAT = 1
+LEDGER_FILE = "privacy-ledger.json"
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,37 @@ class RunDirectory:
         sealed = hash_chain.seal(hash_chain.head_of(rounds, self.genesis()), len(rounds), ledger_sha256)
         write_json(self.chain_file, sealed)
         return str(sealed["head"])
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.path / LEDGER_FILE
+
+    def read_ledger(self) -> tuple[PrivacyLedger | None, str | None]:
+        """The run's privacy ledger, or None with why not (None, None: the run used no DP)."""
+        if not self.ledger_file.exists():
+            return None, None
+        try:
+            return load_ledger(self.ledger_file), None
+        except LedgerError as error:
+            return None, str(error)
+
+    def verify_integrity(self, expected_head: str | None) -> dict[str, Any]:
+        """The hash chain over config, rounds and ledger, checked against the seal (and the head kept outside)."""
+        rounds = self.read_round_lines()
+        genesis = self.genesis()
+        problems = [str(problem) for problem in hash_chain.verify_chain(rounds, genesis)]
+        ledger_sha256 = hashlib.sha256(self.ledger_file.read_bytes()).hexdigest() if self.ledger_file.exists() \
+            else None
+        head = None
+        if self.chain_file.exists():
+            sealed = json.loads(self.chain_file.read_text(encoding="utf-8"))
+            head = sealed.get("head")
+            problems += [str(problem) for problem in hash_chain.verify_seal(rounds, genesis, sealed, ledger_sha256,
+                                                                            expected_head)]
+        else:
+            problems.append("record-chain.json: missing: the run never finished, or the seal was removed")
+        return {"passed": not problems, "problems": problems, "rounds": len(rounds), "head": head,
+                "expected_head_checked": expected_head is not None}
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Writes the checkpoint atomically: arrays first, then the manifest that names the round."""
