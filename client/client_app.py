@@ -90,7 +90,7 @@ class DeviceData:
 
 def _setup(message: Message, context: Context) -> DeviceData:
     config = config_from_json(str(message.content[CONFIG_RECORD][CONFIG_KEY]))
-    torch.set_num_threads(config.simulation.torch_threads_per_client)
+    torch.set_num_threads(config.simulation.torch_threads_per_device)
     partition_id = _partition_id(context)
     store = StoreBackedDevice.from_node_config(context.node_config)
     if store is not None:

@@ -70,7 +70,7 @@ def masked_record(message: Message, context: Context, values: dict[str, np.ndarr
         raise KeyChangedError("the server holds another public key for this device")
     neighbours = decode_neighbours(record_arrays(message.content.array_records[SECURE_ARRAYS_RECORD]))
     setup = RoundSetup(settings.exchange_id, settings.server_round, context.node_id, neighbours, settings.threshold)
-    codec = settings.layout.codec(settings.max_clients, settings.modulus_bits)
+    codec = settings.layout.codec(settings.max_devices, settings.modulus_bits)
     contribution = mask_contribution(keys, setup, settings.layout.pack(values), codec)
     context.state[ROUND_STATE] = ConfigRecord({"exchange-id": settings.exchange_id, "round": settings.server_round,
                                                "threshold": settings.threshold})

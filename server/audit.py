@@ -75,7 +75,7 @@ class AuditOptions:
     """How to audit: the head hash kept outside the run, the attack sizes, where the data is."""
 
     expected_head: str | None = None
-    item_set_clients: int = 50
+    item_set_devices: int = 50
     confidence: float = 0.95
     seed: int = 0
     #: A reviewer's copy of the datasets, if not where the run found them.
@@ -214,7 +214,7 @@ def _canary_audit(path: Path, config: FederatedConfig, data: FederatedData, shar
     server = _one_run(_server_view_scores(config, data, shared, plan), plan, claims[SERVER_VIEW], confidence)
     server["score"] = ("how far the canary's item row moved towards its user's positives in the update the server "
                        "sees of one more round from the final model: " + (
-                           "the secure sum over groups of clients_per_round canary devices" if secure else
+                           "the secure sum over groups of devices_per_round canary devices" if secure else
                            "each canary device's own update"))
     return {"planted": plan.count, "inserted": plan.inserted, "included": int(plan.included.sum()),
             RELEASED_MODEL: released, SERVER_VIEW: server}
@@ -236,7 +236,7 @@ def _server_view_scores(config: FederatedConfig, data: FederatedData, shared: Ar
     """Each canary's score in what the server sees when its device trains once more from the final model.
 
     Rows its device did not touch score below every touched row. Under secure aggregation
-    the canary devices are summed in groups of ``clients_per_round`` (canary items are
+    the canary devices are summed in groups of ``devices_per_round`` (canary items are
     distinct, so each canary is scored on its own item's row of its group's sum).
     """
     n_items = data.catalog.n_items
@@ -245,7 +245,7 @@ def _server_view_scores(config: FederatedConfig, data: FederatedData, shared: Ar
         partition = int(data.partitioners[0].assignment[user])
         updates.append(_one_update(config, data, shared, partition))
     scores = np.full(plan.count, -np.inf)
-    group = config.server.clients_per_round if config.secure_aggregation.enabled else 1
+    group = config.server.devices_per_round if config.secure_aggregation.enabled else 1
     order = np.random.default_rng([config.seed, 0xA0D2]).permutation(plan.count)
     for start in range(0, plan.count, group):
         members = [index for index in order[start:start + group] if updates[index] is not None]
@@ -287,9 +287,9 @@ def _client_updates(config: FederatedConfig, data: FederatedData, shared: Arrays
                     options: AuditOptions) -> list[tuple[Arrays, np.ndarray]]:
     """Updates of randomly chosen clients, each with its true training items."""
     generator = np.random.default_rng([options.seed, 0xA0D1])
-    count = min(options.item_set_clients, data.num_clients)
+    count = min(options.item_set_devices, data.num_devices)
     updates = []
-    for partition in np.sort(generator.choice(data.num_clients, size=count, replace=False)).tolist():
+    for partition in np.sort(generator.choice(data.num_devices, size=count, replace=False)).tolist():
         update = _one_update(config, data, shared, partition)
         if update is not None:
             updates.append((update, data.device_split(partition).train.item_ids))
@@ -301,7 +301,7 @@ def _item_set_audit(config: FederatedConfig, data: FederatedData, shared: Arrays
     n_items = data.catalog.n_items
     updates = _client_updates(config, data, shared, options)
     raw = [attack_update(item_rows(update, n_items), items) for update, items in updates]
-    group = max(1, min(config.server.clients_per_round, len(updates)))
+    group = max(1, min(config.server.devices_per_round, len(updates)))
     aggregated: list[ItemSetGuess] = []
     for start in range(0, len(updates) - group + 1, group):
         members = updates[start:start + group]
@@ -309,12 +309,12 @@ def _item_set_audit(config: FederatedConfig, data: FederatedData, shared: Arrays
         aggregated += [attack_update(rows, items) for _, items in members]
     secure = config.secure_aggregation.enabled
     return {
-        "clients": len(updates), "aggregate_size": group,
+        "devices": len(updates), "aggregate_size": group,
         "server_view": "aggregate" if secure else "raw",
         "raw": asdict(summarise(raw)) | {"top_k_over_chance": summarise(raw).top_k_over_chance},
         "aggregate": asdict(summarise(aggregated)) | {"top_k_over_chance": summarise(aggregated).top_k_over_chance},
         "note": ("Updates are what each client would send from the final model in one more round, with this run's "
-                 "training, clipping and noise settings; 'aggregate' is their sum over groups of clients_per_round, "
+                 "training, clipping and noise settings; 'aggregate' is their sum over groups of devices_per_round, "
                  "which is all a server sees under secure aggregation"),
     }
 

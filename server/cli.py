@@ -31,7 +31,7 @@ HEADLINE_METRICS = ("ndcg@10", "hr@10", "recall@10", "mrr@10")
 TRAIN_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
                "epochs": "train.epochs", "seed": "train.seed", "output_dir": "output_dir"}
 SIMULATE_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
-                  "rounds": "server.rounds", "clients_per_round": "server.clients_per_round", "seed": "seed",
+                  "rounds": "server.rounds", "devices_per_round": "server.devices_per_round", "seed": "seed",
                   "output_dir": "output_dir", "audit_canaries": "data.canaries.count"}
 
 
@@ -144,7 +144,7 @@ def command_simulate(args: argparse.Namespace) -> int:
             values = apply_overrides(values, [f"data.dataset={_quoted(_default_dataset(args.data_dir))}"])
         config = FederatedConfig.from_dict(values)
     console.print(f"Federated [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/]: "
-                  f"{config.server.rounds} rounds, {config.server.clients_per_round} clients per round, "
+                  f"{config.server.rounds} rounds, {config.server.devices_per_round} devices per round, "
                   f"strategy {config.server.strategy}")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -152,7 +152,7 @@ def command_simulate(args: argparse.Namespace) -> int:
         task = progress.add_task("rounds", total=config.server.rounds, status="starting Ray workers")
 
         def on_round(record: RoundRecord) -> None:
-            status = f"{record.participants}/{record.sampled} clients"
+            status = f"{record.participants}/{record.sampled} devices"
             if record.failures:
                 status += f" ({len(record.failures)} failed)"
             if record.declined:
@@ -169,7 +169,7 @@ def command_simulate(args: argparse.Namespace) -> int:
                                                       on_round=on_round, verbose=args.verbose)
     if summary.get("test"):
         console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "
-                                    f"all clients", summary["test"]))
+                                    f"all devices", summary["test"]))
     if summary.get("privacy"):
         console.print(privacy_table(summary["privacy"]))
         console.print(f"Privacy ledger: {directory.path / summary['privacy']['ledger']} "
@@ -251,7 +251,7 @@ def command_audit(args: argparse.Namespace) -> int:
 
     with console.status("Auditing: integrity, two accountants, canaries, item-set inference"):
         result = audit_run(args.run_dir, AuditOptions(expected_head=args.expected_head,
-                                                      item_set_clients=args.item_set_clients,
+                                                      item_set_devices=args.item_set_devices,
                                                       data_dir=args.data_dir))
     table = Table(title=f"Privacy audit of {args.run_dir}")
     table.add_column("part")
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
     simulate.add_argument("--model", help=f"model name: {', '.join(MODELS)}")
     simulate.add_argument("--rounds", type=int)
-    simulate.add_argument("--clients-per-round", type=int)
+    simulate.add_argument("--devices-per-round", type=int)
     simulate.add_argument("--seed", type=int)
     simulate.add_argument("--output-dir", help="where run directories go (default: runs)")
     simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="audit a run: integrity, formal recomputation, empirical attacks")
     audit.add_argument("run_dir", metavar="RUN_DIR")
     audit.add_argument("--expected-head", help="the record chain head the run printed, kept outside the run directory")
-    audit.add_argument("--item-set-clients", type=int, default=50, help="clients whose updates the item-set attack "
+    audit.add_argument("--item-set-devices", type=int, default=50, help="devices whose updates the item-set attack "
                                                                          "targets")
     audit.add_argument("--data-dir", help="where the reviewer's copy of the dataset is, if not where the run found it")
     audit.set_defaults(handler=command_audit)

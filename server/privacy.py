@@ -15,7 +15,7 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.records import RoundRecord
 from recsys_core.privacy.accountant import ScheduleEntry, compute_epsilon
 from recsys_core.privacy.ledger import (
-    ClientPrivacy,
+    DevicePrivacy,
     PrivacyLedger,
     build_ledger,
     local_privacy_record,
@@ -25,10 +25,10 @@ from recsys_core.privacy.user_level import user_level_epsilon
 from server.run_directory import LEDGER_FILE
 
 
-def run_ledger(config: FederatedConfig, num_clients: int, rounds: Sequence[RoundRecord]) -> PrivacyLedger | None:
+def run_ledger(config: FederatedConfig, num_devices: int, rounds: Sequence[RoundRecord]) -> PrivacyLedger | None:
     """The ledger of a run from its round records; None when the run used no DP.
 
-    A client's rounds joined counts every round in which its update left the device
+    A device's rounds joined counts every round in which its update left the device
     (aggregated, rejected or in a discarded round alike). Its local schedule is the
     latest accountant history it reported: the device's accountant is cumulative.
     """
@@ -42,22 +42,22 @@ def run_ledger(config: FederatedConfig, num_clients: int, rounds: Sequence[Round
         for reported in record.local_privacy:
             histories[reported.partition] = reported.history
     epsilon_of: dict[tuple[ScheduleEntry, ...], float] = {}
-    clients = []
-    for partition in range(num_clients):
+    devices = []
+    for partition in range(num_devices):
         if not privacy.local.enabled:
-            clients.append(ClientPrivacy(str(partition), joined[partition], 0, (), None))
+            devices.append(DevicePrivacy(str(partition), joined[partition], 0, (), None))
             continue
         history = histories.get(partition, ())
         if history not in epsilon_of:  # many devices share a schedule; PRV costs ~0.1 s each
             epsilon_of[history] = compute_epsilon(history, privacy.local.target_delta, privacy.local.accountant)
-        clients.append(ClientPrivacy(str(partition), joined[partition], sum(e.steps for e in history), history,
+        devices.append(DevicePrivacy(str(partition), joined[partition], sum(e.steps for e in history), history,
                                      epsilon_of[history]))
     local = None
     if privacy.local.enabled:
         local = local_privacy_record(
             accountant=privacy.local.accountant, noise_multiplier=privacy.local.noise_multiplier,
             clip_norm=privacy.local.per_sample_clip_norm, delta=privacy.local.target_delta,
-            target_epsilon=privacy.local.target_epsilon, clients=clients)
+            target_epsilon=privacy.local.target_epsilon, devices=devices)
     user_level = None
     if privacy.user_level.enabled:
         settings = privacy.user_level
@@ -65,8 +65,8 @@ def run_ledger(config: FederatedConfig, num_clients: int, rounds: Sequence[Round
         epsilon = user_level_epsilon(
             noise_multiplier=settings.noise_multiplier,
             rounds=len(rounds),
-            clients_per_round=config.server.clients_per_round,
-            num_clients=num_clients,
+            devices_per_round=config.server.devices_per_round,
+            num_devices=num_devices,
             delta=settings.target_delta,
             max_rounds_joined=max(joined.values(), default=0),
             accountant=settings.accountant,
@@ -77,9 +77,9 @@ def run_ledger(config: FederatedConfig, num_clients: int, rounds: Sequence[Round
         )
         user_level = user_level_privacy_record(
             noise_placement=settings.noise_placement, clip_norm=settings.clip_norm,
-            min_surviving_clients=settings.min_surviving_clients if not central else 1,
-            num_clients=num_clients, clients_per_round=config.server.clients_per_round, epsilon=epsilon)
-    return build_ledger(clients=clients, local=local, user_level=user_level)
+            min_surviving_devices=settings.min_surviving_devices if not central else 1,
+            num_devices=num_devices, devices_per_round=config.server.devices_per_round, epsilon=epsilon)
+    return build_ledger(devices=devices, local=local, user_level=user_level)
 
 
 def privacy_summary(ledger: PrivacyLedger) -> dict[str, Any]:

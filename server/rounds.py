@@ -167,8 +167,8 @@ class FederatedRun:
         deadline = time.monotonic() + self.config.server.connect_timeout
         while len(node_ids := sorted(grid.get_node_ids())) < expected and time.monotonic() < deadline:
             time.sleep(0.5)
-        if len(node_ids) < self.config.server.min_clients:
-            raise RuntimeError(f"only {len(node_ids)} nodes connected, fewer than server.min_clients")
+        if len(node_ids) < self.config.server.min_devices:
+            raise RuntimeError(f"only {len(node_ids)} nodes connected, fewer than server.min_devices")
         if len(node_ids) < expected:
             logger.warning("%d of %d clients connected; continuing with those", len(node_ids), expected)
         messages = [Message(RecordDict({CONFIG_RECORD: ConfigRecord({"request": "partition"})}),
@@ -246,7 +246,7 @@ class FederatedRun:
     def train_round(self, grid: Grid, optimizer: ServerOptimizer, current: Arrays, server_round: int) -> Arrays:
         config = self.config
         started = time.perf_counter()
-        partitions = self.sample(server_round, config.server.clients_per_round, TRAINING)
+        partitions = self.sample(server_round, config.server.devices_per_round, TRAINING)
         arrays = ArrayRecord({name: Array(value) for name, value in current.items()})
         content = RecordDict({PARAMETERS_RECORD: arrays, CONFIG_RECORD: self.message_config(server_round)})
         messages = self.messages(content, partitions, MessageType.TRAIN)
@@ -265,7 +265,7 @@ class FederatedRun:
             logger.warning("round %d: partition %s failed: %s", server_round, failure.partition, failure.reason)
         validation, evaluation_failures = None, None
         if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
-            evaluated = self.sample(server_round, config.server.clients_per_evaluation, EVALUATION)
+            evaluated = self.sample(server_round, config.server.devices_per_evaluation, EVALUATION)
             updated = ArrayRecord({name: Array(value) for name, value in result.arrays.items()})
             validation, evaluation_failures = self.evaluate(grid, updated, evaluated, "valid", server_round)
         record = RoundRecord(

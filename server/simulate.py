@@ -47,9 +47,9 @@ def validate_before_start(config: FederatedConfig) -> FederatedData:
     min_local_examples = None
     if config.privacy.local.enabled:
         train = data.partitioners[0]
-        per_partition = np.bincount(train.assignment[np.asarray(train.log.user_ids)], minlength=data.num_clients)
+        per_partition = np.bincount(train.assignment[np.asarray(train.log.user_ids)], minlength=data.num_devices)
         min_local_examples = int(per_partition.min())
-    config.validate(num_clients=data.num_clients, min_local_examples=min_local_examples)
+    config.validate(num_devices=data.num_devices, min_local_examples=min_local_examples)
     return data
 
 
@@ -68,9 +68,9 @@ def provision_federation(config: FederatedConfig, directory: RunDirectory, data:
 def backend_config(config: FederatedConfig) -> dict[str, Any]:
     workers = config.simulation.max_workers or os.cpu_count() or 1
     return {
-        "client_resources": {"num_cpus": config.simulation.num_cpus_per_client, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": config.simulation.num_cpus_per_device, "num_gpus": 0.0},
         "init_args": {
-            "num_cpus": int(workers * config.simulation.num_cpus_per_client),
+            "num_cpus": int(workers * config.simulation.num_cpus_per_device),
             "include_dashboard": False,
             "log_to_driver": False,
         },
@@ -110,7 +110,7 @@ def run_federated_simulation(
         FLOWER_LOGGER.setLevel(logging.ERROR)
         logging.getLogger("fedrec").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=data.num_clients,
+    run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=data.num_devices,
                    backend_config=backend_config(config), verbose_logging=verbose)
     if not results:
         raise RuntimeError(f"the simulation ended without a result; see the log above and {directory.path}")

@@ -10,7 +10,7 @@ figures sit above PLD (RDP's conversion to (epsilon, delta) is loose), which is 
 
 Then the ledger is checked against what the run logged round by round (the hash-chained
 ``rounds.jsonl``) and against the resolved config: noise really on, the clipping bound,
-sampling rates, rounds joined per client, no device past its budget, and secure
+sampling rates, rounds joined per device, no device past its budget, and secure
 aggregation on or off as configured.
 """
 
@@ -84,12 +84,12 @@ def recompute_with_two_accountants(ledger: PrivacyLedger, source: str = "ledger"
     if ledger.local is not None:
         worst: Check | None = None
         seen: dict[tuple[ScheduleEntry, ...], float] = {}
-        for client in ledger.clients:
-            if client.local_epsilon is None or client.local_schedule in seen:
+        for device in ledger.devices:
+            if device.local_epsilon is None or device.local_schedule in seen:
                 continue
-            seen[client.local_schedule] = pld_epsilon(client.local_schedule, ledger.local.delta)
-            check = _agreement(f"local epsilon, client {client.client_id}", client.local_epsilon,
-                               seen[client.local_schedule])
+            seen[device.local_schedule] = pld_epsilon(device.local_schedule, ledger.local.delta)
+            check = _agreement(f"local epsilon, device {device.device_id}", device.local_epsilon,
+                               seen[device.local_schedule])
             if worst is None or (not check.passed and worst.passed):
                 worst = check
         if worst is not None:
@@ -137,14 +137,14 @@ def _secure_aggregation_check(config: Mapping[str, Any], rounds: Sequence[RoundR
 
 def _rounds_joined_check(ledger: PrivacyLedger, rounds: Sequence[RoundRecord]) -> Check:
     joined: Counter[str] = Counter(str(partition) for record in rounds for partition in record.joined)
-    wrong = [client for client in ledger.clients if client.rounds_joined != joined[client.client_id]]
+    wrong = [device for device in ledger.devices if device.rounds_joined != joined[device.device_id]]
     if not wrong:
-        return Check("rounds joined per client", True, f"all {len(ledger.clients)} clients' rounds_joined match the "
+        return Check("rounds joined per device", True, f"all {len(ledger.devices)} devices' rounds_joined match the "
                                                        "round log")
     first = wrong[0]
-    return Check("rounds joined per client", False,
-                 f"{len(wrong)} clients differ from the round log, e.g. client {first.client_id}: ledger "
-                 f"{first.rounds_joined}, log {joined[first.client_id]}")
+    return Check("rounds joined per device", False,
+                 f"{len(wrong)} devices differ from the round log, e.g. device {first.device_id}: ledger "
+                 f"{first.rounds_joined}, log {joined[first.device_id]}")
 
 
 def _local_checks(ledger: PrivacyLedger, configured: Mapping[str, Any],
@@ -161,17 +161,17 @@ def _local_checks(ledger: PrivacyLedger, configured: Mapping[str, Any],
                         f"{local.target_epsilon}"))
     logged_sigmas = {entry.noise_multiplier for record in rounds for reported in record.local_privacy
                      for entry in reported.history}
-    ledger_sigmas = {entry.noise_multiplier for client in ledger.clients for entry in client.local_schedule}
+    ledger_sigmas = {entry.noise_multiplier for device in ledger.devices for entry in device.local_schedule}
     noise_on = bool(logged_sigmas) and min(logged_sigmas) > 0 and logged_sigmas == ledger_sigmas
     checks.append(Check("local noise on, as logged by the devices", noise_on,
                         f"devices logged noise multipliers {sorted(logged_sigmas)}; the ledger's schedules hold "
                         f"{sorted(ledger_sigmas)}"))
-    rates = {entry.sampling_rate for client in ledger.clients for entry in client.local_schedule}
+    rates = {entry.sampling_rate for device in ledger.devices for entry in device.local_schedule}
     checks.append(Check("local sampling rates", all(0 < rate <= 1 for rate in rates),
                         f"{len(rates)} distinct Poisson sampling rates in (0, 1], from "
                         f"{min(rates, default=0):.3g} to {max(rates, default=0):.3g}"))
-    over = [client for client in ledger.clients
-            if client.local_epsilon is not None and client.local_epsilon > local.target_epsilon * (1 + 1e-9)]
+    over = [device for device in ledger.devices
+            if device.local_epsilon is not None and device.local_epsilon > local.target_epsilon * (1 + 1e-9)]
     checks.append(Check("no device past its budget", not over,
                         f"largest device epsilon {local.epsilon.maximum:.4g} against the budget "
                         f"{local.target_epsilon:g}" + (f"; {len(over)} devices over it" if over else "")))
@@ -188,12 +188,12 @@ def _user_level_checks(ledger: PrivacyLedger, config: Mapping[str, Any],
                 ("target_delta", epsilon.delta), ("noise_placement", record.noise_placement)]
     differing = [f"{key}: ledger {value}, config {configured.get(key)}" for key, value in settings
                  if configured.get(key) != value]
-    if server.get("clients_per_round") != record.clients_per_round:
-        differing.append(f"clients_per_round: ledger {record.clients_per_round}, config "
-                         f"{server.get('clients_per_round')}")
+    if server.get("devices_per_round") != record.devices_per_round:
+        differing.append(f"devices_per_round: ledger {record.devices_per_round}, config "
+                         f"{server.get('devices_per_round')}")
     checks = [Check("user-level DP settings match the config", not differing, "; ".join(differing) or
                     f"sigma {epsilon.noise_multiplier}, C {record.clip_norm}, delta {epsilon.delta}, "
-                    f"{record.noise_placement} noise, {record.clients_per_round} of {record.num_clients} clients "
+                    f"{record.noise_placement} noise, {record.devices_per_round} of {record.num_devices} devices "
                     "per round")]
     aggregated = [entry for entry in rounds if entry.status == "aggregated"]
     logged = [entry.user_level for entry in aggregated]
@@ -215,17 +215,17 @@ def _user_level_checks(ledger: PrivacyLedger, config: Mapping[str, Any],
                             f"{min(ratios, default=0):.3f} to {max(ratios, default=0):.3f}"))
     else:
         short = [entry.round for entry, evidence in zip(aggregated, logged, strict=True)
-                 if evidence is None or evidence.updates < record.min_surviving_clients]
+                 if evidence is None or evidence.updates < record.min_surviving_devices]
         checks.append(Check("distributed noise: enough surviving shares", not short,
-                            f"every aggregated round summed at least min_surviving_clients = "
-                            f"{record.min_surviving_clients} noise shares (the server cannot see the noise itself)"
-                            if not short else f"rounds {short} summed fewer shares than min_surviving_clients"))
-    rate = record.clients_per_round / record.num_clients
-    oversampled = [entry.round for entry in rounds if entry.sampled > record.clients_per_round]
-    checks.append(Check("client sampling rate", math.isclose(epsilon.sampling_rate, rate) and not oversampled,
-                        f"ledger q = {epsilon.sampling_rate:.4g}, clients_per_round / num_clients = {rate:.4g}; "
-                        + (f"rounds {oversampled} sampled more clients" if oversampled else
-                           "no round sampled more clients than planned")))
+                            f"every aggregated round summed at least min_surviving_devices = "
+                            f"{record.min_surviving_devices} noise shares (the server cannot see the noise itself)"
+                            if not short else f"rounds {short} summed fewer shares than min_surviving_devices"))
+    rate = record.devices_per_round / record.num_devices
+    oversampled = [entry.round for entry in rounds if entry.sampled > record.devices_per_round]
+    checks.append(Check("device sampling rate", math.isclose(epsilon.sampling_rate, rate) and not oversampled,
+                        f"ledger q = {epsilon.sampling_rate:.4g}, devices_per_round / num_devices = {rate:.4g}; "
+                        + (f"rounds {oversampled} sampled more devices" if oversampled else
+                           "no round sampled more devices than planned")))
     return checks
 
 
@@ -244,10 +244,10 @@ def guarantee_statement(ledger: PrivacyLedger, secure_aggregation: bool) -> list
             f"{local.clip_norm}). Secure aggregation: {'on' if secure_aggregation else 'off'}.")
     if ledger.user_level is not None:
         record, epsilon = ledger.user_level, ledger.user_level.epsilon
-        claim = ("with amplification by client sampling" if epsilon.claimed == "with_amplification"
-                 else "without amplification by client sampling")
+        claim = ("with amplification by device sampling" if epsilon.claimed == "with_amplification"
+                 else "without amplification by device sampling")
         noise_source = ("added by the server to the sum" if record.noise_placement == "central" else
-                        f"added by each device as a share sized for {record.min_surviving_clients} survivors")
+                        f"added by each device as a share sized for {record.min_surviving_devices} survivors")
         statements.append(
             f"User-level DP. Unit of privacy: {record.unit_of_privacy}; neighbouring relation: "
             f"{record.neighbouring_relation}. The released models are ({epsilon.claimed_epsilon:.3g}, "

@@ -1,7 +1,7 @@
 """Splitting an interaction log into federated clients.
 
-* ``users_per_client = 1`` is the cross-device setting: client ``i`` is user ``i``.
-* ``users_per_client = N > 1`` is the cross-silo setting: a seeded shuffle of the users
+* ``users_per_device = 1`` is the cross-device setting: client ``i`` is user ``i``.
+* ``users_per_device = N > 1`` is the cross-silo setting: a seeded shuffle of the users
   is cut into consecutive groups of ``N`` (the last group may be smaller).
 
 A :class:`ClientPartitioner` computes the assignment once; each
@@ -25,12 +25,12 @@ from recsys_core.errors import ConfigError
 class PartitionConfig:
     """How users are grouped into clients; ``seed`` only matters when grouping."""
 
-    users_per_client: int = 1
+    users_per_device: int = 1
     seed: int = 0
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` naming the first invalid field."""
-        for name, minimum in (("users_per_client", 1), ("seed", 0)):
+        for name, minimum in (("users_per_device", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
@@ -100,7 +100,7 @@ class ClientPartitioner:
 
 def _assign(n_users: int, config: PartitionConfig) -> tuple[np.ndarray, np.ndarray]:
     """Users grouped by partition (ascending within each) and the CSR group offsets."""
-    size = config.users_per_client
+    size = config.users_per_device
     offsets = np.minimum(np.arange(0, n_users + size, size, dtype=np.int64), n_users)
     if size == 1:
         return np.arange(n_users, dtype=np.int64), offsets

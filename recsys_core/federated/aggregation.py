@@ -189,16 +189,16 @@ class RoundResult:
 def round_gate(config: FederatedConfig, contributions: int) -> tuple[RoundStatus, str] | None:
     """Why a round with ``contributions`` updates must leave the model unchanged, or None.
 
-    Distributed noise shares are sized for ``privacy.user_level.min_surviving_clients``:
+    Distributed noise shares are sized for ``privacy.user_level.min_surviving_devices``:
     a sum of fewer carries too little noise to release.
     """
-    if contributions < config.server.min_clients:
-        return "skipped", f"{contributions} updates, fewer than server.min_clients = {config.server.min_clients}"
+    if contributions < config.server.min_devices:
+        return "skipped", f"{contributions} updates, fewer than server.min_devices = {config.server.min_devices}"
     user_level = config.privacy.user_level
     if (user_level.enabled and user_level.noise_placement == "distributed"
-            and contributions < user_level.min_surviving_clients):
-        return "discarded", (f"{contributions} updates, fewer than privacy.user_level.min_surviving_clients = "
-                             f"{user_level.min_surviving_clients}")
+            and contributions < user_level.min_surviving_devices):
+        return "discarded", (f"{contributions} updates, fewer than privacy.user_level.min_surviving_devices = "
+                             f"{user_level.min_surviving_devices}")
     return None
 
 
@@ -206,8 +206,8 @@ def apply_round(config: FederatedConfig, current: Arrays, round_sum: RoundSum, o
                 server_round: int, noise_generator: np.random.Generator | None = None) -> RoundResult:
     """The round's new global arrays from the sum of its updates, or the old ones with the reason.
 
-    Under user-level DP the mean is (sum + central noise) / ``server.clients_per_round``: a
-    data-independent denominator, so one user moves the mean by at most C / clients_per_round
+    Under user-level DP the mean is (sum + central noise) / ``server.devices_per_round``: a
+    data-independent denominator, so one user moves the mean by at most C / devices_per_round
     whoever else dropped out. Central noise is drawn from OS entropy by default: the run seed
     is public, and noise that can be regenerated from it could be subtracted again.
     """
@@ -216,11 +216,11 @@ def apply_round(config: FederatedConfig, current: Arrays, round_sum: RoundSum, o
     user_level = config.privacy.user_level
     evidence = None
     if user_level.enabled:
-        expected = config.server.clients_per_round
+        expected = config.server.devices_per_round
         noisy = dict(round_sum.update_sum)
         evidence = UserLevelEvidence(
             user_level.noise_multiplier, user_level.clip_norm, user_level.noise_placement, expected,
-            round_sum.contributors, user_level.min_surviving_clients, round_sum.largest_update_norm)
+            round_sum.contributors, user_level.min_surviving_devices, round_sum.largest_update_norm)
         if user_level.noise_placement == "central":
             generator = noise_generator if noise_generator is not None else np.random.default_rng()
             noise = {name: central_noise(np.shape(value), user_level.noise_multiplier, user_level.clip_norm,

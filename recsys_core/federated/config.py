@@ -59,9 +59,9 @@ class ServerConfig:
     """Rounds, client sampling and the aggregation strategy."""
 
     rounds: int = 20
-    clients_per_round: int = 50
+    devices_per_round: int = 50
     #: A round counts only if at least this many sampled clients reply.
-    min_clients: int = 1
+    min_devices: int = 1
     strategy: StrategyName = "fedavg"
     #: Server learning rate (FedAdam/FedYogi/FedAdagrad ``eta``; FedAvg scales the mean update by it,
     #: which matters for item embeddings that only a few sampled clients touch in a round).
@@ -74,9 +74,9 @@ class ServerConfig:
     #: ``eta * update / tau`` instead of ``eta``, which stalls item weights that few devices touch
     #: (large catalogues); centralized Adam uses 1e-8.
     adaptivity_tau: float = 1e-3
-    #: Federated validation every this many rounds on ``clients_per_evaluation`` sampled clients.
+    #: Federated validation every this many rounds on ``devices_per_evaluation`` sampled clients.
     evaluate_every: int = 5
-    clients_per_evaluation: int = 100
+    devices_per_evaluation: int = 100
     #: Evaluate the final model on the test items of every client.
     final_evaluation: bool = True
     #: Seconds to wait for replies in one round.
@@ -87,16 +87,16 @@ class ServerConfig:
     def validate(self) -> ServerConfig:
         if self.rounds <= 0:
             raise ConfigError(f"server.rounds: must be positive, got {self.rounds}")
-        if self.clients_per_round <= 0:
-            raise ConfigError(f"server.clients_per_round: must be positive, got {self.clients_per_round}")
-        if not 1 <= self.min_clients <= self.clients_per_round:
-            raise ConfigError("server.min_clients: must be between 1 and server.clients_per_round")
+        if self.devices_per_round <= 0:
+            raise ConfigError(f"server.devices_per_round: must be positive, got {self.devices_per_round}")
+        if not 1 <= self.min_devices <= self.devices_per_round:
+            raise ConfigError("server.min_devices: must be between 1 and server.devices_per_round")
         if self.server_learning_rate <= 0 or self.round_timeout <= 0:
             raise ConfigError("server.server_learning_rate and server.round_timeout must be positive")
         if not self.adaptivity_tau > 0:
             raise ConfigError(f"server.adaptivity_tau: must be positive, got {self.adaptivity_tau}")
-        if self.evaluate_every < 0 or self.clients_per_evaluation < 0:
-            raise ConfigError("server.evaluate_every and server.clients_per_evaluation must not be negative")
+        if self.evaluate_every < 0 or self.devices_per_evaluation < 0:
+            raise ConfigError("server.evaluate_every and server.devices_per_evaluation must not be negative")
         if not 0 <= self.final_server_learning_rate <= self.server_learning_rate:
             raise ConfigError(f"server.final_server_learning_rate: must be between 0 and server.server_learning_rate "
                               f"= {self.server_learning_rate}, got {self.final_server_learning_rate}")
@@ -115,10 +115,10 @@ class ServerConfig:
 class SimulationEngineConfig:
     """How Flower's simulation engine runs the clients on this machine."""
 
-    num_cpus_per_client: float = 1.0
-    #: Ray workers; 0 lets each client take ``num_cpus_per_client`` of the machine.
+    num_cpus_per_device: float = 1.0
+    #: Ray workers; 0 lets each client take ``num_cpus_per_device`` of the machine.
     max_workers: int = 0
-    torch_threads_per_client: int = 1
+    torch_threads_per_device: int = 1
     #: Fault injection: these partitions raise on every training call (simulated broken devices).
     failing_partitions: tuple[int, ...] = ()
     #: Fault injection: each training call fails with this probability (seeded by run, round, partition).
@@ -145,10 +145,11 @@ class FederatedConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FederatedConfig:
+        _refuse_renamed_keys(values)
         return dataclass_from_dict(cls, values)
 
-    def validate(self, num_clients: int | None = None, min_local_examples: int | None = None) -> FederatedConfig:
-        """Checks every section; with ``num_clients`` also that the sampling fits the federation.
+    def validate(self, num_devices: int | None = None, min_local_examples: int | None = None) -> FederatedConfig:
+        """Checks every section; with ``num_devices`` also that the sampling fits the federation.
 
         ``min_local_examples`` (the fewest training samples on a device), when the caller
         knows it, enables the local-DP delta check up front; a device checks its own count
@@ -160,12 +161,12 @@ class FederatedConfig:
         self.server.validate()
         self.evaluation.validate()
         config_from_dict(model_class(self.model.name).config_class, self.model.options)
-        if self.simulation.num_cpus_per_client <= 0 or self.simulation.torch_threads_per_client <= 0:
-            raise ConfigError("simulation.num_cpus_per_client and torch_threads_per_client must be positive")
+        if self.simulation.num_cpus_per_device <= 0 or self.simulation.torch_threads_per_device <= 0:
+            raise ConfigError("simulation.num_cpus_per_device and torch_threads_per_device must be positive")
         if not 0.0 <= self.simulation.failure_probability < 1.0:
             raise ConfigError("simulation.failure_probability: must be in [0, 1)")
-        self.privacy.validate(num_users=num_clients, min_local_examples=min_local_examples,
-                              clients_per_round=self.server.clients_per_round)
+        self.privacy.validate(num_users=num_devices, min_local_examples=min_local_examples,
+                              devices_per_round=self.server.devices_per_round)
         if self.privacy.local.enabled:
             require_gradient_model(self.model.name, "privacy.local")
         if self.privacy.user_level.enabled:
@@ -175,10 +176,10 @@ class FederatedConfig:
                 raise ConfigError(f"privacy.user_level: runs with server.strategy 'fedavg' or 'fedadam', "
                                   f"got {self.server.strategy!r}")
         self._validate_secure_aggregation()
-        if num_clients is not None and self.server.clients_per_round > num_clients:
+        if num_devices is not None and self.server.devices_per_round > num_devices:
             raise ConfigError(
-                f"server.clients_per_round = {self.server.clients_per_round} but the federation has only "
-                f"{num_clients} clients; lower it or use a larger dataset"
+                f"server.devices_per_round = {self.server.devices_per_round} but the federation has only "
+                f"{num_devices} devices; lower it or use a larger dataset"
             )
         return self
 
@@ -199,6 +200,30 @@ class FederatedConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclass_to_dict(self), sort_keys=True)
+
+
+#: Keys that said "client" for what fedrec calls a device everywhere else: the old name gets one clear error.
+RENAMED_KEYS = {
+    ("server", "clients_per_round"): "devices_per_round",
+    ("server", "min_clients"): "min_devices",
+    ("server", "clients_per_evaluation"): "devices_per_evaluation",
+    ("simulation", "num_cpus_per_client"): "num_cpus_per_device",
+    ("simulation", "torch_threads_per_client"): "torch_threads_per_device",
+    ("partition", "users_per_client"): "users_per_device",
+}
+
+
+def _refuse_renamed_keys(values: dict[str, Any]) -> None:
+    old = [(section, key) for section, key in RENAMED_KEYS if isinstance(values.get(section), dict)
+           and key in values[section]]
+    user_level = values.get("privacy", {}).get("user_level", {}) if isinstance(values.get("privacy"), dict) else {}
+    if isinstance(user_level, dict) and "min_surviving_clients" in user_level:
+        raise ConfigError("privacy.user_level.min_surviving_clients was renamed privacy.user_level."
+                          "min_surviving_devices (one word, device, for one thing); rename it in your config")
+    if old:
+        section, key = old[0]
+        raise ConfigError(f"{section}.{key} was renamed {section}.{RENAMED_KEYS[(section, key)]} (one word, device, "
+                          "for one thing); rename it in your config")
 
 
 def require_gradient_model(model_name: str, section: str = "privacy.local") -> None:

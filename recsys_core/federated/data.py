@@ -32,7 +32,7 @@ class FederatedData:
     canaries: CanaryPlan | None = None
 
     @property
-    def num_clients(self) -> int:
+    def num_devices(self) -> int:
         return self.partitioners[0].num_partitions
 
     @property
@@ -43,18 +43,18 @@ class FederatedData:
         """The most training rows any partition holds: a bound on any device's example count, by which
         secure aggregation scales example weights."""
         rows = np.bincount(self.partitioners[0].assignment, weights=np.diff(self.split.train.user_offsets),
-                           minlength=self.num_clients)
+                           minlength=self.num_devices)
         return int(rows.max()) if rows.size else 0
 
     def most_users(self) -> int:
         """The most users any partition holds (the range of a device's metric sums)."""
-        users = np.bincount(self.partitioners[0].assignment, minlength=self.num_clients)
+        users = np.bincount(self.partitioners[0].assignment, minlength=self.num_devices)
         return int(users.max()) if users.size else 0
 
     def manifest(self, dataset: str) -> FederationManifest:
         """What the server may know of this federation: the launcher writes it, the server reads nothing else."""
         canaries = None if self.canaries is None else self.canaries.to_dict(self.split.train)
-        return FederationManifest.from_training_log(dataset, self.split.train, self.num_clients,
+        return FederationManifest.from_training_log(dataset, self.split.train, self.num_devices,
                                                     self.most_training_rows(), self.most_users(), canaries)
 
     def device_split(self, partition_id: int) -> DatasetSplit:

@@ -72,7 +72,7 @@ def train_on_device(
     noise_std = None
     if user_level.noise_placement == "distributed":
         noise_std = distributed_noise_std(user_level.noise_multiplier, user_level.clip_norm,
-                                          user_level.min_surviving_clients)
+                                          user_level.min_surviving_devices)
     # OS entropy: the server knows the run seed, and a noise share it can regenerate hides nothing.
     clipped = privatize_update(update, user_level.clip_norm, noise_std, np.random.default_rng())
     return replace(outcome, shared_parameters={}, num_examples=1, train_loss=float("nan"), clipped_update=clipped)

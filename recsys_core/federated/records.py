@@ -18,7 +18,7 @@ from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.privacy.accountant import PrivacyAccountant, ScheduleEntry
 from recsys_core.privacy.names import AccountantName
 
-#: ``aggregated``: the model moved. ``skipped``: fewer than ``server.min_clients`` updates.
+#: ``aggregated``: the model moved. ``skipped``: fewer than ``server.min_devices`` updates.
 #: ``discarded``: too few noise shares to release the sum. ``failed``: secure aggregation gave no sum.
 RoundStatus = Literal["aggregated", "skipped", "discarded", "failed"]
 NoisePlacement = Literal["central", "distributed"]
@@ -62,9 +62,9 @@ class UserLevelEvidence:
     noise_multiplier: float
     clip_norm: float
     noise_placement: NoisePlacement
-    expected_clients: int
+    expected_devices: int
     updates: int
-    min_surviving_clients: int
+    min_surviving_devices: int
     largest_update_norm: float | None = None
     noise_std_measured: float | None = None
     noise_coordinates: int | None = None

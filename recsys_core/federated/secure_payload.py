@@ -42,7 +42,7 @@ def update_clip_range(config: FederatedConfig) -> float:
     if not user_level.enabled:
         return config.secure_aggregation.update_clip_range
     share_std = distributed_noise_std(user_level.noise_multiplier, user_level.clip_norm,
-                                      user_level.min_surviving_clients)
+                                      user_level.min_surviving_devices)
     return user_level.clip_norm + NOISE_TAIL_STDS * share_std
 
 

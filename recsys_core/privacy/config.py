@@ -81,12 +81,12 @@ class UserLevelPrivacyConfig:
     noise_placement: NoisePlacement = "central"
     #: Distributed noise: shares are sized so that this many surviving clients carry the full noise.
     #: Rounds with fewer survivors are under-noised and must be discarded.
-    min_surviving_clients: int = 1
+    min_surviving_devices: int = 1
     #: Must be below 1 / (number of users).
     target_delta: float = 1e-5
     accountant: AccountantName = "rdp"
 
-    def validate(self, num_users: int | None = None, clients_per_round: int | None = None) -> UserLevelPrivacyConfig:
+    def validate(self, num_users: int | None = None, devices_per_round: int | None = None) -> UserLevelPrivacyConfig:
         prefix = f"{SECTION}.user_level"
         _check_noise_multiplier(f"{prefix}.noise_multiplier", self.noise_multiplier)
         if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
@@ -94,12 +94,12 @@ class UserLevelPrivacyConfig:
         if self.noise_placement not in NOISE_PLACEMENTS:
             raise ConfigError(f"{prefix}.noise_placement: {self.noise_placement!r} is not one of "
                               f"{', '.join(map(repr, NOISE_PLACEMENTS))}")
-        if self.min_surviving_clients < 1:
-            raise ConfigError(f"{prefix}.min_surviving_clients: must be at least 1, got {self.min_surviving_clients}")
-        if (self.noise_placement == "distributed" and clients_per_round is not None
-                and self.min_surviving_clients > clients_per_round):
-            raise ConfigError(f"{prefix}.min_surviving_clients: {self.min_surviving_clients} exceeds "
-                              f"server.clients_per_round = {clients_per_round}; no round could ever count")
+        if self.min_surviving_devices < 1:
+            raise ConfigError(f"{prefix}.min_surviving_devices: must be at least 1, got {self.min_surviving_devices}")
+        if (self.noise_placement == "distributed" and devices_per_round is not None
+                and self.min_surviving_devices > devices_per_round):
+            raise ConfigError(f"{prefix}.min_surviving_devices: {self.min_surviving_devices} exceeds "
+                              f"server.devices_per_round = {devices_per_round}; no round could ever count")
         _check_delta(f"{prefix}.target_delta", self.target_delta, num_users, "(number of users)")
         _check_accountant(f"{prefix}.accountant", self.accountant)
         return self
@@ -125,7 +125,7 @@ class PrivacyConfig:
         self,
         num_users: int | None = None,
         min_local_examples: int | None = None,
-        clients_per_round: int | None = None,
+        devices_per_round: int | None = None,
     ) -> PrivacyConfig:
         """Checks the enabled sections; the optional counts enable the delta and survivor checks.
 
@@ -135,5 +135,5 @@ class PrivacyConfig:
         if self.local.enabled:
             self.local.validate(min_local_examples=min_local_examples)
         if self.user_level.enabled:
-            self.user_level.validate(num_users=num_users, clients_per_round=clients_per_round)
+            self.user_level.validate(num_users=num_users, devices_per_round=devices_per_round)
         return self

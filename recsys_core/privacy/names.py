@@ -17,7 +17,7 @@ NoisePlacement = Literal["central", "distributed"]
 NOISE_PLACEMENTS: tuple[str, ...] = get_args(NoisePlacement)
 
 #: How the server picks the clients of a round.
-#: ``poisson``: each client joins independently with probability clients_per_round / num_clients.
-#: ``fixed_size``: exactly clients_per_round clients, drawn without replacement (what Flower's
+#: ``poisson``: each client joins independently with probability devices_per_round / num_devices.
+#: ``fixed_size``: exactly devices_per_round clients, drawn without replacement (what Flower's
 #: strategies and ``recsys_core.federated.sampling`` do).
 ClientSampling = Literal["poisson", "fixed_size"]

@@ -85,23 +85,23 @@ def central_noise_std(noise_multiplier: float, clip_norm: float) -> float:
     return noise_multiplier * clip_norm
 
 
-def distributed_noise_std(noise_multiplier: float, clip_norm: float, min_surviving_clients: int) -> float:
-    """Standard deviation of one client's share: sigma * C / sqrt(min_surviving_clients).
+def distributed_noise_std(noise_multiplier: float, clip_norm: float, min_surviving_devices: int) -> float:
+    """Standard deviation of one client's share: sigma * C / sqrt(min_surviving_devices).
 
     Shares are independent, so the sum over ``s`` survivors has variance
-    ``s / min_surviving_clients * (sigma * C)**2``. Sizing for the minimum is the
+    ``s / min_surviving_devices * (sigma * C)**2``. Sizing for the minimum is the
     conservative choice: with more survivors the sum carries more noise than the
     accountant assumes (utility lost, privacy kept), never less. A round with fewer
-    than ``min_surviving_clients`` survivors is under-noised and must be discarded,
+    than ``min_surviving_devices`` survivors is under-noised and must be discarded,
     not aggregated. Clients that collude with the server and reveal their shares
-    remove that much noise; ``min_surviving_clients`` should count honest clients only.
+    remove that much noise; ``min_surviving_devices`` should count honest clients only.
     """
     _check_positive("noise_multiplier", noise_multiplier)
     _check_positive("clip_norm", clip_norm)
-    if isinstance(min_surviving_clients, bool) or not isinstance(min_surviving_clients, int) \
-            or min_surviving_clients < 1:
-        raise ValueError(f"min_surviving_clients: must be a positive integer, got {min_surviving_clients!r}")
-    return noise_multiplier * clip_norm / math.sqrt(min_surviving_clients)
+    if isinstance(min_surviving_devices, bool) or not isinstance(min_surviving_devices, int) \
+            or min_surviving_devices < 1:
+        raise ValueError(f"min_surviving_devices: must be a positive integer, got {min_surviving_devices!r}")
+    return noise_multiplier * clip_norm / math.sqrt(min_surviving_devices)
 
 
 def central_noise(
@@ -115,14 +115,14 @@ def distributed_noise_share(
     shape: tuple[int, ...],
     noise_multiplier: float,
     clip_norm: float,
-    min_surviving_clients: int,
+    min_surviving_devices: int,
     generator: np.random.Generator,
 ) -> np.ndarray:
     """One client's share of the noise (float64), added to its clipped update before secure aggregation.
 
     See :func:`distributed_noise_std` for why shares are sized for the minimum number of survivors.
     """
-    return generator.normal(0.0, distributed_noise_std(noise_multiplier, clip_norm, min_surviving_clients),
+    return generator.normal(0.0, distributed_noise_std(noise_multiplier, clip_norm, min_surviving_devices),
                             size=shape)
 
 
@@ -145,12 +145,12 @@ def privatize_update(
 def noisy_mean_update(
     updates: Sequence[Mapping[str, np.ndarray]],
     *,
-    expected_clients: int,
+    expected_devices: int,
     clip_norm: float,
     central_noise_multiplier: float | None,
     generator: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-    """The server side of DP-FedAvg: (sum of clipped updates + noise) / ``expected_clients`` (float64).
+    """The server side of DP-FedAvg: (sum of clipped updates + noise) / ``expected_devices`` (float64).
 
     ``central_noise_multiplier``: the server clips every update again (it sees them, and the
     guarantee must not rest on clients clipping honestly) and adds Gaussian noise of
@@ -159,10 +159,10 @@ def noisy_mean_update(
 
     The denominator is the planned number of clients per round, not the number that
     replied: a data-independent constant, so one user moves the mean by at most
-    C / expected_clients whoever else dropped out.
+    C / expected_devices whoever else dropped out.
     """
-    if expected_clients < 1:
-        raise ValueError(f"expected_clients: must be at least 1, got {expected_clients}")
+    if expected_devices < 1:
+        raise ValueError(f"expected_devices: must be at least 1, got {expected_devices}")
     if not updates:
         raise ValueError("updates: need at least one client update")
     names = list(updates[0])
@@ -175,17 +175,17 @@ def noisy_mean_update(
     if central_noise_multiplier is not None:
         for name in names:
             total[name] += central_noise(total[name].shape, central_noise_multiplier, clip_norm, generator)
-    return {name: value / expected_clients for name, value in total.items()}
+    return {name: value / expected_devices for name, value in total.items()}
 
 
 def sampling_assumption(sampling: ClientSampling) -> str:
     """What the amplified epsilon assumes about client sampling, in words for the ledger."""
     if sampling == "poisson":
-        return ("Poisson client sampling: every client joins each round independently with probability "
-                "q = clients_per_round / num_clients, which is what Opacus's amplification analysis assumes.")
-    return ("Fixed-size client sampling: exactly clients_per_round clients are drawn without replacement each "
+        return ("Poisson device sampling: every device joins each round independently with probability "
+                "q = devices_per_round / num_devices, which is what Opacus's amplification analysis assumes.")
+    return ("Fixed-size device sampling: exactly devices_per_round devices are drawn without replacement each "
             "round (Flower's strategies and recsys_core.federated.sampling do this). Opacus's amplification "
-            "analysis assumes Poisson sampling with q = clients_per_round / num_clients, so the amplified "
+            "analysis assumes Poisson sampling with q = devices_per_round / num_devices, so the amplified "
             "epsilon is a Poisson approximation, not a proven bound for this run.")
 
 
@@ -194,7 +194,7 @@ class UserLevelEpsilon:
     """User-level epsilon of a DP-FedAvg run, with and without amplification by client sampling.
 
     ``with_amplification``: every round is a subsampled Gaussian mechanism with sampling
-    rate ``sampling_rate`` = clients_per_round / num_clients, composed over all ``rounds``.
+    rate ``sampling_rate`` = devices_per_round / num_devices, composed over all ``rounds``.
     It holds for every user only if sampling is Poisson and nobody the guarantee is
     meant against learns who took part in which round.
 
@@ -227,8 +227,8 @@ def user_level_epsilon(
     *,
     noise_multiplier: float,
     rounds: int,
-    clients_per_round: int,
-    num_clients: int,
+    devices_per_round: int,
+    num_devices: int,
     delta: float,
     max_rounds_joined: int | None = None,
     accountant: AccountantName = "rdp",
@@ -249,13 +249,13 @@ def user_level_epsilon(
     _check_positive("noise_multiplier", noise_multiplier)
     if rounds < 0:
         raise ValueError(f"rounds: must not be negative, got {rounds}")
-    if not 1 <= clients_per_round <= num_clients:
-        raise ValueError(f"clients_per_round: must be between 1 and num_clients = {num_clients}, "
-                         f"got {clients_per_round}")
+    if not 1 <= devices_per_round <= num_devices:
+        raise ValueError(f"devices_per_round: must be between 1 and num_devices = {num_devices}, "
+                         f"got {devices_per_round}")
     joined = rounds if max_rounds_joined is None else max_rounds_joined
     if not 0 <= joined <= rounds:
         raise ValueError(f"max_rounds_joined: must be between 0 and rounds = {rounds}, got {joined}")
-    sampling_rate = clients_per_round / num_clients
+    sampling_rate = devices_per_round / num_devices
     with_amplification = compute_epsilon([ScheduleEntry(noise_multiplier, sampling_rate, rounds)], delta, accountant)
     without_amplification = compute_epsilon([ScheduleEntry(noise_multiplier, 1.0, joined)], delta, accountant)
 

@@ -2,7 +2,7 @@
 
 Each coordinate i has a clipping range [-r_i, r_i]. A value is clipped, shifted to
 [0, 2 r_i] and rounded to the nearest of ``levels + 1`` points, so one client's integer
-lies in [0, levels]. ``levels`` is the largest that keeps the sum over ``max_clients``
+lies in [0, levels]. ``levels`` is the largest that keeps the sum over ``max_devices``
 clients below the modulus 2^modulus_bits: the masked sum can never wrap around, and a
 sum above ``clients * levels`` proves that some client sent a value out of range.
 """
@@ -25,7 +25,7 @@ class FixedPointCodec:
     """Encodes one client's floats and decodes the sum over clients."""
 
     clip_ranges: np.ndarray
-    max_clients: int
+    max_devices: int
     modulus_bits: int = 32
 
     def __post_init__(self) -> None:
@@ -33,8 +33,8 @@ class FixedPointCodec:
         if ranges.ndim != 1 or not np.all(np.isfinite(ranges)) or np.any(ranges <= 0):
             raise ValueError("clip_ranges must be a 1-D array of positive, finite ranges")
         modulus_dtype(self.modulus_bits)
-        if self.max_clients < 1 or self.levels < 1:
-            raise ValueError(f"{self.max_clients} clients do not fit a {self.modulus_bits}-bit modulus")
+        if self.max_devices < 1 or self.levels < 1:
+            raise ValueError(f"{self.max_devices} clients do not fit a {self.modulus_bits}-bit modulus")
         object.__setattr__(self, "clip_ranges", ranges)
 
     @property
@@ -43,8 +43,8 @@ class FixedPointCodec:
 
     @property
     def levels(self) -> int:
-        """Quantisation steps per coordinate: max_clients * levels < 2^modulus_bits."""
-        return ((1 << self.modulus_bits) - 1) // self.max_clients
+        """Quantisation steps per coordinate: max_devices * levels < 2^modulus_bits."""
+        return ((1 << self.modulus_bits) - 1) // self.max_devices
 
     def step(self) -> np.ndarray:
         """The width of one quantisation step per coordinate (2 r / levels)."""
@@ -63,8 +63,8 @@ class FixedPointCodec:
 
     def decode_sum(self, total: np.ndarray, clients: int) -> np.ndarray:
         """The float sum over ``clients`` encoded vectors; each coordinate within clients * step / 2."""
-        if not 1 <= clients <= self.max_clients:
-            raise ValueError(f"clients must be between 1 and {self.max_clients}, got {clients}")
+        if not 1 <= clients <= self.max_devices:
+            raise ValueError(f"clients must be between 1 and {self.max_devices}, got {clients}")
         total = np.asarray(total)
         if total.shape != (self.length,):
             raise ValueError(f"expected a sum of {self.length} values, got shape {total.shape}")

@@ -40,9 +40,9 @@ class VectorLayout:
     def length(self) -> int:
         return sum(segment.length for segment in self.segments)
 
-    def codec(self, max_clients: int, modulus_bits: int) -> FixedPointCodec:
+    def codec(self, max_devices: int, modulus_bits: int) -> FixedPointCodec:
         ranges = np.concatenate([np.full(segment.length, segment.clip_range) for segment in self.segments])
-        return FixedPointCodec(ranges, max_clients, modulus_bits)
+        return FixedPointCodec(ranges, max_devices, modulus_bits)
 
     def pack(self, values: Mapping[str, np.ndarray | float]) -> np.ndarray:
         """One float64 vector from a value per segment; raises naming a missing or mis-sized segment."""

@@ -38,7 +38,7 @@ class ExchangeSettings:
     exchange_id: str
     server_round: int
     threshold: int
-    max_clients: int
+    max_devices: int
     modulus_bits: int
     #: The public key the server holds for this device; a device whose key changed re-registers.
     registered_key: bytes
@@ -48,7 +48,7 @@ class ExchangeSettings:
 
     def to_wire(self) -> dict[str, Any]:
         return {"exchange-id": self.exchange_id, "round": self.server_round, "threshold": self.threshold,
-                "max-clients": self.max_clients, "modulus-bits": self.modulus_bits,
+                "max-devices": self.max_devices, "modulus-bits": self.modulus_bits,
                 "registered-key": self.registered_key, "weight-scale": float(self.weight_scale),
                 **self.layout.to_wire()}
 
@@ -56,7 +56,7 @@ class ExchangeSettings:
     def from_wire(cls, values: Mapping[str, Any]) -> ExchangeSettings:
         try:
             return cls(str(values["exchange-id"]), int(values["round"]), int(values["threshold"]),
-                       int(values["max-clients"]), int(values["modulus-bits"]), bytes(values["registered-key"]),
+                       int(values["max-devices"]), int(values["modulus-bits"]), bytes(values["registered-key"]),
                        VectorLayout.from_wire(values), float(values["weight-scale"]))
         except KeyError as missing:
             raise ValueError(f"secure aggregation settings lack {missing}") from None

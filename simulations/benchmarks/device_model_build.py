@@ -48,7 +48,7 @@ def main() -> int:
     config = FederatedConfig.from_dict(apply_overrides(read_toml(args.config), overrides)).validate()
     data = load_federated_data(config.data, config.partition)
     shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
-    partitions = list(range(min(args.devices, data.num_clients)))
+    partitions = list(range(min(args.devices, data.num_devices)))
     seconds: dict[str, list[float]] = {"template": [], "built": []}
     identical = True
     for _ in range(args.repeats):

@@ -90,7 +90,7 @@ def measure(model: str, data: dict, clients: int, repeats: int, epochs: int, bat
     plain, private, user_level = configs(model, data, epochs, batch_size)
     federated = load_federated_data(plain.data, plain.partition)
     shared = state_to_arrays(build_device_model(plain, federated.catalog, 1, 0).shared_state())
-    partitions = np.random.default_rng(0).choice(federated.num_clients, size=clients, replace=False)
+    partitions = np.random.default_rng(0).choice(federated.num_devices, size=clients, replace=False)
     splits = {int(p): federated.device_split(int(p)) for p in partitions}
     # Warm-up, one round of every client: imports, the cached Opacus wrappers, and the
     # accountant's RDP curve of each client's sampling rate (computed once per rate and

@@ -50,7 +50,7 @@ def main() -> int:
     base = read_toml(args.config)
     rows = []
     for clients in args.clients:
-        overrides = [f"server.clients_per_round={clients}", f"server.rounds={args.rounds}",
+        overrides = [f"server.devices_per_round={clients}", f"server.rounds={args.rounds}",
                      "server.evaluate_every=0", "server.final_evaluation=false",
                      f"simulation.max_workers={args.workers}", *args.set]
         if args.data_dir:

@@ -49,10 +49,10 @@ def evaluate_all(config: FederatedConfig, data: FederatedData, shared: Arrays, s
 
 
 def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
-                   on_round: Callable[[dict], None] | None = None, test_clients: int = 0) -> dict:
+                   on_round: Callable[[dict], None] | None = None, test_devices: int = 0) -> dict:
     """Runs ``config.server.rounds`` rounds; returns per-round seconds and the final test metrics.
 
-    ``test_clients``: test on that many seeded clients instead of all (large federations).
+    ``test_devices``: test on that many seeded clients instead of all (large federations).
     """
     data = load_federated_data(config.data, config.partition)
     shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
@@ -63,8 +63,8 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
         started = time.perf_counter()
         updates = []
         declined = 0
-        sampled = sample_partitions(config.seed, server_round, TRAINING, range(data.num_clients),
-                                    config.server.clients_per_round)
+        sampled = sample_partitions(config.seed, server_round, TRAINING, range(data.num_devices),
+                                    config.server.devices_per_round)
         for partition in sampled:
             outcome = train_on_device(config, data.device_split(partition), shared, states.get(partition),
                                       server_round, partition)
@@ -77,15 +77,15 @@ def run_plain_loop(config: FederatedConfig, evaluate_every: int = 0,
         record = {"round": server_round, "seconds": time.perf_counter() - started, "declined": declined,
                   "status": result.status}
         if evaluate_every and server_round % evaluate_every == 0:
-            evaluated = sample_partitions(config.seed, server_round, EVALUATION, range(data.num_clients),
-                                          config.server.clients_per_evaluation)
+            evaluated = sample_partitions(config.seed, server_round, EVALUATION, range(data.num_devices),
+                                          config.server.devices_per_evaluation)
             record["validation"] = evaluate_all(config, data, shared, states, evaluated, "valid")
         rounds.append(record)
         if on_round is not None:
             on_round(record)
-    tested = list(range(data.num_clients))
-    if test_clients:
-        tested = sample_partitions(config.seed, 0, EVALUATION, tested, test_clients)
+    tested = list(range(data.num_devices))
+    if test_devices:
+        tested = sample_partitions(config.seed, 0, EVALUATION, tested, test_devices)
     test_per_device: dict[int, dict[str, float]] = {}
     test = evaluate_all(config, data, shared, states, tested, "test", test_per_device)
     return {"rounds": rounds, "test": test, "test_per_device": test_per_device}
@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--evaluate-every", type=int, default=0)
-    parser.add_argument("--test-clients", type=int, default=0,
+    parser.add_argument("--test-devices", type=int, default=0,
                         help="test on this many seeded devices instead of all (large federations)")
     parser.add_argument("--per-device-output", metavar="JSON",
                         help="write each test device's metric sums here, for paired comparisons of runs "
@@ -112,7 +112,7 @@ def main() -> int:
         print(f"round {record['round']}: {record['seconds']:.2f} s"
               + (f"  valid ndcg@10 {validation['full/ndcg@10']:.4f}" if validation else ""), flush=True)
 
-    result = run_plain_loop(config, args.evaluate_every, show, args.test_clients)
+    result = run_plain_loop(config, args.evaluate_every, show, args.test_devices)
     if args.per_device_output:
         with open(args.per_device_output, "w", encoding="utf-8") as handle:
             json.dump({str(partition): sums for partition, sums in result["test_per_device"].items()}, handle)

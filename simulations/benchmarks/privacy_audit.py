@@ -42,20 +42,20 @@ def cell_config(cell: str, data_dir: str, rounds: int, canaries: int, output_dir
     config, _ = base_config("ml-100k-neumf", data_dir, rounds, ("server.final_evaluation=false",
                                                                 f"data.canaries.count={canaries}",
                                                                 f'output_dir="{output_dir}"'))
-    num_clients = load_federated_data(config.data, config.partition).num_clients
+    num_devices = load_federated_data(config.data, config.partition).num_devices
     overrides: list[str] = []
     if cell == "null-control":
         overrides = ["data.canaries.insert=false"]
     elif cell == "local-dp-8":
-        overrides, _ = private_overrides(config, "local", EPSILON, num_clients)
+        overrides, _ = private_overrides(config, "local", EPSILON, num_devices)
     elif cell.startswith("user-dp-8"):
-        overrides, _ = private_overrides(config, "user_level", EPSILON, num_clients)
+        overrides, _ = private_overrides(config, "user_level", EPSILON, num_devices)
         if cell.endswith("secure"):
-            survivors = config.server.clients_per_round - 5
+            survivors = config.server.devices_per_round - 5
             overrides += ["secure_aggregation.enabled=true", 'privacy.user_level.noise_placement="distributed"',
-                          f"privacy.user_level.min_surviving_clients={survivors}"]
+                          f"privacy.user_level.min_surviving_devices={survivors}"]
     values = apply_overrides(json.loads(config.to_json()), overrides)
-    return FederatedConfig.from_dict(values).validate(num_clients=num_clients)
+    return FederatedConfig.from_dict(values).validate(num_devices=num_devices)
 
 
 def run_cell(cell: str, data_dir: str, rounds: int, canaries: int, output_dir: str) -> dict[str, Any]:

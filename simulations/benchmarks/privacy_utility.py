@@ -53,7 +53,7 @@ DELTA = 1e-5  # below 1 / users (943 and 22,363) and below 1 / samples on any de
 SASREC_ML100K = [
     'model.name="sasrec"', "model.options={hidden_dim=64, max_length=200, dropout=0.2}",
     'local.optimizer="sgd"', "local.learning_rate=1.0", "local.epochs=1", "local.private_refit_epochs=0",
-    'server.strategy="fedadam"', "server.server_learning_rate=0.002", "server.clients_per_round=100",
+    'server.strategy="fedadam"', "server.server_learning_rate=0.002", "server.devices_per_round=100",
 ]
 #: (base config, overrides, rounds, test clients) per suite; rounds are cut to fit a small machine.
 SUITES: dict[str, tuple[str, list[str], int, int]] = {
@@ -66,18 +66,18 @@ SUITES: dict[str, tuple[str, list[str], int, int]] = {
 
 def base_config(suite: str, data_dir: str, rounds_override: int = 0,
                 extra: tuple[str, ...] = ()) -> tuple[FederatedConfig, int]:
-    path, overrides, rounds, test_clients = SUITES[suite]
+    path, overrides, rounds, test_devices = SUITES[suite]
     rounds = rounds_override or rounds
     values = apply_overrides(read_toml(ROOT / path), [f'data.data_dir="{data_dir}"', *overrides,
                                                       f"server.rounds={rounds}", "server.evaluate_every=0", *extra])
-    return FederatedConfig.from_dict(values).validate(), test_clients
+    return FederatedConfig.from_dict(values).validate(), test_devices
 
 
-def most_rounds_joined(config: FederatedConfig, num_clients: int) -> int:
+def most_rounds_joined(config: FederatedConfig, num_devices: int) -> int:
     joined: Counter[int] = Counter()
     for server_round in range(1, config.server.rounds + 1):
-        joined.update(sample_partitions(config.seed, server_round, TRAINING, range(num_clients),
-                                        config.server.clients_per_round))
+        joined.update(sample_partitions(config.seed, server_round, TRAINING, range(num_devices),
+                                        config.server.devices_per_round))
     return max(joined.values())
 
 
@@ -85,7 +85,7 @@ def probe_devices(config: FederatedConfig, count: int = 20) -> tuple[int, float]
     """Lower-quartile DP samples per device, and median L2 norm of a non-private first-round update."""
     data = load_federated_data(config.data, config.partition)
     shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
-    partitions = np.random.default_rng(1).choice(data.num_clients, size=count, replace=False)
+    partitions = np.random.default_rng(1).choice(data.num_devices, size=count, replace=False)
     samples, norms = [], []
     for partition in map(int, partitions):
         split = data.device_split(partition)
@@ -97,8 +97,8 @@ def probe_devices(config: FederatedConfig, count: int = 20) -> tuple[int, float]
     return int(np.percentile(samples, 25)), float(np.median(norms))
 
 
-def private_overrides(config: FederatedConfig, mode: str, epsilon: float, num_clients: int) -> tuple[list[str], dict]:
-    joined = most_rounds_joined(config, num_clients)
+def private_overrides(config: FederatedConfig, mode: str, epsilon: float, num_devices: int) -> tuple[list[str], dict]:
+    joined = most_rounds_joined(config, num_devices)
     samples, update_norm = probe_devices(config)
     if mode == "local":
         schedule = PoissonSchedule(samples, config.local.batch_size)
@@ -115,20 +115,20 @@ def private_overrides(config: FederatedConfig, mode: str, epsilon: float, num_cl
 
 def run_cell(suite: str, mode: str, epsilon: float, data_dir: str, rounds: int = 0,
              extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    config, test_clients = base_config(suite, data_dir, rounds, extra)
-    num_clients = load_federated_data(config.data, config.partition).num_clients
+    config, test_devices = base_config(suite, data_dir, rounds, extra)
+    num_devices = load_federated_data(config.data, config.partition).num_devices
     settings: dict[str, Any] = {}
     if math.isfinite(epsilon):
-        overrides, settings = private_overrides(config, mode, epsilon, num_clients)
+        overrides, settings = private_overrides(config, mode, epsilon, num_devices)
         values = apply_overrides(json.loads(config.to_json()), overrides)
-        config = FederatedConfig.from_dict(values).validate(num_clients=num_clients)
+        config = FederatedConfig.from_dict(values).validate(num_devices=num_devices)
     started = time.perf_counter()
-    result = run_plain_loop(config, test_clients=test_clients)
+    result = run_plain_loop(config, test_devices=test_devices)
     return {
         "suite": suite, "overrides": list(extra),
         "mode": mode if math.isfinite(epsilon) else "none", "epsilon": epsilon, "delta": DELTA,
-        "rounds": config.server.rounds, "clients_per_round": config.server.clients_per_round,
-        "test_clients": test_clients or num_clients, **settings,
+        "rounds": config.server.rounds, "devices_per_round": config.server.devices_per_round,
+        "test_devices": test_devices or num_devices, **settings,
         "ndcg@10_full": result["test"]["full/ndcg@10"], "hr@10_sampled": result["test"]["sampled/hr@10"],
         "seconds_per_round": float(np.mean([r["seconds"] for r in result["rounds"]])),
         "declined": int(sum(r["declined"] for r in result["rounds"])),

@@ -49,7 +49,7 @@ COST_MODEL = ["model.options.gmf_dim=72", "model.options.mlp_layers=[144, 72, 36
 #: Distributed user-level DP for the utility part: shares sized for 40 survivors of 50.
 DISTRIBUTED_DP = ["privacy.user_level.enabled=true", "privacy.user_level.noise_placement=\"distributed\"",
                   "privacy.user_level.noise_multiplier=1.0", "privacy.user_level.clip_norm=5.0",
-                  "privacy.user_level.min_surviving_clients=40", "privacy.user_level.target_delta=1e-4"]
+                  "privacy.user_level.min_surviving_devices=40", "privacy.user_level.target_delta=1e-4"]
 
 
 def build_config(base: dict[str, Any], overrides: list[str]) -> FederatedConfig:
@@ -87,7 +87,7 @@ def protocol_costs(length: int, clients: int) -> dict[str, float]:
 
 
 def cost(base: dict[str, Any], args: argparse.Namespace) -> None:
-    overrides = [*COST_MODEL, f"server.clients_per_round={args.clients}", f"server.rounds={args.rounds}",
+    overrides = [*COST_MODEL, f"server.devices_per_round={args.clients}", f"server.rounds={args.rounds}",
                  "server.evaluate_every=0", "server.final_evaluation=false", *args.set]
     measured: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for secure in (False, True, True, False):

@@ -170,7 +170,7 @@ output_dir = "{folder / 'runs'}"
 [data]
 {data}
 [partition]
-users_per_client = {SYNTHETIC['n_users'] // clients}
+users_per_device = {SYNTHETIC['n_users'] // clients}
 [model]
 name = "neumf"
 [model.options]
@@ -180,10 +180,10 @@ mlp_layers = {MODEL_OPTIONS['mlp_layers']}
 epochs = 1
 [server]
 rounds = {rounds}
-clients_per_round = {clients}
-min_clients = 2
+devices_per_round = {clients}
+min_devices = 2
 evaluate_every = 0
-clients_per_evaluation = {clients}
+devices_per_evaluation = {clients}
 round_timeout = 120
 connect_timeout = 60
 [secure_aggregation]

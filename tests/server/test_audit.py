@@ -23,7 +23,7 @@ def private_run(tmp_path_factory) -> Path:
         "data": {"synthetic": {"n_users": N_USERS, "n_items": 40, "seed": 2}, "canaries": {"count": 12}},
         "model": {"name": "neumf", "options": {"gmf_dim": 4, "mlp_layers": [8, 4]}},
         "local": {"epochs": 1, "learning_rate": 0.01},
-        "server": {"rounds": 4, "clients_per_round": 8, "min_clients": 2, "evaluate_every": 0,
+        "server": {"rounds": 4, "devices_per_round": 8, "min_devices": 2, "evaluate_every": 0,
                    "final_evaluation": False, "server_learning_rate": 2.0},
         "privacy": {"local": {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 50.0,
                               "target_delta": 1e-3},
@@ -42,13 +42,13 @@ def copy_of(run: Path, tmp_path: Path) -> Path:
 
 def test_an_untouched_dp_run_passes_with_every_part_reported(private_run: Path, tmp_path: Path) -> None:
     run = copy_of(private_run, tmp_path)
-    result = audit_run(run, AuditOptions(expected_head=(run / "head.txt").read_text(), item_set_clients=8))
+    result = audit_run(run, AuditOptions(expected_head=(run / "head.txt").read_text(), item_set_devices=8))
     assert result["verdict"] == {"result": "PASS", "reasons": [], "note": None}
     assert result["integrity"]["passed"] and result["integrity"]["rounds"] == 4
     names = {check["name"] for check in result["formal"]["checks"]}
     assert {"recomputed by the run's accountant", "local epsilons by a second accountant",
             "user-level claimed epsilon by a second accountant", "central noise on, as measured by the server",
-            "rounds joined per client", "no device past its budget", "secure aggregation as configured"} <= names
+            "rounds joined per device", "no device past its budget", "secure aggregation as configured"} <= names
     assert all(check["passed"] for check in result["formal"]["checks"])
     canaries = result["canaries"]
     assert canaries["planted"] == 12
@@ -58,7 +58,7 @@ def test_an_untouched_dp_run_passes_with_every_part_reported(private_run: Path, 
     claims = result["formal"]["claims"]
     assert claims["server_view"]["claim"] == "local DP (worst device)"
     assert claims["released_model"]["epsilon"] <= claims["server_view"]["epsilon"]
-    assert result["item_set"]["clients"] > 0 and result["item_set"]["server_view"] == "raw"
+    assert result["item_set"]["devices"] > 0 and result["item_set"]["server_view"] == "raw"
     report = (run / "audit.md").read_text()
     assert report.startswith("# Privacy audit: PASS") and "one user" in report
     assert (run / "audit.png").stat().st_size > 0 and json.loads((run / "audit.json").read_text()) == \
@@ -70,7 +70,7 @@ def test_a_ledger_with_one_edited_sigma_fails(private_run: Path, tmp_path: Path,
     ledger = json.loads((run / "privacy-ledger.json").read_text())
     ledger["user_level"]["epsilon"]["noise_multiplier"] = 2.0
     (run / "privacy-ledger.json").write_text(json.dumps(ledger, indent=2))
-    assert main(["audit", str(run), "--item-set-clients", "4"]) == 1
+    assert main(["audit", str(run), "--item-set-devices", "4"]) == 1
     reasons = json.loads((run / "audit.json").read_text())["verdict"]["reasons"]
     assert any("privacy-ledger.json" in reason and "not the one sealed" in reason for reason in reasons)
     assert any("noise_multiplier: ledger 2.0, config 1.0" in reason for reason in reasons)
@@ -82,18 +82,18 @@ def test_a_removed_round_fails(private_run: Path, tmp_path: Path) -> None:
     run = copy_of(private_run, tmp_path)
     lines = (run / "rounds.jsonl").read_text().splitlines(keepends=True)
     (run / "rounds.jsonl").write_text("".join(lines[:1] + lines[2:]))
-    reasons = audit_run(run, AuditOptions(item_set_clients=4))["verdict"]["reasons"]
+    reasons = audit_run(run, AuditOptions(item_set_devices=4))["verdict"]["reasons"]
     assert any("line 2 (round 3)" in reason and "removed" in reason for reason in reasons)
     assert any("rounds were removed or added" in reason for reason in reasons)
-    assert any("rounds joined per client" in reason for reason in reasons)
+    assert any("rounds joined per device" in reason for reason in reasons)
 
 
 def test_a_consistently_rewritten_run_is_caught_only_by_the_head_kept_elsewhere(private_run: Path,
                                                                                tmp_path: Path) -> None:
     run = copy_of(private_run, tmp_path)
     chain = json.loads((run / "record-chain.json").read_text())
-    assert audit_run(run, AuditOptions(expected_head="0" * 64, item_set_clients=4))["verdict"]["result"] == "FAIL"
-    assert audit_run(run, AuditOptions(expected_head=chain["head"], item_set_clients=4))["verdict"]["result"] == \
+    assert audit_run(run, AuditOptions(expected_head="0" * 64, item_set_devices=4))["verdict"]["result"] == "FAIL"
+    assert audit_run(run, AuditOptions(expected_head=chain["head"], item_set_devices=4))["verdict"]["result"] == \
         "PASS"
 
 

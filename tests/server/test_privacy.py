@@ -16,7 +16,7 @@ NUM_CLIENTS = 5
 
 def private_config(**user_level) -> FederatedConfig:
     return FederatedConfig.from_dict({
-        "server": {"rounds": 3, "clients_per_round": 2, "server_learning_rate": 1.0},
+        "server": {"rounds": 3, "devices_per_round": 2, "server_learning_rate": 1.0},
         "privacy": {"local": {"enabled": True, "target_delta": 1e-3},
                     "user_level": {"enabled": True, "target_delta": 1e-2, "clip_norm": 0.5, **user_level}},
     })
@@ -43,9 +43,9 @@ def test_ledger_counts_rounds_joined_and_keeps_each_devices_latest_history() -> 
     ledger = run_ledger(private_config(), NUM_CLIENTS, rounds)
     assert ledger is not None
     verify(ledger)
-    assert [client.rounds_joined for client in ledger.clients] == [3, 1, 0, 1, 0]
-    assert [client.local_steps for client in ledger.clients] == [12, 4, 0, 4, 0]
-    assert ledger.clients[0].local_epsilon > ledger.clients[1].local_epsilon > 0 == ledger.clients[4].local_epsilon
+    assert [device.rounds_joined for device in ledger.devices] == [3, 1, 0, 1, 0]
+    assert [device.local_steps for device in ledger.devices] == [12, 4, 0, 4, 0]
+    assert ledger.devices[0].local_epsilon > ledger.devices[1].local_epsilon > 0 == ledger.devices[4].local_epsilon
     epsilon = ledger.user_level.epsilon
     assert epsilon.max_rounds_joined == 3 and epsilon.rounds == 3
     # Fixed-size sampling: amplification is reported but not claimed.

@@ -35,8 +35,8 @@ def tiny_config(tmp_path: Path, rounds: int) -> FederatedConfig:
         "data": {"synthetic": {"n_users": N_USERS, "n_items": 40, "seed": 2}},
         "model": {"name": "neumf", "options": {"gmf_dim": 4, "mlp_layers": [8, 4]}},
         "local": {"epochs": 1, "learning_rate": 0.01},
-        "server": {"rounds": rounds, "clients_per_round": 6, "min_clients": 3, "evaluate_every": 2,
-                   "clients_per_evaluation": 6, "server_learning_rate": 2.0},
+        "server": {"rounds": rounds, "devices_per_round": 6, "min_devices": 3, "evaluate_every": 2,
+                   "devices_per_evaluation": 6, "server_learning_rate": 2.0},
         "simulation": {"failing_partitions": [3]},
         "output_dir": str(tmp_path),
     })
@@ -178,7 +178,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Pat
     ("flags", "message"),
     [
         (["--rounds", "0"], "server.rounds"),
-        (["--clients-per-round", "999"], "only 500 clients"),
+        (["--devices-per-round", "999"], "only 500 devices"),
         (["--model", "transformer9000"], "unknown model"),
         (["--dataset", "ml-7k"], "ml-7k"),
         (["--set", "server.round=3"], "server.round"),
@@ -214,7 +214,7 @@ def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: l
 
 
 def test_validation_counts_clients(tmp_path: Path) -> None:
-    assert validate_before_start(tiny_config(tmp_path, rounds=1)).num_clients == N_USERS
+    assert validate_before_start(tiny_config(tmp_path, rounds=1)).num_devices == N_USERS
 
 
 def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -> None:
@@ -238,24 +238,24 @@ def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path, secure: boo
     values = json.loads(tiny_config(tmp_path, rounds=3).to_json())
     # With secure aggregation the distributed noise shares are added inside the masked sum.
     values["secure_aggregation"] = {"enabled": secure}
-    values["server"].update({"evaluate_every": 0, "min_clients": 1})
+    values["server"].update({"evaluate_every": 0, "min_devices": 1})
     values["privacy"] = {
         "local": {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 50.0, "target_delta": 1e-3},
         # Shares sized for 6 survivors of 6: a round where partition 3 fails (configured above) is discarded.
         "user_level": {"enabled": True, "noise_multiplier": 1.0, "clip_norm": 0.1, "target_delta": 1e-2,
-                       "noise_placement": "distributed", "min_surviving_clients": 6},
+                       "noise_placement": "distributed", "min_surviving_devices": 6},
     }
     config = FederatedConfig.from_dict(values)
     directory, summary = run_federated_simulation(config)
     rounds = directory.read_rounds()
     ledger = verify(load_ledger(directory.path / "privacy-ledger.json"))
     written = load_ledger(directory.path / "privacy-ledger.json")
-    joined = {client.client_id: client.rounds_joined for client in written.clients}
+    joined = {device.device_id: device.rounds_joined for device in written.devices}
     assert len(joined) == N_USERS
     assert sum(joined.values()) == sum(len(record.joined) for record in rounds) > 0
     # Every device that trained reported its accountant; its epsilon is positive, within its budget.
-    trained = [client for client in written.clients if client.local_steps > 0]
-    assert trained and all(0 < client.local_epsilon <= 50.0 for client in trained)
+    trained = [device for device in written.devices if device.local_steps > 0]
+    assert trained and all(0 < device.local_epsilon <= 50.0 for device in trained)
     assert ledger.user_level is not None and written.user_level is not None
     assert written.user_level.epsilon.claimed == "without_amplification"
     assert summary["privacy"]["user_level"]["claimed_epsilon"] == written.user_level.epsilon.claimed_epsilon

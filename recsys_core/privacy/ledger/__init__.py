@@ -1,7 +1,7 @@
 """The privacy ledger of a run: what was protected, how, and every schedule needed to recompute epsilon.
 
 A ledger is plain JSON. It records the unit of privacy and neighbouring relation, the
-mechanisms and their parameters, each client's DP-SGD schedule and the rounds it
+mechanisms and their parameters, each device's DP-SGD schedule and the rounds it
 joined, and the epsilons the run reported.
 
 - :mod:`.schema`: the sections and entries, and :class:`LedgerError`.
@@ -12,7 +12,7 @@ joined, and the epsilons the run reported.
 
 from recsys_core.privacy.ledger.build import (
     build_ledger,
-    client_privacy,
+    device_privacy,
     local_privacy_record,
     user_level_privacy_record,
 )
@@ -25,7 +25,7 @@ from recsys_core.privacy.ledger.schema import (
     USER_MECHANISM,
     USER_NEIGHBOURING_RELATION,
     USER_UNIT_OF_PRIVACY,
-    ClientPrivacy,
+    DevicePrivacy,
     EpsilonSummary,
     LedgerError,
     LibraryVersions,
@@ -43,7 +43,7 @@ __all__ = [
     "USER_MECHANISM",
     "USER_NEIGHBOURING_RELATION",
     "USER_UNIT_OF_PRIVACY",
-    "ClientPrivacy",
+    "DevicePrivacy",
     "EpsilonSummary",
     "LedgerError",
     "LibraryVersions",
@@ -52,7 +52,7 @@ __all__ = [
     "RecomputedPrivacy",
     "UserLevelPrivacyRecord",
     "build_ledger",
-    "client_privacy",
+    "device_privacy",
     "load_ledger",
     "local_privacy_record",
     "recompute",

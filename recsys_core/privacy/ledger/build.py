@@ -13,7 +13,7 @@ from recsys_core.privacy.ledger.schema import (
     USER_MECHANISM,
     USER_NEIGHBOURING_RELATION,
     USER_UNIT_OF_PRIVACY,
-    ClientPrivacy,
+    DevicePrivacy,
     EpsilonSummary,
     LibraryVersions,
     LocalPrivacyRecord,
@@ -25,15 +25,15 @@ from recsys_core.privacy.names import AccountantName, NoisePlacement
 from recsys_core.privacy.user_level import UserLevelEpsilon
 
 
-def client_privacy(
-    client_id: str, rounds_joined: int, accountant: PrivacyAccountant | None = None, delta: float | None = None
-) -> ClientPrivacy:
-    """The ledger entry of one client; pass its device accountant and the local delta under local DP."""
+def device_privacy(
+    device_id: str, rounds_joined: int, accountant: PrivacyAccountant | None = None, delta: float | None = None
+) -> DevicePrivacy:
+    """The ledger entry of one device; pass its device accountant and the local delta under local DP."""
     if accountant is None:
-        return ClientPrivacy(client_id, rounds_joined, 0, (), None)
+        return DevicePrivacy(device_id, rounds_joined, 0, (), None)
     if delta is None:
-        raise ValueError("delta: needed to compute the epsilon of a client with a local accountant")
-    return ClientPrivacy(client_id, rounds_joined, accountant.total_steps, accountant.history,
+        raise ValueError("delta: needed to compute the epsilon of a device with a local accountant")
+    return DevicePrivacy(device_id, rounds_joined, accountant.total_steps, accountant.history,
                          accountant.epsilon(delta))
 
 
@@ -44,11 +44,11 @@ def local_privacy_record(
     clip_norm: float,
     delta: float,
     target_epsilon: float,
-    clients: Iterable[ClientPrivacy],
+    devices: Iterable[DevicePrivacy],
     unit_of_privacy: str = LOCAL_UNIT_OF_PRIVACY,
 ) -> LocalPrivacyRecord:
-    """The local-DP section, with the epsilon summary taken from the clients' entries."""
-    epsilons = [client.local_epsilon for client in clients if client.local_epsilon is not None]
+    """The local-DP section, with the epsilon summary taken from the devices' entries."""
+    epsilons = [device.local_epsilon for device in devices if device.local_epsilon is not None]
     return LocalPrivacyRecord(unit_of_privacy, LOCAL_NEIGHBOURING_RELATION, LOCAL_MECHANISM, accountant,
                               noise_multiplier, clip_norm, delta, target_epsilon, EpsilonSummary.of(epsilons))
 
@@ -57,23 +57,23 @@ def user_level_privacy_record(
     *,
     noise_placement: NoisePlacement,
     clip_norm: float,
-    min_surviving_clients: int,
-    num_clients: int,
-    clients_per_round: int,
+    min_surviving_devices: int,
+    num_devices: int,
+    devices_per_round: int,
     epsilon: UserLevelEpsilon,
 ) -> UserLevelPrivacyRecord:
     """The user-level section; ``epsilon`` comes from :func:`~recsys_core.privacy.user_level.user_level_epsilon`."""
     return UserLevelPrivacyRecord(USER_UNIT_OF_PRIVACY, USER_NEIGHBOURING_RELATION, USER_MECHANISM, noise_placement,
-                                  clip_norm, min_surviving_clients, num_clients, clients_per_round, epsilon)
+                                  clip_norm, min_surviving_devices, num_devices, devices_per_round, epsilon)
 
 
 def build_ledger(
     *,
-    clients: Iterable[ClientPrivacy],
+    devices: Iterable[DevicePrivacy],
     local: LocalPrivacyRecord | None = None,
     user_level: UserLevelPrivacyRecord | None = None,
 ) -> PrivacyLedger:
     """A validated ledger stamped with the installed library versions."""
-    ledger = PrivacyLedger(SCHEMA_VERSION, LibraryVersions.current(), local, user_level, tuple(clients))
+    ledger = PrivacyLedger(SCHEMA_VERSION, LibraryVersions.current(), local, user_level, tuple(devices))
     validate(ledger)
     return ledger

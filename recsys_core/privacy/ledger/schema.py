@@ -17,15 +17,15 @@ from recsys_core.privacy.accountant import ScheduleEntry
 from recsys_core.privacy.names import AccountantName, NoisePlacement
 from recsys_core.privacy.user_level import UserLevelEpsilon
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 LOCAL_UNIT_OF_PRIVACY = "one training example on one device (an interaction; a sequence for sequential models)"
 LOCAL_NEIGHBOURING_RELATION = "add or remove one training example from one device's local dataset"
 LOCAL_MECHANISM = ("DP-SGD (Opacus): Poisson-sampled batches, per-example gradients clipped to clip_norm, "
                    "Gaussian noise of standard deviation noise_multiplier * clip_norm added to each batch sum")
-USER_UNIT_OF_PRIVACY = "one user: all interactions of one client"
-USER_NEIGHBOURING_RELATION = "add or remove one user (one client) with all their data"
-USER_MECHANISM = ("DP-FedAvg: each client's shared-parameter update clipped to L2 norm clip_norm, Gaussian noise "
+USER_UNIT_OF_PRIVACY = "one user: all interactions of one device"
+USER_NEIGHBOURING_RELATION = "add or remove one user (one device) with all their data"
+USER_MECHANISM = ("DP-FedAvg: each device's shared-parameter update clipped to L2 norm clip_norm, Gaussian noise "
                   "of standard deviation noise_multiplier * clip_norm added to the sum of updates")
 
 
@@ -44,7 +44,7 @@ class LibraryVersions:
 
 @dataclass(frozen=True)
 class EpsilonSummary:
-    """Minimum, median and maximum of per-client epsilons (the full list is in the client entries)."""
+    """Minimum, median and maximum of per-client epsilons (the full list is in the device entries)."""
 
     minimum: float
     median: float
@@ -59,11 +59,11 @@ class EpsilonSummary:
 
 
 @dataclass(frozen=True)
-class ClientPrivacy:
-    """One client's participation and, with local DP, its device accountant's history and epsilon."""
+class DevicePrivacy:
+    """One device's participation and, with local DP, its device accountant's history and epsilon."""
 
-    client_id: str
-    #: Rounds in which this client's update left the device.
+    device_id: str
+    #: Rounds in which this device's update left the device.
     rounds_joined: int
     #: DP-SGD steps the device took in total (the sum of ``local_schedule`` steps; 0 without local DP).
     local_steps: int
@@ -81,7 +81,7 @@ class LocalPrivacyRecord:
     neighbouring_relation: str
     mechanism: str
     accountant: AccountantName
-    #: The configured noise multiplier; each client's schedule records the one it actually used.
+    #: The configured noise multiplier; each device's schedule records the one it actually used.
     noise_multiplier: float
     clip_norm: float
     delta: float
@@ -100,9 +100,9 @@ class UserLevelPrivacyRecord:
     noise_placement: NoisePlacement
     clip_norm: float
     #: Distributed noise: shares are sized so that this many survivors carry the full noise (1 if central).
-    min_surviving_clients: int
-    num_clients: int
-    clients_per_round: int
+    min_surviving_devices: int
+    num_devices: int
+    devices_per_round: int
     epsilon: UserLevelEpsilon
 
 
@@ -114,7 +114,7 @@ class PrivacyLedger:
     library_versions: LibraryVersions
     local: LocalPrivacyRecord | None
     user_level: UserLevelPrivacyRecord | None
-    clients: tuple[ClientPrivacy, ...]
+    devices: tuple[DevicePrivacy, ...]
 
     # The file format lives in .io, which builds on this module, hence the imports at call time.
 

@@ -3,7 +3,7 @@
 :func:`recompute` derives every epsilon again from the recorded schedules (no data, no
 training), and :func:`verify` compares them with the recorded ones, so a third party
 can check a run's claims. :func:`validate` holds what the JSON types alone do not:
-ranges, sums, and that the sections agree with the client entries.
+ranges, sums, and that the sections agree with the device entries.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from recsys_core.privacy.accountant import ScheduleEntry, compute_epsilon
 from recsys_core.privacy.ledger.schema import (
     SCHEMA_VERSION,
-    ClientPrivacy,
+    DevicePrivacy,
     EpsilonSummary,
     FieldError,
     LedgerError,
@@ -44,14 +44,14 @@ def recompute(ledger: PrivacyLedger) -> RecomputedPrivacy:
     validate(ledger)
     local_epsilons: list[float | None] = []
     cache: dict[tuple[ScheduleEntry, ...], float] = {}
-    for client in ledger.clients:
+    for device in ledger.devices:
         if ledger.local is None:
             local_epsilons.append(None)
             continue
-        if client.local_schedule not in cache:
-            cache[client.local_schedule] = compute_epsilon(client.local_schedule, ledger.local.delta,
+        if device.local_schedule not in cache:
+            cache[device.local_schedule] = compute_epsilon(device.local_schedule, ledger.local.delta,
                                                            ledger.local.accountant)
-        local_epsilons.append(cache[client.local_schedule])
+        local_epsilons.append(cache[device.local_schedule])
     local_summary = None
     if ledger.local is not None:
         local_summary = EpsilonSummary.of([value for value in local_epsilons if value is not None])
@@ -61,11 +61,11 @@ def recompute(ledger: PrivacyLedger) -> RecomputedPrivacy:
         user_level = user_level_epsilon(
             noise_multiplier=recorded.noise_multiplier,
             rounds=recorded.rounds,
-            clients_per_round=record.clients_per_round,
-            num_clients=record.num_clients,
+            devices_per_round=record.devices_per_round,
+            num_devices=record.num_devices,
             delta=recorded.delta,
-            # The participation recorded per client, not the summary figure: that is what a checker trusts.
-            max_rounds_joined=max((client.rounds_joined for client in ledger.clients), default=0),
+            # The participation recorded per device, not the summary figure: that is what a checker trusts.
+            max_rounds_joined=max((device.rounds_joined for device in ledger.devices), default=0),
             accountant=recorded.accountant,
             sampling=recorded.sampling,
             participation_hidden=recorded.participation_hidden,
@@ -87,8 +87,8 @@ def verify(ledger: PrivacyLedger, relative_tolerance: float = 1e-6, source: str 
         if recorded is None or value is None or not math.isclose(recorded, value, rel_tol=relative_tolerance):
             raise LedgerError(source, field, f"recorded {recorded} but the schedule gives {value}")
 
-    for index, (client, value) in enumerate(zip(ledger.clients, recomputed.local_epsilons)):
-        check(f"clients[{index}].local_epsilon", client.local_epsilon, value)
+    for index, (device, value) in enumerate(zip(ledger.devices, recomputed.local_epsilons)):
+        check(f"devices[{index}].local_epsilon", device.local_epsilon, value)
     if ledger.local is not None and recomputed.local_summary is not None:
         for name in ("minimum", "median", "maximum"):
             check(f"local.epsilon.{name}", getattr(ledger.local.epsilon, name),
@@ -112,32 +112,32 @@ def validate(ledger: PrivacyLedger) -> None:
     if ledger.local is None and ledger.user_level is None:
         raise FieldError("local", "a ledger needs a local or a user_level section (or both)")
     seen: set[str] = set()
-    for index, client in enumerate(ledger.clients):
-        field = f"clients[{index}]"
-        if client.client_id in seen:
-            raise FieldError(f"{field}.client_id", f"{client.client_id!r} appears twice")
-        seen.add(client.client_id)
-        if client.rounds_joined < 0:
-            raise FieldError(f"{field}.rounds_joined", f"must not be negative, got {client.rounds_joined}")
-        for step_index, entry in enumerate(client.local_schedule):
+    for index, device in enumerate(ledger.devices):
+        field = f"devices[{index}]"
+        if device.device_id in seen:
+            raise FieldError(f"{field}.device_id", f"{device.device_id!r} appears twice")
+        seen.add(device.device_id)
+        if device.rounds_joined < 0:
+            raise FieldError(f"{field}.rounds_joined", f"must not be negative, got {device.rounds_joined}")
+        for step_index, entry in enumerate(device.local_schedule):
             try:
                 entry.validate()
             except ValueError as error:
                 raise FieldError(f"{field}.local_schedule[{step_index}].{str(error).split(':')[0]}",
                                   str(error).split(": ", 1)[-1]) from None
-        if client.local_steps != sum(entry.steps for entry in client.local_schedule):
-            raise FieldError(f"{field}.local_steps", f"{client.local_steps} is not the sum of the local_schedule "
-                                                      f"steps ({sum(e.steps for e in client.local_schedule)})")
-        if ledger.local is None and (client.local_epsilon is not None or client.local_schedule):
+        if device.local_steps != sum(entry.steps for entry in device.local_schedule):
+            raise FieldError(f"{field}.local_steps", f"{device.local_steps} is not the sum of the local_schedule "
+                                                      f"steps ({sum(e.steps for e in device.local_schedule)})")
+        if ledger.local is None and (device.local_epsilon is not None or device.local_schedule):
             raise FieldError(f"{field}.local_epsilon", "set, but the ledger has no local section")
         if ledger.local is not None:
-            if client.local_epsilon is None:
+            if device.local_epsilon is None:
                 raise FieldError(f"{field}.local_epsilon", "missing, but the ledger has a local section")
-            _check_epsilon(f"{field}.local_epsilon", client.local_epsilon)
+            _check_epsilon(f"{field}.local_epsilon", device.local_epsilon)
     if ledger.local is not None:
-        _validate_local(ledger.local, ledger.clients)
+        _validate_local(ledger.local, ledger.devices)
     if ledger.user_level is not None:
-        _validate_user_level(ledger.user_level, ledger.clients)
+        _validate_user_level(ledger.user_level, ledger.devices)
 
 
 def _check_epsilon(field: str, value: float) -> None:
@@ -155,47 +155,47 @@ def _check_delta(field: str, value: float) -> None:
         raise FieldError(field, f"must be in (0, 1), got {value}")
 
 
-def _validate_local(local: LocalPrivacyRecord, clients: Sequence[ClientPrivacy]) -> None:
+def _validate_local(local: LocalPrivacyRecord, devices: Sequence[DevicePrivacy]) -> None:
     _check_positive("local.noise_multiplier", local.noise_multiplier)
     _check_positive("local.clip_norm", local.clip_norm)
     _check_delta("local.delta", local.delta)
     if not local.target_epsilon > 0:
         raise FieldError("local.target_epsilon", f"must be positive, got {local.target_epsilon}")
-    expected = EpsilonSummary.of([client.local_epsilon for client in clients if client.local_epsilon is not None])
+    expected = EpsilonSummary.of([device.local_epsilon for device in devices if device.local_epsilon is not None])
     for name in ("minimum", "median", "maximum", "count"):
         if getattr(local.epsilon, name) != getattr(expected, name):
-            raise FieldError(f"local.epsilon.{name}", f"recorded {getattr(local.epsilon, name)} but the clients' "
+            raise FieldError(f"local.epsilon.{name}", f"recorded {getattr(local.epsilon, name)} but the devices' "
                                                        f"local_epsilon values give {getattr(expected, name)}")
 
 
-def _validate_user_level(record: UserLevelPrivacyRecord, clients: Sequence[ClientPrivacy]) -> None:
+def _validate_user_level(record: UserLevelPrivacyRecord, devices: Sequence[DevicePrivacy]) -> None:
     epsilon = record.epsilon
     _check_positive("user_level.clip_norm", record.clip_norm)
     _check_positive("user_level.epsilon.noise_multiplier", epsilon.noise_multiplier)
     _check_delta("user_level.epsilon.delta", epsilon.delta)
-    if record.num_clients < 1 or not 1 <= record.clients_per_round <= record.num_clients:
-        raise FieldError("user_level.clients_per_round",
-                          f"must be between 1 and num_clients = {record.num_clients}, got {record.clients_per_round}")
-    if len(clients) != record.num_clients:
-        # Every client must be listed: an unlisted client could hide a larger rounds_joined.
-        raise FieldError("clients", f"lists {len(clients)} clients but user_level.num_clients is "
-                                     f"{record.num_clients}; every client must appear")
-    if not 1 <= record.min_surviving_clients <= record.clients_per_round:
-        raise FieldError("user_level.min_surviving_clients",
-                          f"must be between 1 and clients_per_round = {record.clients_per_round}, "
-                          f"got {record.min_surviving_clients}")
-    if not math.isclose(epsilon.sampling_rate, record.clients_per_round / record.num_clients, rel_tol=1e-12):
+    if record.num_devices < 1 or not 1 <= record.devices_per_round <= record.num_devices:
+        raise FieldError("user_level.devices_per_round",
+                          f"must be between 1 and num_devices = {record.num_devices}, got {record.devices_per_round}")
+    if len(devices) != record.num_devices:
+        # Every device must be listed: an unlisted device could hide a larger rounds_joined.
+        raise FieldError("devices", f"lists {len(devices)} devices but user_level.num_devices is "
+                                     f"{record.num_devices}; every device must appear")
+    if not 1 <= record.min_surviving_devices <= record.devices_per_round:
+        raise FieldError("user_level.min_surviving_devices",
+                          f"must be between 1 and devices_per_round = {record.devices_per_round}, "
+                          f"got {record.min_surviving_devices}")
+    if not math.isclose(epsilon.sampling_rate, record.devices_per_round / record.num_devices, rel_tol=1e-12):
         raise FieldError("user_level.epsilon.sampling_rate",
-                          f"recorded {epsilon.sampling_rate} but clients_per_round / num_clients is "
-                          f"{record.clients_per_round / record.num_clients}")
-    for index, client in enumerate(clients):
-        if client.rounds_joined > epsilon.rounds:
-            raise FieldError(f"clients[{index}].rounds_joined",
-                              f"{client.rounds_joined} exceeds user_level.epsilon.rounds = {epsilon.rounds}")
-    most_joined = max((client.rounds_joined for client in clients), default=0)
+                          f"recorded {epsilon.sampling_rate} but devices_per_round / num_devices is "
+                          f"{record.devices_per_round / record.num_devices}")
+    for index, device in enumerate(devices):
+        if device.rounds_joined > epsilon.rounds:
+            raise FieldError(f"devices[{index}].rounds_joined",
+                              f"{device.rounds_joined} exceeds user_level.epsilon.rounds = {epsilon.rounds}")
+    most_joined = max((device.rounds_joined for device in devices), default=0)
     if epsilon.max_rounds_joined != most_joined:
         raise FieldError("user_level.epsilon.max_rounds_joined",
-                          f"recorded {epsilon.max_rounds_joined} but the clients' rounds_joined give {most_joined}")
+                          f"recorded {epsilon.max_rounds_joined} but the devices' rounds_joined give {most_joined}")
     for name in ("with_amplification", "without_amplification", "claimed_epsilon"):
         _check_epsilon(f"user_level.epsilon.{name}", getattr(epsilon, name))
     claimed_figure = getattr(epsilon, epsilon.claimed)

@@ -10,7 +10,7 @@ import pytest
 from recsys_core.audit.formal import check_against_log, guarantee_statement, pld_epsilon, recompute_with_two_accountants
 from recsys_core.federated.records import RoundRecord, round_record_from_dict
 from recsys_core.privacy.accountant import PrivacyAccountant, ScheduleEntry, compute_epsilon
-from recsys_core.privacy.ledger import PrivacyLedger, build_ledger, client_privacy, user_level_privacy_record
+from recsys_core.privacy.ledger import PrivacyLedger, build_ledger, device_privacy, user_level_privacy_record
 from recsys_core.privacy.user_level import user_level_epsilon
 
 SIGMA, CLIP, DELTA, NUM_CLIENTS, PER_ROUND = 1.2, 0.5, 1e-4, 6, 3
@@ -22,8 +22,8 @@ def rounds_log() -> list[dict[str, Any]]:
              "joined": [p for p, joined in JOINED.items() if r in joined],
              "user_level": {"noise_multiplier": SIGMA, "clip_norm": CLIP, "noise_placement": "central",
                             "noise_std_measured": SIGMA * CLIP * 1.003, "noise_std_declared": SIGMA * CLIP,
-                            "noise_coordinates": 100_000, "expected_clients": PER_ROUND,
-                            "min_surviving_clients": 1, "updates": PER_ROUND}} for r in (1, 2, 3)]
+                            "noise_coordinates": 100_000, "expected_devices": PER_ROUND,
+                            "min_surviving_devices": 1, "updates": PER_ROUND}} for r in (1, 2, 3)]
 
 
 def records(rounds: list[dict[str, Any]]) -> list[RoundRecord]:
@@ -31,18 +31,18 @@ def records(rounds: list[dict[str, Any]]) -> list[RoundRecord]:
 
 
 def config() -> dict[str, Any]:
-    return {"server": {"clients_per_round": PER_ROUND}, "secure_aggregation": {"enabled": False},
+    return {"server": {"devices_per_round": PER_ROUND}, "secure_aggregation": {"enabled": False},
             "privacy": {"local": {"enabled": False},
                         "user_level": {"enabled": True, "noise_multiplier": SIGMA, "clip_norm": CLIP,
                                        "target_delta": DELTA, "noise_placement": "central"}}}
 
 
 def ledger() -> PrivacyLedger:
-    epsilon = user_level_epsilon(noise_multiplier=SIGMA, rounds=3, clients_per_round=PER_ROUND,
-                                 num_clients=NUM_CLIENTS, delta=DELTA, max_rounds_joined=2)
-    record = user_level_privacy_record(noise_placement="central", clip_norm=CLIP, min_surviving_clients=1,
-                                       num_clients=NUM_CLIENTS, clients_per_round=PER_ROUND, epsilon=epsilon)
-    return build_ledger(clients=[client_privacy(str(p), len(joined)) for p, joined in JOINED.items()],
+    epsilon = user_level_epsilon(noise_multiplier=SIGMA, rounds=3, devices_per_round=PER_ROUND,
+                                 num_devices=NUM_CLIENTS, delta=DELTA, max_rounds_joined=2)
+    record = user_level_privacy_record(noise_placement="central", clip_norm=CLIP, min_surviving_devices=1,
+                                       num_devices=NUM_CLIENTS, devices_per_round=PER_ROUND, epsilon=epsilon)
+    return build_ledger(devices=[device_privacy(str(p), len(joined)) for p, joined in JOINED.items()],
                         user_level=record)
 
 
@@ -67,7 +67,7 @@ def test_an_honest_ledger_passes_every_check_and_states_the_guarantee_in_full() 
     assert all(check.passed for check in checks), [check for check in checks if not check.passed]
     statement = guarantee_statement(ledger(), secure_aggregation=False)[0]
     for words in ("one user", "add or remove one user", f"{DELTA:g}", "RDP", "without amplification",
-                  "Fixed-size client sampling", "added by the server", "Secure aggregation: off"):
+                  "Fixed-size device sampling", "added by the server", "Secure aggregation: off"):
         assert words in statement
 
 
@@ -91,7 +91,7 @@ def test_a_removed_round_and_noise_that_was_not_added_are_caught() -> None:
     rounds = rounds_log()
     failed = {check.name: check.detail for check in check_against_log(ledger(), config(), records(rounds[:2]))
               if not check.passed}
-    assert "client 1: ledger 2, log 1" in failed["rounds joined per client"]
+    assert "device 1: ledger 2, log 1" in failed["rounds joined per device"]
     rounds[1]["user_level"]["noise_std_measured"] = 0.0
     failed = {check.name for check in check_against_log(ledger(), config(), records(rounds)) if not check.passed}
     assert failed == {"central noise on, as measured by the server"}
@@ -101,10 +101,10 @@ def test_local_dp_devices_past_their_budget_and_secure_aggregation_off_are_caugh
     accountant = PrivacyAccountant("rdp", [ScheduleEntry(1.0, 0.5, 40)])
     from recsys_core.privacy.ledger import local_privacy_record
 
-    clients = [client_privacy("0", 1, accountant, 1e-3)]
+    devices = [device_privacy("0", 1, accountant, 1e-3)]
     local = local_privacy_record(accountant="rdp", noise_multiplier=1.0, clip_norm=1.0, delta=1e-3,
-                                 target_epsilon=2.0, clients=clients)
-    over_budget = build_ledger(clients=clients, local=local)
+                                 target_epsilon=2.0, devices=devices)
+    over_budget = build_ledger(devices=devices, local=local)
     values = {"secure_aggregation": {"enabled": True},
               "privacy": {"local": {"enabled": True, "noise_multiplier": 1.0, "per_sample_clip_norm": 1.0,
                                     "target_delta": 1e-3, "target_epsilon": 2.0}}}

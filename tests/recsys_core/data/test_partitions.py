@@ -26,15 +26,15 @@ def _assert_same_log(actual: InteractionLog, expected: InteractionLog) -> None:
     assert actual.name == expected.name
 
 
-@pytest.mark.parametrize("users_per_client", [1, 4, 10, 103, 500])
-def test_partitions_cover_users_disjointly(log: InteractionLog, users_per_client: int) -> None:
-    partitioner = ClientPartitioner(log, PartitionConfig(users_per_client=users_per_client))
-    expected_count = -(-log.n_users // users_per_client)
+@pytest.mark.parametrize("users_per_device", [1, 4, 10, 103, 500])
+def test_partitions_cover_users_disjointly(log: InteractionLog, users_per_device: int) -> None:
+    partitioner = ClientPartitioner(log, PartitionConfig(users_per_device=users_per_device))
+    expected_count = -(-log.n_users // users_per_device)
     assert partitioner.num_partitions == expected_count
     groups = [partitioner.users_of(p) for p in range(partitioner.num_partitions)]
     sizes = [len(group) for group in groups]
-    assert all(size == users_per_client for size in sizes[:-1])
-    assert 1 <= sizes[-1] <= users_per_client
+    assert all(size == users_per_device for size in sizes[:-1])
+    assert 1 <= sizes[-1] <= users_per_device
     everyone = np.concatenate(groups)
     assert np.array_equal(np.sort(everyone), np.arange(log.n_users)), "not a disjoint cover"
     for partition_id, group in enumerate(groups):
@@ -42,11 +42,11 @@ def test_partitions_cover_users_disjointly(log: InteractionLog, users_per_client
         assert np.all(partitioner.assignment[group] == partition_id)
 
 
-@pytest.mark.parametrize("users_per_client", [1, 7])
+@pytest.mark.parametrize("users_per_device", [1, 7])
 def test_partition_is_the_full_logs_rows_of_its_users(
-    log: InteractionLog, users_per_client: int
+    log: InteractionLog, users_per_device: int
 ) -> None:
-    partitioner = ClientPartitioner(log, PartitionConfig(users_per_client=users_per_client, seed=5))
+    partitioner = ClientPartitioner(log, PartitionConfig(users_per_device=users_per_device, seed=5))
     total = 0
     for partition_id in range(partitioner.num_partitions):
         part = partitioner.partition(partition_id)
@@ -64,7 +64,7 @@ def test_cross_device_client_is_its_user(log: InteractionLog) -> None:
 
 def test_grouping_follows_the_seed(log: InteractionLog) -> None:
     def groups(seed: int) -> list[list[int]]:
-        partitioner = ClientPartitioner(log, PartitionConfig(users_per_client=5, seed=seed))
+        partitioner = ClientPartitioner(log, PartitionConfig(users_per_device=5, seed=seed))
         return [partitioner.users_of(p).tolist() for p in range(partitioner.num_partitions)]
 
     assert groups(1) == groups(1)
@@ -82,7 +82,7 @@ def test_users_without_rows_get_empty_partitions(log: InteractionLog) -> None:
 
 
 def test_returned_arrays_do_not_expose_internal_state(log: InteractionLog) -> None:
-    partitioner = ClientPartitioner(log, PartitionConfig(users_per_client=3))
+    partitioner = ClientPartitioner(log, PartitionConfig(users_per_device=3))
     with pytest.raises(ValueError, match="read-only"):
         partitioner.users_of(0)[0] = 99
     part = partitioner.partition(0)
@@ -103,8 +103,8 @@ def test_out_of_range_partition_names_the_valid_range(log: InteractionLog, bad_i
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"users_per_client": 0}, "users_per_client"),
-        ({"users_per_client": 2.0}, "users_per_client"),
+        ({"users_per_device": 0}, "users_per_device"),
+        ({"users_per_device": 2.0}, "users_per_device"),
         ({"seed": -1}, "seed"),
     ],
 )

@@ -24,7 +24,7 @@ FLOWER = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
 
 
 def config(**sections: dict[str, Any]) -> FederatedConfig:
-    return FederatedConfig.from_dict({"server": {"clients_per_round": 2, **sections.pop("server", {})}, **sections})
+    return FederatedConfig.from_dict({"server": {"devices_per_round": 2, **sections.pop("server", {})}, **sections})
 
 
 def flower_reply(arrays: dict[str, np.ndarray], num_examples: int) -> Any:
@@ -95,21 +95,21 @@ def test_the_weighted_mean_and_loss_come_from_the_example_counts() -> None:
 
 
 def test_too_few_updates_leave_the_model_unchanged_with_the_reason() -> None:
-    run = config(server={"min_clients": 2})
+    run = config(server={"min_devices": 2})
     current = {"w": np.ones(2, dtype=np.float32)}
     summed = sum_plain_updates(run, current, [({"w": np.zeros(2, dtype=np.float32)}, 4, 0.1)])
     result = apply_round(run, current, summed, server_optimizer(run), 1)
-    assert result.status == "skipped" and "server.min_clients = 2" in result.status_reason
+    assert result.status == "skipped" and "server.min_devices = 2" in result.status_reason
     assert result.arrays is current
 
 
 def test_a_distributed_noise_round_with_too_few_shares_is_discarded() -> None:
     run = config(privacy={"user_level": {"enabled": True, "noise_placement": "distributed",
-                                         "min_surviving_clients": 2, "target_delta": 1e-2}})
+                                         "min_surviving_devices": 2, "target_delta": 1e-2}})
     current = {"w": np.zeros(2, dtype=np.float32)}
     summed = RoundSum({"w": np.ones(2)}, 1.0, contributors=1)
     result = apply_round(run, current, summed, server_optimizer(run), 1)
-    assert result.status == "discarded" and "min_surviving_clients = 2" in result.status_reason
+    assert result.status == "discarded" and "min_surviving_devices = 2" in result.status_reason
 
 
 def user_level_config(noise_multiplier: float) -> FederatedConfig:

@@ -60,7 +60,7 @@ def test_device_evaluation_sums_equal_one_central_pass() -> None:
     expected = evaluate_model(central, data.split, "test", seen, cfg.evaluation).means()
     shared = state_to_arrays(central.shared_state())
     total = MetricSums()
-    for partition in range(data.num_clients):
+    for partition in range(data.num_devices):
         user = int(data.partitioners[0].users_of(partition)[0])
         private = {name: value[user : user + 1].detach().numpy()
                    for name, value in central.private_state().items()}
@@ -82,8 +82,8 @@ def test_fault_injection_fails_the_named_partition() -> None:
 def test_more_clients_per_round_than_clients_is_rejected() -> None:
     from recsys_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="clients_per_round = 50 but the federation has only 40"):
-        config().validate(num_clients=40)
+    with pytest.raises(ConfigError, match="devices_per_round = 50 but the federation has only 40"):
+        config().validate(num_devices=40)
 
 
 def test_sequence_models_have_nothing_private() -> None:
@@ -158,8 +158,8 @@ def test_user_level_privacy_sends_the_clipped_update_and_hides_count_and_loss() 
 
 def test_distributed_user_level_noise_is_added_on_the_device() -> None:
     sections = {"enabled": True, "clip_norm": 0.05, "target_delta": 1e-3, "noise_multiplier": 2.0,
-                "noise_placement": "distributed", "min_surviving_clients": 4}
-    cfg = config(privacy={"user_level": sections}, server={"clients_per_round": 8})
+                "noise_placement": "distributed", "min_surviving_devices": 4}
+    cfg = config(privacy={"user_level": sections}, server={"devices_per_round": 8})
     data = load_federated_data(cfg.data, cfg.partition)
     shared = global_shared(cfg)
     first = train_on_device(cfg, data.device_split(3), shared, None, 1, 3).clipped_update

@@ -47,7 +47,7 @@ def test_user_level_updates_are_unweighted_and_the_range_covers_the_noise() -> N
     config = FederatedConfig.from_dict({
         "secure_aggregation": {"enabled": True},
         "privacy": {"user_level": {"enabled": True, "noise_placement": "distributed", "clip_norm": 2.0,
-                                   "noise_multiplier": 1.0, "min_surviving_clients": 4}}})
+                                   "noise_multiplier": 1.0, "min_surviving_devices": 4}}})
     layout = training_layout(config, RECEIVED)
     assert [segment.name for segment in layout.segments][-1] == "clipped-coordinates"
     assert "weight" not in {segment.name for segment in layout.segments}

@@ -92,36 +92,36 @@ def test_central_noise_has_the_declared_variance():
 
 @pytest.mark.parametrize("survivors", [5, 8])
 def test_distributed_shares_sum_to_at_least_the_full_variance(survivors):
-    min_surviving_clients = 5
+    min_surviving_devices = 5
     generator = np.random.default_rng(7 + survivors)
-    total = sum(distributed_noise_share((SAMPLES,), SIGMA, CLIP, min_surviving_clients, generator)
+    total = sum(distributed_noise_share((SAMPLES,), SIGMA, CLIP, min_surviving_devices, generator)
                 for _ in range(survivors))
     full_variance = (SIGMA * CLIP) ** 2
     # Exactly the full variance when the minimum survives, proportionally more with more survivors.
-    declared = survivors / min_surviving_clients * full_variance
-    assert survivors * distributed_noise_std(SIGMA, CLIP, min_surviving_clients) ** 2 == pytest.approx(declared)
+    declared = survivors / min_surviving_devices * full_variance
+    assert survivors * distributed_noise_std(SIGMA, CLIP, min_surviving_devices) ** 2 == pytest.approx(declared)
     assert declared >= full_variance
     assert_variance(total, declared)
 
 
 def test_the_noise_the_server_adds_to_the_mean_has_the_declared_variance():
-    # Zero updates isolate the noise: mean = noise / expected_clients, so its variance is (sigma C / n)^2.
-    expected_clients = 4
+    # Zero updates isolate the noise: mean = noise / expected_devices, so its variance is (sigma C / n)^2.
+    expected_devices = 4
     zeros = [{"w": np.zeros(SAMPLES, dtype=np.float32)} for _ in range(3)]
-    mean = noisy_mean_update(zeros, expected_clients=expected_clients, clip_norm=CLIP,
+    mean = noisy_mean_update(zeros, expected_devices=expected_devices, clip_norm=CLIP,
                              central_noise_multiplier=SIGMA, generator=np.random.default_rng(11))
-    assert_variance(mean["w"], (SIGMA * CLIP / expected_clients) ** 2)
+    assert_variance(mean["w"], (SIGMA * CLIP / expected_devices) ** 2)
 
 
 def test_server_clips_again_under_central_noise_and_divides_by_the_planned_count():
     generator = np.random.default_rng(3)
     honest = {"w": np.array([0.3, 0.4])}  # norm 0.5, below C = 1
     hostile = {"w": np.array([30.0, 40.0])}  # did not clip: norm 50
-    mean = noisy_mean_update([honest, hostile], expected_clients=10, clip_norm=1.0,
+    mean = noisy_mean_update([honest, hostile], expected_devices=10, clip_norm=1.0,
                              central_noise_multiplier=1e-9, generator=generator)
     np.testing.assert_allclose(mean["w"], (np.array([0.3, 0.4]) + np.array([0.6, 0.8])) / 10, atol=1e-6)
     # Distributed noise: the updates already carry the noise and are summed as sent.
-    summed = noisy_mean_update([honest, honest], expected_clients=4, clip_norm=1.0,
+    summed = noisy_mean_update([honest, honest], expected_devices=4, clip_norm=1.0,
                                central_noise_multiplier=None, generator=generator)
     np.testing.assert_allclose(summed["w"], np.array([0.3, 0.4]) / 2)
 
@@ -137,7 +137,7 @@ def test_device_share_is_clipped_first_then_noised_with_the_given_std():
 
 
 def test_epsilon_with_amplification_is_below_without_and_the_claim_is_conservative():
-    common = {"noise_multiplier": 1.0, "rounds": 100, "clients_per_round": 10, "num_clients": 1000, "delta": 1e-5}
+    common = {"noise_multiplier": 1.0, "rounds": 100, "devices_per_round": 10, "num_devices": 1000, "delta": 1e-5}
     fixed_size = user_level_epsilon(**common)
     assert fixed_size.with_amplification < fixed_size.without_amplification
     # Flower samples a fixed-size set and the server knows who took part: amplification is not claimed.
@@ -156,7 +156,7 @@ def test_epsilon_with_amplification_is_below_without_and_the_claim_is_conservati
 
 
 def test_unamplified_epsilon_counts_the_most_rounds_any_user_joined():
-    common = {"noise_multiplier": 2.0, "rounds": 100, "clients_per_round": 50, "num_clients": 100, "delta": 1e-5}
+    common = {"noise_multiplier": 2.0, "rounds": 100, "devices_per_round": 50, "num_devices": 100, "delta": 1e-5}
     unknown = user_level_epsilon(**common)
     joined_twelve = user_level_epsilon(**common, max_rounds_joined=12)
     assert unknown.max_rounds_joined == 100

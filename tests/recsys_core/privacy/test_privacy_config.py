@@ -24,9 +24,9 @@ def test_defaults_and_a_full_table_are_valid():
         "local": {"enabled": True, "noise_multiplier": 1.1, "per_sample_clip_norm": 1.0, "target_epsilon": 8,
                   "target_delta": 1e-3, "accountant": "prv"},
         "user_level": {"enabled": True, "noise_multiplier": 0.8, "clip_norm": 0.5, "noise_placement": "distributed",
-                       "min_surviving_clients": 5, "target_delta": 1e-4, "accountant": "rdp"},
+                       "min_surviving_devices": 5, "target_delta": 1e-4, "accountant": "rdp"},
     })
-    assert config.validate(num_users=943, min_local_examples=20, clients_per_round=50) is config
+    assert config.validate(num_users=943, min_local_examples=20, devices_per_round=50) is config
     assert config.local.target_epsilon == 8.0 and config.user_level.noise_placement == "distributed"
 
 
@@ -46,9 +46,9 @@ def test_defaults_and_a_full_table_are_valid():
     # ... and below 1/(local examples) for local DP.
     (both(local={"target_delta": 0.05}), {"min_local_examples": 20}, "privacy.local.target_delta"),
     (both(local={"target_delta": 0.0}), {}, "privacy.local.target_delta"),
-    (both(user_level={"min_surviving_clients": 0}), {}, "privacy.user_level.min_surviving_clients"),
-    (both(user_level={"noise_placement": "distributed", "min_surviving_clients": 11}), {"clients_per_round": 10},
-     "privacy.user_level.min_surviving_clients"),
+    (both(user_level={"min_surviving_devices": 0}), {}, "privacy.user_level.min_surviving_devices"),
+    (both(user_level={"noise_placement": "distributed", "min_surviving_devices": 11}), {"devices_per_round": 10},
+     "privacy.user_level.min_surviving_devices"),
 ])
 def test_bad_settings_raise_one_error_naming_the_key(config, checks, key):
     with pytest.raises(ConfigError) as caught:

@@ -12,7 +12,7 @@ from recsys_core.secure_aggregation.masks import add_mod
 def test_sum_of_encoded_vectors_decodes_within_the_stated_error() -> None:
     rng = np.random.default_rng(0)
     ranges = np.array([0.1, 1.0, 100.0, 5.0])
-    codec = FixedPointCodec(ranges, max_clients=50)
+    codec = FixedPointCodec(ranges, max_devices=50)
     values = rng.uniform(-1, 1, size=(50, 4)) * ranges
     total = np.zeros(4, dtype=np.uint32)
     for row in values:
@@ -23,20 +23,20 @@ def test_sum_of_encoded_vectors_decodes_within_the_stated_error() -> None:
 
 
 def test_values_are_clipped_to_their_range() -> None:
-    codec = FixedPointCodec(np.array([1.0, 2.0]), max_clients=3)
+    codec = FixedPointCodec(np.array([1.0, 2.0]), max_devices=3)
     decoded = codec.decode_sum(codec.encode(np.array([5.0, -7.0])), 1)
     assert np.allclose(decoded, [1.0, -2.0], atol=1e-6)
 
 
 def test_the_largest_in_range_sum_cannot_overflow() -> None:
-    codec = FixedPointCodec(np.array([1.0]), max_clients=1000)
+    codec = FixedPointCodec(np.array([1.0]), max_devices=1000)
     assert 1000 * codec.levels < 2**32
     top = codec.encode(np.array([1.0]))
     assert int(top[0]) == codec.levels
 
 
 def test_a_sum_above_what_in_range_clients_send_is_refused() -> None:
-    codec = FixedPointCodec(np.array([1.0, 1.0]), max_clients=10)
+    codec = FixedPointCodec(np.array([1.0, 1.0]), max_devices=10)
     cheat = np.array([codec.levels * 4, 0], dtype=np.uint32)
     with pytest.raises(OutOfRangeSumError, match="out-of-range"):
         codec.decode_sum(cheat, 2)
@@ -45,11 +45,11 @@ def test_a_sum_above_what_in_range_clients_send_is_refused() -> None:
 @pytest.mark.parametrize("ranges", [np.array([0.0]), np.array([-1.0]), np.array([np.inf]), np.ones((2, 2))])
 def test_bad_ranges_are_refused(ranges: np.ndarray) -> None:
     with pytest.raises(ValueError, match="clip_ranges"):
-        FixedPointCodec(ranges, max_clients=2)
+        FixedPointCodec(ranges, max_devices=2)
 
 
 def test_wrong_length_and_non_finite_values_are_refused() -> None:
-    codec = FixedPointCodec(np.ones(3), max_clients=2)
+    codec = FixedPointCodec(np.ones(3), max_devices=2)
     with pytest.raises(ValueError, match="expected 3 values"):
         codec.encode(np.zeros(4))
     with pytest.raises(ValueError, match="finite"):

@@ -50,7 +50,7 @@ class Federation:
         self.keys = {node: DeviceKeys.generate() for node in self.nodes}
         self.graph = neighbour_graph(self.nodes, self.degree, f"round {self.server_round}".encode())
         self.threshold = default_threshold(len(self.graph[self.nodes[0]]))
-        self.codec = FixedPointCodec(np.full(LENGTH, 2.0), max_clients=len(self.nodes))
+        self.codec = FixedPointCodec(np.full(LENGTH, 2.0), max_devices=len(self.nodes))
 
     def setup(self, node: int) -> RoundSetup:
         neighbour_keys = {other: self.keys[other].public_key for other in self.graph[node]}

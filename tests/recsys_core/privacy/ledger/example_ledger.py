@@ -6,7 +6,7 @@ from recsys_core.privacy.accountant import PrivacyAccountant
 from recsys_core.privacy.ledger import (
     PrivacyLedger,
     build_ledger,
-    client_privacy,
+    device_privacy,
     local_privacy_record,
     user_level_privacy_record,
 )
@@ -19,17 +19,17 @@ ROUNDS_JOINED = [3, 4, 2, 3]
 
 def make_ledger(target_epsilon: float = 8.0) -> PrivacyLedger:
     """Four devices with local DP-SGD of different lengths, and user-level DP-FedAvg over the run."""
-    clients = []
+    devices = []
     for index, joined in enumerate(ROUNDS_JOINED):
         accountant = PrivacyAccountant("rdp")
         for _ in range(joined):
             accountant.record(noise_multiplier=1.1, sampling_rate=0.2 + 0.05 * index, steps=10)
-        clients.append(client_privacy(f"client-{index}", joined, accountant, LOCAL_DELTA))
+        devices.append(device_privacy(f"client-{index}", joined, accountant, LOCAL_DELTA))
     local = local_privacy_record(accountant="rdp", noise_multiplier=1.1, clip_norm=1.0, delta=LOCAL_DELTA,
-                                 target_epsilon=target_epsilon, clients=clients)
-    epsilon = user_level_epsilon(noise_multiplier=1.5, rounds=ROUNDS, clients_per_round=CLIENTS_PER_ROUND,
-                                 num_clients=NUM_CLIENTS, delta=USER_DELTA, max_rounds_joined=max(ROUNDS_JOINED))
-    user_level = user_level_privacy_record(noise_placement="distributed", clip_norm=0.5, min_surviving_clients=2,
-                                           num_clients=NUM_CLIENTS, clients_per_round=CLIENTS_PER_ROUND,
+                                 target_epsilon=target_epsilon, devices=devices)
+    epsilon = user_level_epsilon(noise_multiplier=1.5, rounds=ROUNDS, devices_per_round=CLIENTS_PER_ROUND,
+                                 num_devices=NUM_CLIENTS, delta=USER_DELTA, max_rounds_joined=max(ROUNDS_JOINED))
+    user_level = user_level_privacy_record(noise_placement="distributed", clip_norm=0.5, min_surviving_devices=2,
+                                           num_devices=NUM_CLIENTS, devices_per_round=CLIENTS_PER_ROUND,
                                            epsilon=epsilon)
-    return build_ledger(clients=clients, local=local, user_level=user_level)
+    return build_ledger(devices=devices, local=local, user_level=user_level)

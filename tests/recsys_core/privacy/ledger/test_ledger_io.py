@@ -26,8 +26,8 @@ def test_ledger_records_what_the_issue_asks_for(ledger_values):
     for section in (local, user_level):
         assert section["unit_of_privacy"] and section["neighbouring_relation"] and section["mechanism"]
     assert local["epsilon"]["minimum"] <= local["epsilon"]["median"] <= local["epsilon"]["maximum"]
-    assert [client["rounds_joined"] for client in ledger_values["clients"]] == ROUNDS_JOINED
-    assert all(client["local_schedule"][0]["sampling_rate"] > 0 for client in ledger_values["clients"])
+    assert [device["rounds_joined"] for device in ledger_values["devices"]] == ROUNDS_JOINED
+    assert all(device["local_schedule"][0]["sampling_rate"] > 0 for device in ledger_values["devices"])
     assert user_level["noise_placement"] == "distributed"
     assert {"with_amplification", "without_amplification", "claimed", "claimed_epsilon", "reason",
             "sampling_assumption", "accountant"} <= set(user_level["epsilon"])
@@ -38,7 +38,7 @@ def test_file_round_trip_and_recompute_reproduce_every_recorded_epsilon(ledger, 
     assert loaded == ledger
 
     recomputed = verify(loaded, relative_tolerance=0.0)
-    assert list(recomputed.local_epsilons) == [client.local_epsilon for client in ledger.clients]
+    assert list(recomputed.local_epsilons) == [device.local_epsilon for device in ledger.devices]
     assert recomputed.local_summary == ledger.local.epsilon
     assert recomputed.user_level == ledger.user_level.epsilon
     # Devices that trained longer spent more: the distribution is not a copy of one figure.
@@ -71,20 +71,20 @@ DELETE = object()
     ("local.noise_multiplier", -1.0, "local.noise_multiplier"),
     ("local.accountant", "gdp", "local.accountant"),
     ("local.extra", 1, "local.extra"),
-    ("clients.2.rounds_joined", 2.5, "clients[2].rounds_joined"),
-    ("clients.2.local_schedule.0.sampling_rate", 1.5, "clients[2].local_schedule[0].sampling_rate"),
-    ("clients.2.local_steps", 999, "clients[2].local_steps"),
-    ("clients.3.client_id", "client-0", "clients[3].client_id"),
-    ("clients.0.local_epsilon", None, "clients[0].local_epsilon"),
+    ("devices.2.rounds_joined", 2.5, "devices[2].rounds_joined"),
+    ("devices.2.local_schedule.0.sampling_rate", 1.5, "devices[2].local_schedule[0].sampling_rate"),
+    ("devices.2.local_steps", 999, "devices[2].local_steps"),
+    ("devices.3.device_id", "client-0", "devices[3].device_id"),
+    ("devices.0.local_epsilon", None, "devices[0].local_epsilon"),
     ("local.epsilon.maximum", 0.5, "local.epsilon.maximum"),
     ("user_level.noise_placement", "both", "user_level.noise_placement"),
-    ("user_level.num_clients", 5, "clients"),
-    ("user_level.min_surviving_clients", 3, "user_level.min_surviving_clients"),
+    ("user_level.num_devices", 5, "devices"),
+    ("user_level.min_surviving_devices", 3, "user_level.min_surviving_devices"),
     ("user_level.epsilon.delta", 1.0, "user_level.epsilon.delta"),
     ("user_level.epsilon.max_rounds_joined", 2, "user_level.epsilon.max_rounds_joined"),
     ("user_level.epsilon.claimed_epsilon", 0.1, "user_level.epsilon.claimed_epsilon"),
-    ("clients.1.rounds_joined", 7, "clients[1].rounds_joined"),
-    ("schema_version", 2, "schema_version"),
+    ("devices.1.rounds_joined", 7, "devices[1].rounds_joined"),
+    ("schema_version", 99, "schema_version"),
 ])
 def test_malformed_ledger_file_names_the_file_and_the_field(tmp_path, ledger_values, path, value, field):
     set_path(ledger_values, path, value)

@@ -10,7 +10,7 @@ from recsys_core.privacy.ledger import (
     LedgerError,
     PrivacyLedger,
     build_ledger,
-    client_privacy,
+    device_privacy,
     recompute,
     user_level_privacy_record,
     verify,
@@ -21,14 +21,14 @@ from recsys_core.privacy.user_level import user_level_epsilon
 def test_recompute_uses_the_schedules_not_the_recorded_numbers(ledger_values):
     # Shorten a schedule consistently (steps and local_steps agree): the file is well formed but the
     # recorded epsilon is no longer what that schedule spends.
-    client = ledger_values["clients"][1]
-    client["local_schedule"][0]["steps"] -= 10
-    client["local_steps"] -= 10
+    device = ledger_values["devices"][1]
+    device["local_schedule"][0]["steps"] -= 10
+    device["local_steps"] -= 10
     tampered = PrivacyLedger.from_dict(ledger_values)
-    assert recompute(tampered).local_epsilons[1] < client["local_epsilon"]
-    with pytest.raises(LedgerError, match=r"clients\[1\]\.local_epsilon") as caught:
+    assert recompute(tampered).local_epsilons[1] < device["local_epsilon"]
+    with pytest.raises(LedgerError, match=r"devices\[1\]\.local_epsilon") as caught:
         verify(tampered)
-    assert caught.value.field == "clients[1].local_epsilon"
+    assert caught.value.field == "devices[1].local_epsilon"
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -51,12 +51,12 @@ def test_claiming_amplification_the_assumptions_do_not_allow_fails_verification(
 
 
 def test_a_user_level_only_ledger_needs_no_local_schedules():
-    epsilon = user_level_epsilon(noise_multiplier=1.0, rounds=3, clients_per_round=1, num_clients=2, delta=0.1,
+    epsilon = user_level_epsilon(noise_multiplier=1.0, rounds=3, devices_per_round=1, num_devices=2, delta=0.1,
                                  max_rounds_joined=2)
     ledger = build_ledger(
-        clients=[client_privacy("a", 2), client_privacy("b", 1)],
-        user_level=user_level_privacy_record(noise_placement="central", clip_norm=1.0, min_surviving_clients=1,
-                                             num_clients=2, clients_per_round=1, epsilon=epsilon),
+        devices=[device_privacy("a", 2), device_privacy("b", 1)],
+        user_level=user_level_privacy_record(noise_placement="central", clip_norm=1.0, min_surviving_devices=1,
+                                             num_devices=2, devices_per_round=1, epsilon=epsilon),
     )
     recomputed = verify(PrivacyLedger.from_dict(json.loads(ledger.to_json())))
     assert recomputed.local_summary is None and recomputed.local_epsilons == (None, None)
