@@ -1,13 +1,18 @@
 """Loader for a user's own interactions file: CSV, TSV or Parquet with named columns.
 
-CSV and TSV files need a header row. User and item ids may be integers or
-strings and are kept as the original ids. Ratings (or any feedback weight) and
-timestamps are optional and must be numeric when mapped. Without a timestamp
-column every interaction gets timestamp 0, so each user's rows keep file order.
+CSV and TSV files need a header row. The format comes from the extension or
+from ``file_format`` (config key ``data.file_format``), the text encoding of a
+CSV/TSV file from ``encoding`` (``data.encoding``). User and item ids may be
+integers or strings and are kept as the original ids. Ratings (or any feedback
+weight) and timestamps are optional and must be numeric when mapped. Without a
+timestamp column every interaction gets timestamp 0, so each user's rows keep
+file order (and the default split holds out a random sample instead:
+:func:`recsys_core.data.splits.resolve_split_method`).
 """
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -15,13 +20,17 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from recsys_core.data.interactions import InteractionLog
-from recsys_core.data.parsing import Field, FieldKind, read_header, read_table
+from recsys_core.data.parsing import Field, FieldKind, describe_delimiter, read_header, read_table
 from recsys_core.errors import ConfigError, DataFormatError, DatasetNotFoundError, FedrecError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 FileFormat = Literal["csv", "tsv", "parquet"]
+#: The ``data.file_format`` setting: a format, or ``auto`` for the one the extension names.
+FileFormatSetting = Literal["auto", "csv", "tsv", "parquet"]
+FILE_FORMAT_KEY = "data.file_format"
+ENCODING_KEY = "data.encoding"
 _EXTENSIONS: dict[str, FileFormat] = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -62,24 +71,32 @@ _LABELS = {"user": "user id", "item": "item id", "rating": "rating", "timestamp"
 def load_interactions_file(
     path: str | Path,
     mapping: ColumnMapping | None = None,
-    file_format: FileFormat | None = None,
+    file_format: FileFormatSetting | None = None,
     name: str | None = None,
     encoding: str = "utf-8",
 ) -> InteractionLog:
     """Loads interactions from a CSV, TSV or Parquet file.
 
-    ``file_format`` defaults to the one the extension names (``.csv``, ``.tsv``/``.tab``,
-    ``.parquet``/``.pq``). ``name`` defaults to the file's stem.
+    ``file_format`` ``None`` or ``"auto"`` means the one the extension names (``.csv``,
+    ``.tsv``/``.tab``, ``.parquet``/``.pq``); ``encoding`` is the text encoding of a
+    CSV or TSV file. ``name`` defaults to the file's stem. Errors name the config
+    keys ``data.file_format`` and ``data.encoding`` that set these.
     """
     path = Path(path)
     mapping = mapping or ColumnMapping()
-    file_format = file_format or _format_from_extension(path)
-    if file_format == "parquet":
+    resolved = _format_from_extension(path) if file_format in (None, "auto") else file_format
+    if resolved == "parquet":
+        if normalized_encoding(encoding) != "utf-8":
+            raise ConfigError(
+                f"{ENCODING_KEY}: {path} is Parquet, which stores its text as UTF-8; leave {ENCODING_KEY} unset"
+            )
         columns = _read_parquet(path, mapping)
-    elif file_format in _DELIMITERS:
-        columns = _read_delimited(path, mapping, _DELIMITERS[file_format], encoding)
+    elif resolved in _DELIMITERS:
+        columns = _read_delimited(path, mapping, _DELIMITERS[resolved], encoding)
     else:
-        raise ConfigError(f"unknown file format {file_format!r}; expected csv, tsv or parquet")
+        raise ConfigError(
+            f"{FILE_FORMAT_KEY}: unknown file format {resolved!r}; set it to \"csv\", \"tsv\" or \"parquet\""
+        )
     timestamps = columns.get("timestamp")
     return InteractionLog.from_original_ids(
         columns["user"],
@@ -95,9 +112,17 @@ def _format_from_extension(path: Path) -> FileFormat:
     if file_format is None:
         raise ConfigError(
             f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-            "pass file_format='csv', 'tsv' or 'parquet'"
+            f"set {FILE_FORMAT_KEY} = \"csv\", \"tsv\" or \"parquet\""
         )
     return file_format
+
+
+def normalized_encoding(encoding: str) -> str:
+    """The codec's canonical name (``UTF8`` and ``utf_8`` are ``utf-8``); an unknown name is returned as given."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        return encoding
 
 
 def _missing_column_error(
@@ -114,11 +139,19 @@ def _missing_column_error(
 def _read_delimited(
     path: Path, mapping: ColumnMapping, delimiter: str, encoding: str
 ) -> dict[str, np.ndarray]:
-    header = read_header(path, delimiter, encoding)
+    header = read_header(path, delimiter, encoding, encoding_key=ENCODING_KEY)
     roles = {column: role for role, column in mapping.mapped().items()}
     for role, column in mapping.mapped().items():
         if column not in header:
-            raise _missing_column_error(path, role, column, header, line=1)
+            error = _missing_column_error(path, role, column, header, line=1)
+            if len(header) == 1 and len(set(mapping.mapped().values())) > 1:
+                error = DataFormatError(
+                    path,
+                    f"{error.reason} — is the delimiter right? This reads the file as "
+                    f"{describe_delimiter(delimiter)}; set {FILE_FORMAT_KEY} (\"csv\" or \"tsv\")",
+                    line=1,
+                )
+            raise error
         if header.count(column) > 1:
             raise DataFormatError(path, f"the header names column {column!r} twice", line=1)
     fields = [
@@ -127,7 +160,9 @@ def _read_delimited(
         else Field(f"column {index}", "skip")
         for index, column in enumerate(header)
     ]
-    table = read_table(path, fields, delimiter=delimiter, encoding=encoding, header=header)
+    table = read_table(
+        path, fields, delimiter=delimiter, encoding=encoding, header=header, encoding_key=ENCODING_KEY
+    )
     return table.columns
 
 

@@ -18,7 +18,12 @@ def load_interactions(config: DataConfig) -> InteractionLog:
     if config.dataset == SYNTHETIC_DATASET:
         log = generate_synthetic(config.synthetic)
     elif config.dataset == GENERIC_FILE_DATASET:
-        log = load_interactions_file(Path(str(config.path)), dataclass_from_dict(ColumnMapping, config.columns))
+        log = load_interactions_file(
+            Path(str(config.path)),
+            dataclass_from_dict(ColumnMapping, config.columns, prefix="data.columns."),
+            file_format=config.file_format,
+            encoding=config.encoding,
+        )
     else:
         log = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     return preprocess(log, config.preprocessing)

@@ -9,6 +9,7 @@ message that says what was expected.
 
 from __future__ import annotations
 
+import codecs
 import csv
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
@@ -98,32 +99,45 @@ def iter_text_chunks(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     balance_quotes: bool = False,
+    encoding_key: str | None = None,
 ) -> Generator[TextChunk, None, None]:
     """Yields the file's non-empty lines in blocks of about ``chunk_bytes``.
 
     Blocks end at a line break. With ``balance_quotes`` a block never ends inside
     a double-quoted CSV field, so quoted fields may span lines. Bytes that are not
-    valid in ``encoding`` raise a :class:`DataFormatError` naming the line.
+    valid in ``encoding`` raise a :class:`DataFormatError` naming the line and the
+    byte offset; with ``encoding_key`` (a config key, e.g. ``data.encoding``) the
+    message says to set that key.
     """
     path = Path(path)
     _check_encoding(encoding)
     lines_before = 0
+    bytes_before = 0
     with open_binary(path) as handle:
         for raw in _raw_blocks(handle, chunk_bytes, balance_quotes):
-            text = _decode(path, raw, encoding, lines_before)
+            text = _decode(path, raw, encoding, lines_before, bytes_before, encoding_key)
             if lines_before == 0 and text.startswith("\ufeff"):
                 text = text[1:]  # a UTF-8 byte-order mark would otherwise stick to the first field
             chunk = _split_lines(text, lines_before)
             lines_before += text.count("\n")  # only the last block can lack a final break
+            bytes_before += len(raw)
             if chunk.lines:
                 yield chunk
 
 
-def _check_encoding(encoding: str) -> None:
+def is_text_encoding(encoding: str) -> bool:
+    """Whether ``encoding`` names a codec that decodes bytes to text (not ``base64`` or ``rot13``)."""
     try:
-        b"".decode(encoding)
-    except LookupError:
-        raise ConfigError(f"unknown text encoding {encoding!r}") from None
+        info = codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        return False
+    return bool(getattr(info, "_is_text_encoding", True))
+
+
+def _check_encoding(encoding: str) -> None:
+    # Not b"".decode(encoding): CPython returns "" for empty input without looking the codec up.
+    if not is_text_encoding(encoding):
+        raise ConfigError(f"unknown text encoding {encoding!r}")
 
 
 def _raw_blocks(handle: BinaryIO, chunk_bytes: int, balance_quotes: bool) -> Iterator[bytes]:
@@ -143,18 +157,24 @@ def _raw_blocks(handle: BinaryIO, chunk_bytes: int, balance_quotes: bool) -> Ite
         buffer = buffer[cut:]
 
 
-def _decode(path: Path, raw: bytes, encoding: str, lines_before: int) -> str:
+def _decode(
+    path: Path, raw: bytes, encoding: str, lines_before: int, bytes_before: int, encoding_key: str | None
+) -> str:
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as error:
         line = lines_before + raw.count(b"\n", 0, error.start) + 1
         bad = raw[error.start : error.end].hex(" ")
-        raise DataFormatError(
-            path,
-            f"bytes {bad} are not valid {encoding} — is the encoding right? "
-            "(MovieLens 100K and 1M are Latin-1)",
-            line=line,
-        ) from None
+        where = f"not valid {encoding} at byte {bytes_before + error.start} (bytes {bad})"
+        if encoding_key is not None:
+            example = '"latin-1"' if encoding.lower().replace("_", "-") not in _LATIN_1 else '"utf-8"'
+            message = f"{where}; set {encoding_key} (e.g. {example})"
+        else:
+            message = f"{where} — is the encoding right? (MovieLens 100K and 1M are Latin-1)"
+        raise DataFormatError(path, message, line=line) from None
+
+
+_LATIN_1 = {"latin-1", "latin1", "iso-8859-1", "iso8859-1", "l1", "cp819"}
 
 
 def _split_lines(text: str, lines_before: int) -> TextChunk:
@@ -180,9 +200,11 @@ def split_line(line: str, delimiter: str | None) -> list[str]:
     return line.split(delimiter)
 
 
-def read_header(path: str | Path, delimiter: str | None, encoding: str = "utf-8") -> list[str]:
+def read_header(
+    path: str | Path, delimiter: str | None, encoding: str = "utf-8", *, encoding_key: str | None = None
+) -> list[str]:
     """The fields of the first non-empty line; an empty file raises :class:`DataFormatError`."""
-    with closing(iter_text_chunks(path, encoding, chunk_bytes=1 << 16)) as chunks:
+    with closing(iter_text_chunks(path, encoding, chunk_bytes=1 << 16, encoding_key=encoding_key)) as chunks:
         first = next(chunks, None)
     if first is None:
         raise DataFormatError(path, "file is empty", line=1)
@@ -198,20 +220,24 @@ def read_table(
     header: Sequence[str] | None = None,
     with_line_numbers: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    encoding_key: str | None = None,
 ) -> Table:
     """Reads a delimited file whose every line has exactly ``len(fields)`` fields.
 
     ``delimiter`` is a string (``","`` uses CSV quoting rules) or ``None`` for
     runs of whitespace. With ``header`` the first non-empty line must hold exactly
     those names. Empty lines are skipped. Returns the converted columns of every
-    field whose kind is not ``"skip"``.
+    field whose kind is not ``"skip"``. ``encoding_key`` is as for :func:`iter_text_chunks`.
     """
     path = Path(path)
     parts: dict[str, list[np.ndarray]] = {f.name: [] for f in fields if f.kind != "skip"}
     numbers_parts: list[np.ndarray] = []
     header_line: int | None = None
     balance = delimiter == ","
-    for chunk in iter_text_chunks(path, encoding, chunk_bytes=chunk_bytes, balance_quotes=balance):
+    chunks = iter_text_chunks(
+        path, encoding, chunk_bytes=chunk_bytes, balance_quotes=balance, encoding_key=encoding_key
+    )
+    for chunk in chunks:
         lines, numbers = chunk.lines, chunk.line_numbers
         if header is not None and header_line is None:
             header_line = int(numbers[0])

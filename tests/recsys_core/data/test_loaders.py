@@ -280,7 +280,7 @@ def test_generic_non_numeric_rating(tmp_path: Path) -> None:
 def test_generic_format_from_extension_or_argument(tmp_path: Path) -> None:
     path = tmp_path / "events.txt"
     path.write_text("user_id,item_id\n1,2\n")
-    with pytest.raises(ConfigError, match="file_format="):
+    with pytest.raises(ConfigError, match=r"set data\.file_format = \"csv\", \"tsv\" or \"parquet\""):
         load_interactions_file(path)
     assert load_interactions_file(path, file_format="csv").n_interactions == 1
 
