@@ -155,3 +155,15 @@ def test_the_parser_rejects_names_that_are_no_text_encoding(tmp_path: Path) -> N
     for encoding in ("latin-9x", "base64"):
         with pytest.raises(ConfigError, match=f"unknown text encoding '{encoding}'"):
             read_table(path, [Field("user", "id"), Field("item", "id")], delimiter="\t", encoding=encoding)
+
+
+def test_the_keys_can_be_set_on_the_command_line(tmp_path: Path) -> None:
+    from recsys_core.config import apply_overrides
+
+    path = tmp_path / "plays.dat"
+    path.write_bytes(LATIN_1_ROWS.encode("latin-1"))
+    base = {"data": {"dataset": "file", "path": str(path), "columns": {"user": "user", "item": "item"}}}
+    values = apply_overrides(base, ['data.file_format="tsv"', "data.encoding=latin-1"])
+    data = ExperimentConfig.from_dict(values).data
+    assert (data.file_format, data.encoding) == ("tsv", "latin-1")
+    assert load_interactions(data).n_items == 3
