@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -54,7 +55,7 @@ from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.privacy.ledger import PrivacyLedger
 from recsys_core.run_records import write_json
-from server.run_directory import RunDirectory
+from server.run_directory import open_run_directory
 
 AUDIT_FILE = "audit.json"
 REPORT_FILE = "audit.md"
@@ -82,14 +83,21 @@ class AuditOptions:
     data_dir: str | None = None
 
 
+def checked_head(text: str | None) -> str | None:
+    """The ``--expected-head`` given, if it is one: 64 hex digits as the run printed them (case ignored)."""
+    if text is None:
+        return None
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()) is None:
+        raise FedrecError(f"--expected-head: not a 64-hex-digit record chain head: {text!r}; pass the head the "
+                          "run printed as its last line")
+    return text.strip().lower()
+
+
 def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> dict[str, Any]:
     """Audits one run directory, writes ``audit.json``, ``audit.md`` and ``audit.png`` into it."""
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.exists():  # checked first: RunDirectory would create a mistyped folder
-        raise FedrecError(f"{run_dir}: not a fedrec run directory (no config.json); pass the folder "
-                          "fedrec simulate printed")
-    directory = RunDirectory(run_dir)
-    config_values = json.loads(config_path.read_text(encoding="utf-8"))
+    options = replace(options, expected_head=checked_head(options.expected_head))
+    directory, config_values = open_run_directory(run_dir, "fedrec audit")  # creates nothing, names what is wrong
+    config_path = directory.path / "config.json"
     if options.data_dir is not None:
         config_values["data"]["data_dir"] = options.data_dir
     config = FederatedConfig.from_dict(config_values)

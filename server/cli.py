@@ -136,8 +136,15 @@ def command_simulate(args: argparse.Namespace) -> int:
     from server.simulate import run_federated_simulation
 
     if args.resume:
-        values = json_file(args.resume)
+        from server.run_directory import NothingToResumeError, open_run_directory
+
+        resumed, values = open_run_directory(args.resume, "--resume")
         config = FederatedConfig.from_dict(apply_overrides(values, list(args.set or [])))
+        try:  # checked here, before the data is read and Ray starts; the run checks it again
+            resumed.resume_from(config.server.rounds)
+        except NothingToResumeError as complete:
+            console.print(str(complete), highlight=False, soft_wrap=True)
+            return 0
     else:
         values = _config_values(args, SIMULATE_FLAGS)
         if not args.config and not args.dataset:
@@ -184,8 +191,10 @@ def command_simulate(args: argparse.Namespace) -> int:
     console.print(f"Run directory: [bold]{directory.path}[/] (rounds.jsonl, summary.json, metrics.png, "
                   f"final-model/); continue an interrupted run with fedrec simulate --resume {directory.path}")
     if summary.get("record_chain_head"):
-        console.print(f"Record chain head: {summary['record_chain_head']} (keep it outside the run directory; "
-                      f"fedrec audit {directory.path} --expected-head HEAD proves nothing was rewritten)")
+        head = summary["record_chain_head"]
+        console.print(f"Record chain head: {head} (keep it outside the run directory; "
+                      f"fedrec audit {directory.path} --expected-head {head} proves nothing was rewritten)",
+                      highlight=False, soft_wrap=True)
     return 0
 
 
@@ -194,16 +203,6 @@ def _default_dataset(data_dir: str | None) -> str:
     from recsys_core.data.registry import dataset_info
 
     return "ml-100k" if dataset_info("ml-100k", data_dir=data_dir, with_summary=False).get("present") else "synthetic"
-
-
-def json_file(run_dir: str) -> dict[str, Any]:
-    import json
-
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FedrecError(f"{path}: not found; --resume takes the folder of an earlier fedrec simulate run") from None
 
 
 def command_datasets(args: argparse.Namespace) -> int:
@@ -247,10 +246,11 @@ def command_deploy(args: argparse.Namespace) -> int:
 
 
 def command_audit(args: argparse.Namespace) -> int:
-    from server.audit import REPORT_FILE, AuditOptions, audit_run
+    from server.audit import REPORT_FILE, AuditOptions, audit_run, checked_head
 
+    expected_head = checked_head(args.expected_head)  # before any audit work
     with console.status("Auditing: integrity, two accountants, canaries, item-set inference"):
-        result = audit_run(args.run_dir, AuditOptions(expected_head=args.expected_head,
+        result = audit_run(args.run_dir, AuditOptions(expected_head=expected_head,
                                                       item_set_devices=args.item_set_devices,
                                                       data_dir=args.data_dir))
     table = Table(title=f"Privacy audit of {args.run_dir}")

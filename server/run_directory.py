@@ -38,6 +38,57 @@ from recsys_core.run_records import write_json
 
 CHECKPOINT_FORMAT = 1
 LEDGER_FILE = "privacy-ledger.json"
+SUMMARY_FILE = "summary.json"
+#: What ``fedrec train`` writes beside its config.json (recsys_core/experiment.py): not a federated run.
+TRAIN_RUN_FILES = ("history.jsonl", "metrics.json", "model.pt")
+
+
+class NothingToResumeError(FedrecError):
+    """A resumed run that has nothing left to do: sealed, summarised, every configured round recorded."""
+
+    def __init__(self, path: Path, rounds: int) -> None:
+        self.rounds = rounds
+        super().__init__(f"{path}: this run is complete ({rounds} rounds); nothing to do — raise server.rounds "
+                         "with --set to continue")
+
+
+def open_run_directory(path: str | Path, use: str) -> tuple[RunDirectory, dict[str, Any]]:
+    """An existing ``fedrec simulate`` run directory and its ``config.json``, read without creating or changing
+    anything; each way a path can fail to be one (missing, a file, no or a damaged config.json, a ``fedrec train``
+    run) is one error naming it. ``use`` is what asked (``--resume``, ``fedrec audit``).
+    """
+    folder = Path(path)
+    config_path = folder / "config.json"
+    what = f"{use} takes the folder fedrec simulate printed (the one holding config.json)"
+    if folder.is_file():
+        raise FedrecError(f"{folder}: is a file, not a run directory; {what}")
+    if not folder.is_dir():
+        raise FedrecError(f"{folder}: no such folder, not a fedrec run directory (no config.json); {what}")
+    if not config_path.is_file():
+        raise FedrecError(f"{folder}: not a fedrec run directory (no config.json); {what}")
+    try:
+        values = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise FedrecError(f"{config_path}: damaged or truncated, not valid JSON (line {error.lineno}, column "
+                          f"{error.colno}: {error.msg}); restore it from a backup: the record chain starts from "
+                          "its exact content") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise FedrecError(f"{config_path}: unreadable ({error}); restore it from a backup") from None
+    if not isinstance(values, dict):
+        raise FedrecError(f"{config_path}: damaged, holds a JSON {type(values).__name__}, not the run's config "
+                          "object; restore it from a backup")
+    if "server" not in values and ("train" in values or any((folder / name).exists() for name in TRAIN_RUN_FILES)):
+        raise FedrecError(f"{folder}: this is a fedrec train run directory, not a simulate run; {use} works on the "
+                          "folders fedrec simulate writes (rounds.jsonl, checkpoint/, record-chain.json)")
+    return RunDirectory(folder), values
+
+
+def _round_span(rounds: list[int]) -> str:
+    if not rounds:
+        return "no records"
+    if rounds == list(range(rounds[0], rounds[-1] + 1)):
+        return f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {rounds[0]}–{rounds[-1]}"
+    return "rounds " + ", ".join(map(str, rounds))
 
 
 @dataclass(frozen=True)
@@ -103,6 +154,48 @@ class RunDirectory:
         """The typed round records; a line that breaks the schema is one error naming the file and line."""
         return [round_record_from_dict(values, f"{self.rounds_file}, line {number}")
                 for number, values in enumerate(self.read_round_lines(), start=1)]
+
+    def resume_from(self, rounds: int) -> int:
+        """The round a resumed run continues after (0: from the start), checked before anything runs or is written.
+
+        Raises :class:`NothingToResumeError` when the run is sealed and summarised and every
+        one of the ``rounds`` configured rounds is recorded, and one :class:`FedrecError`
+        naming the file when the records and the checkpoint disagree. Records of rounds after the checkpoint
+        are an interrupted round (dropped on resume); a round up to the checkpoint without
+        its record, or records without a checkpoint, would leave a gap in the record chain.
+        """
+        lines = self.read_round_lines()
+        recorded: list[int] = []
+        for number, values in enumerate(lines, start=1):
+            value = values.get("round")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise FedrecError(f"cannot resume: {self.rounds_file}, record {number}: no round number "
+                                  f"({value!r}); the records are damaged; nothing was changed")
+            recorded.append(value)
+        in_order = recorded == list(range(1, len(recorded) + 1))
+        if in_order and len(recorded) >= rounds and self.chain_file.exists() and (self.path / SUMMARY_FILE).exists():
+            raise NothingToResumeError(self.path, len(recorded))
+        checkpoint = self.read_checkpoint()
+        if checkpoint is None:
+            if recorded:
+                raise FedrecError(f"cannot resume: {self.rounds_file} holds {_round_span(recorded)} but "
+                                  f"{self.path / 'checkpoint'} is missing (no latest.json), so the model they led to "
+                                  "is lost; nothing was changed: start a new run")
+            return 0
+        last = checkpoint.completed_round
+        where = f"{self.path / 'checkpoint'} is after round {last}"
+        if last > rounds:
+            raise FedrecError(f"cannot resume: {where}, past server.rounds = {rounds}; resume with "
+                              f"--set server.rounds=N, N ≥ {last}; nothing was changed")
+        mismatch = "the records do not match the checkpoint; nothing was changed"
+        if missing := sorted(set(range(1, last + 1)) - set(recorded)):
+            raise FedrecError(f"cannot resume: {self.rounds_file} holds {_round_span(recorded)} but {where}: "
+                              f"{_round_span(missing)} {'has' if len(missing) == 1 else 'have'} no record; {mismatch}")
+        for index, number in enumerate(recorded):
+            if (index < last and number != index + 1) or (index >= last and number <= last):
+                raise FedrecError(f"cannot resume: {self.rounds_file}, record {index + 1}: round {number} out of "
+                                  f"order (repeated or moved), and {where}; {mismatch}")
+        return last
 
     def truncate_rounds(self, last_round: int) -> None:
         """Drops records of rounds after ``last_round`` (a round interrupted before its checkpoint)."""

@@ -11,6 +11,7 @@ manifest and the devices' replies, never a dataset.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.manifest import MANIFEST_FILE, FederationManifest, ManifestError, read_manifest
 from recsys_core.run_records import environment_record, new_run_directory, write_json
 from server.rounds import FederatedRun, RoundCallback
-from server.run_directory import RunDirectory
+from server.run_directory import NothingToResumeError, RunDirectory, open_run_directory
 
 RESERVED_KEYS = ("config", "run-dir", "resume", "manifest")
+logger = logging.getLogger("fedrec.server")
 
 
 def config_from_run_config(run_config: dict[str, Any]) -> FederatedConfig:
@@ -46,11 +48,18 @@ def _toml_literal(value: Any) -> str:
 
 
 def prepare_run_directory(config: FederatedConfig, run_dir: str | None, resume: bool) -> RunDirectory:
-    """A new run directory (config and environment recorded), or the existing one when resuming."""
+    """A new run directory (config and environment recorded), or the existing one when resuming.
+
+    A resumed directory is checked first and left untouched when it cannot continue: not a
+    simulate run, records that do not match the checkpoint (:meth:`RunDirectory.resume_from`),
+    or nothing left to do (:class:`NothingToResumeError`).
+    """
     if resume:
-        if not run_dir or not Path(run_dir, "config.json").exists():
-            raise FedrecError(f"cannot resume: {run_dir} is not a fedrec run directory (no config.json)")
-        return RunDirectory(run_dir)
+        if not run_dir:
+            raise FedrecError("cannot resume: no run directory given; name the folder fedrec simulate printed")
+        directory, _ = open_run_directory(run_dir, "--resume")
+        directory.resume_from(config.server.rounds)
+        return directory
     path = Path(run_dir) if run_dir else new_run_directory(
         config.output_dir, f"federated-{config.data.dataset}-{config.model.name}")
     directory = RunDirectory(path)
@@ -99,6 +108,10 @@ def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     config = config_from_run_config(run_config)
     resume = bool(run_config.get("resume", False))
-    directory = prepare_run_directory(config, str(run_config.get("run-dir") or "") or None, resume)
+    try:
+        directory = prepare_run_directory(config, str(run_config.get("run-dir") or "") or None, resume)
+    except NothingToResumeError as complete:
+        logger.warning("%s", complete)
+        return
     manifest = run_manifest(directory, str(run_config.get("manifest") or "") or None)
     FederatedRun(config, directory, manifest).run(grid, resume=resume)

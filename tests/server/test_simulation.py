@@ -174,6 +174,16 @@ def test_resume_ends_where_an_uninterrupted_run_ends(recorded_run, tmp_path: Pat
     assert [r.round for r in resumed.read_rounds()] == [1, 2, 3, 4]
 
 
+def test_resuming_a_finished_run_says_so_before_ray_starts(recorded_run, capsys) -> None:
+    _, directory, _, _ = recorded_run
+    before = {path: path.read_bytes() for path in sorted(directory.path.rglob("*")) if path.is_file()}
+    assert main(["simulate", "--resume", str(directory.path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "this run is complete (4 rounds); nothing to do — raise server.rounds with --set to continue" in out
+    assert "starting Ray workers" not in out
+    assert {path: path.read_bytes() for path in sorted(directory.path.rglob("*")) if path.is_file()} == before
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
