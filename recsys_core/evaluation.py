@@ -25,7 +25,7 @@ import torch
 
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.sampling import SeenItems, sample_unseen_items
-from recsys_core.errors import ConfigError
+from recsys_core.errors import ConfigError, FedrecError
 
 ScoreFunction = Callable[[np.ndarray], torch.Tensor]
 """Maps a batch of user ids to a ``[batch, n_items]`` score tensor."""
@@ -106,8 +106,10 @@ def metrics_from_ranks(
     """Per-user HR, NDCG, Recall and MRR at each cut-off from 0-based ranks of relevant items.
 
     ``ranks`` is ``[users, max_relevant]`` with padding slots marked ``False`` in
-    ``relevant_mask``. Returns tensors of shape ``[users]`` keyed ``"ndcg@10"`` etc.
+    ``relevant_mask``; every user needs at least one relevant item (NDCG and Recall
+    are undefined without one). Returns tensors of shape ``[users]`` keyed ``"ndcg@10"`` etc.
     """
+    _require_a_target_per_user(relevant_mask)
     num_relevant = relevant_mask.sum(dim=1)
     ranks64 = ranks.to(torch.float64)
     result: dict[str, torch.Tensor] = {}
@@ -122,6 +124,11 @@ def metrics_from_ranks(
             torch.isfinite(best_rank), 1.0 / (best_rank + 1.0), torch.zeros_like(best_rank)
         )
     return result
+
+
+def _require_a_target_per_user(relevant_mask: torch.Tensor) -> None:
+    if not bool(relevant_mask.any(dim=1).all()):
+        raise ValueError("every ranked user needs at least one held-out item; users without one are not evaluated")
 
 
 def _padded_rows(log: InteractionLog, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,17 +172,24 @@ def _sampled_ranking(
     target_valid: torch.Tensor,
     cutoffs: tuple[int, ...],
 ) -> dict[str, torch.Tensor]:
+    """Each held-out item is its own trial against the user's negatives; a user's value is the mean of its trials.
+
+    ``target_items`` is ``[users, max_targets]``, padded where ``target_valid`` is
+    ``False``: a pad slot is no trial, so it never enters a metric nor the mean.
+    """
+    _require_a_target_per_user(target_valid)
     negative_scores = scores.gather(1, negatives)  # [B, N]
     target_scores = scores.gather(1, target_items)  # [B, P]
     ranks = (negative_scores.unsqueeze(1) >= target_scores.unsqueeze(2)).sum(dim=2)  # [B, P]
-    # Each held-out item is its own trial against the negatives; average trials per user.
-    per_user: dict[str, torch.Tensor] = {}
-    num_targets = target_valid.sum(dim=1).clamp(min=1).to(torch.float64)
-    for column in range(ranks.shape[1]):
-        single = metrics_from_ranks(ranks[:, column : column + 1], target_valid[:, column : column + 1], cutoffs)
-        for key, value in single.items():
-            per_user[key] = per_user.get(key, 0.0) + value
-    return {key: value / num_targets for key, value in per_user.items()}
+    # One row per real trial (row-major, so each user's trials stay in column order), |R| = 1 each.
+    trial_users = torch.arange(len(ranks)).unsqueeze(1).expand_as(ranks)[target_valid]
+    trial_ranks = ranks[target_valid].unsqueeze(1)
+    trials = metrics_from_ranks(trial_ranks, torch.ones_like(trial_ranks, dtype=torch.bool), cutoffs)
+    num_targets = target_valid.sum(dim=1).to(torch.float64)
+    return {
+        key: torch.zeros(len(ranks), dtype=torch.float64).index_add_(0, trial_users, value) / num_targets
+        for key, value in trials.items()
+    }
 
 
 def user_seed_key(original_id: object) -> int:
@@ -228,6 +242,10 @@ def evaluate_ranking(
         if scores.shape != (len(batch), targets.n_items):
             raise ValueError(f"score function returned shape {tuple(scores.shape)}, expected "
                              f"{(len(batch), targets.n_items)}")
+        if bool(torch.isnan(scores).any()):
+            # A NaN loses every comparison, so it would rank a held-out item first.
+            raise FedrecError("the model scored NaN: its parameters are not finite (did training diverge? lower "
+                              "the learning rate)")
         history_items, history_valid = _padded_rows(history, batch)
         if not config.exclude_history:
             history_valid = torch.zeros_like(history_valid)

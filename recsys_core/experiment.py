@@ -5,7 +5,6 @@ This is what ``fedrec train`` runs, and the baseline every federated run is comp
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from recsys_core.errors import ConfigError
 from recsys_core.evaluation import EvaluationConfig
 from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.models.base import num_parameters
-from recsys_core.run_records import environment_record, new_run_directory, write_json
+from recsys_core.run_records import environment_record, new_run_directory, strict_json_dumps, write_json
 from recsys_core.training import EpochReport, TrainConfig, TrainingResult, seeded, train_model
 
 
@@ -117,8 +116,9 @@ def run_experiment(
 
 
 def _write_history(path: Path, history: list[EpochReport]) -> None:
+    lines = [strict_json_dumps({"epoch": report.epoch, "train_loss": report.train_loss, "seconds": report.seconds,
+                                "validation": report.validation}, f"{path}, epoch {report.epoch}") + "\n"
+             for report in history]
     with path.open("w", encoding="utf-8") as stream:
-        for report in history:
-            stream.write(json.dumps({"epoch": report.epoch, "train_loss": report.train_loss,
-                                     "seconds": report.seconds, "validation": report.validation}) + "\n")
+        stream.writelines(lines)
 

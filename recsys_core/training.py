@@ -8,6 +8,7 @@ Every random draw comes from the seed in :class:`TrainConfig`.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import torch
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit
-from recsys_core.errors import ConfigError
+from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.evaluation import EvaluationConfig, MetricSums, evaluate_ranking
 from recsys_core.models.base import Recommender
 
@@ -169,6 +170,19 @@ def evaluate_model(
                                 per_user)
 
 
+def _require_held_out_rows(split: DatasetSplit) -> None:
+    """A part without held-out rows has no metric to report, and early stopping nothing to watch."""
+    for part, log in (("validation", split.valid), ("test", split.test)):
+        if log.n_interactions == 0:
+            fraction = ", and under random_holdout only when data.split.valid_fraction is above 0" \
+                if part == "validation" else ""
+            raise ConfigError(
+                f"data.split: the {part} set is empty, so there is nothing to evaluate. A user is held out only "
+                f"with at least data.split.min_interactions_to_evaluate interactions (3 at the least){fraction}: "
+                "use a dataset with longer histories or change those settings"
+            )
+
+
 def train_model(
     model: Recommender,
     split: DatasetSplit,
@@ -179,6 +193,7 @@ def train_model(
     """Trains centrally with early stopping on validation, then tests the best model."""
     train_config.validate()
     evaluation_config.validate()
+    _require_held_out_rows(split)
     seen = SeenItems.from_logs(split.train, split.valid, split.test)
     history: list[EpochReport] = []
     evaluation_seconds = 0.0
@@ -196,6 +211,9 @@ def train_model(
             for epoch in range(1, train_config.epochs + 1):
                 epoch_started = time.perf_counter()
                 loss = run_local_epochs(model, split.train, optimizer, 1, train_config.batch_size, generator)[0]
+                if not math.isfinite(loss):
+                    raise FedrecError(f"training diverged: the train loss of epoch {epoch} is {loss}; lower "
+                                      f"train.learning_rate (now {train_config.learning_rate})")
                 report = EpochReport(epoch, loss, time.perf_counter() - epoch_started)
                 if epoch % train_config.eval_every == 0 or epoch == train_config.epochs:
                     evaluation_started = time.perf_counter()

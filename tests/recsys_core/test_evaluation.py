@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from recsys_core.data.interactions import IdMap, InteractionLog
 from recsys_core.data.sampling import SeenItems
-from recsys_core.errors import ConfigError
+from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.evaluation import (
     EvaluationConfig,
     MetricSums,
@@ -108,7 +109,7 @@ def test_sampled_ranking_hand_values() -> None:
     scores = torch.tensor([[0.2, 0.9, 0.5, 0.3, 0.7]])
     negatives = torch.tensor([[0, 2, 3]])  # scores 0.2, 0.5, 0.3
     # Target 4 (0.7) beats every negative: rank 0. Target 3 (0.3) loses to 0.5 and ties itself.
-    result = _sampled_ranking(scores, negatives, torch.tensor([[4]]), torch.tensor([[True]]), (1, 2))
+    result = _sampled_ranking(scores, negatives, torch.tensor([[4]]), torch.tensor([[True]]), (1, 2, 3))
     assert float(result["hr@1"][0]) == 1.0
     result = _sampled_ranking(scores, negatives, torch.tensor([[1, 0]]), torch.tensor([[True, True]]), (1, 2))
     # Item 1 (0.9): rank 0; item 0 (0.2): rank 1 (0.2 ties itself once in the negatives, 0.5 and 0.3 win)
@@ -182,3 +183,116 @@ def test_a_paired_difference_sees_a_small_margin_that_noise_between_units_hides(
 def test_a_paired_difference_needs_matching_units() -> None:
     with pytest.raises(ValueError, match="same length"):
         paired_difference(np.ones(3), np.ones(4))
+
+
+# --- several held-out items per user (random_holdout) -------------------------------------------------------------
+
+
+def brute_force_sampled(scores: np.ndarray, negatives: np.ndarray, targets: list[int], cutoff: int) -> dict[str, float]:
+    """The documented sampled protocol, one trial per held-out item, written out item by item."""
+    trials = {"hr": [], "ndcg": [], "recall": [], "mrr": []}
+    for target in targets:
+        rank = sum(1 for negative in negatives if scores[negative] >= scores[target])  # ties count against
+        inside = rank < cutoff
+        trials["hr"].append(1.0 if inside else 0.0)
+        trials["recall"].append(1.0 if inside else 0.0)  # |R| = 1 in a trial
+        trials["ndcg"].append(1 / math.log2(rank + 2) if inside else 0.0)  # ideal DCG of one item is 1
+        trials["mrr"].append(1 / (rank + 1) if inside else 0.0)
+    return {f"sampled/{name}@{cutoff}": sum(values) / len(values) for name, values in trials.items()}
+
+
+def test_sampled_metrics_with_several_held_out_items_are_finite_and_match_brute_force() -> None:
+    # User 0 holds out three items, user 1 one: in one batch user 1's row is padded to three columns.
+    n_items = 12
+    scores = torch.tensor([[0.05 * item for item in range(n_items)],
+                           [1.0 - 0.07 * item for item in range(n_items)]])
+
+    def log_of(rows: list[tuple[int, int]]) -> InteractionLog:
+        users, items = (np.array(column, np.int64) for column in zip(*rows, strict=True))
+        return InteractionLog.from_arrays(users, items, np.arange(len(rows)), None, IdMap(np.arange(2)),
+                                          IdMap(np.arange(n_items)))
+
+    history = log_of([(0, 0), (0, 1), (1, 2)])
+    targets = log_of([(0, 9), (0, 4), (0, 6), (1, 3)])
+    seen = SeenItems.from_logs(history, targets)
+    held_out = {0: [9, 4, 6], 1: [3]}
+    cutoffs = (1, 3)
+    config = EvaluationConfig(cutoffs=cutoffs, sampled_negatives=5, seed=11)
+    negatives = sample_evaluation_negatives(np.array([0, 1]), seen, 5, config.seed)
+    per_user: dict[int, dict[str, float]] = {}
+    totals = evaluate_ranking(lambda users: scores[torch.from_numpy(users)], targets, history, seen, config, per_user)
+    for user in (0, 1):
+        for cutoff in cutoffs:
+            expected = brute_force_sampled(scores[user].numpy(), negatives[user], held_out[user], cutoff)
+            for name, value in expected.items():
+                assert per_user[user][name] == pytest.approx(value, abs=1e-12), (user, name)
+    assert all(math.isfinite(value) for value in totals.means().values())
+    # Batched with padding or one user at a time (as a device does): the same numbers.
+    alone = MetricSums()
+    for user in (0, 1):
+        one_user_targets = log_of([(user, item) for item in held_out[user]])
+        alone.add(evaluate_ranking(lambda users: scores[torch.from_numpy(users)], one_user_targets, history, seen,
+                                   EvaluationConfig(cutoffs=cutoffs, sampled_negatives=5, seed=11, batch_size=1)))
+    for name, value in totals.means().items():
+        assert alone.means()[name] == pytest.approx(value, abs=1e-12), name
+
+
+def test_a_pad_column_is_no_sampled_trial() -> None:
+    scores = torch.tensor([[0.2, 0.9, 0.5, 0.3, 0.7], [0.2, 0.9, 0.5, 0.3, 0.7]])
+    negatives = torch.tensor([[0, 2, 3], [0, 2, 3]])
+    padded = _sampled_ranking(scores, negatives, torch.tensor([[4, 3], [4, 0]]),
+                              torch.tensor([[True, True], [True, False]]), (1, 2, 3))
+    alone = _sampled_ranking(scores[1:], negatives[1:], torch.tensor([[4]]), torch.tensor([[True]]), (1, 2, 3))
+    for name, value in padded.items():
+        assert torch.isfinite(value).all(), name
+        assert float(value[1]) == float(alone[name][0]), name
+    # User 0: target 4 (0.7) ranks 0, NDCG 1; target 3 (0.3) ranks 2 (0.5 wins, 0.3 ties), NDCG@2 0; mean 1/2.
+    assert float(padded["ndcg@2"][0]) == 0.5
+    assert float(padded["ndcg@3"][0]) == pytest.approx((1 + 1 / math.log2(4)) / 2)
+
+
+def test_a_user_without_held_out_items_is_not_ranked() -> None:
+    with pytest.raises(ValueError, match="at least one held-out item"):
+        metrics_from_ranks(torch.tensor([[0], [0]]), torch.tensor([[True], [False]]), (1,))
+    with pytest.raises(ValueError, match="at least one held-out item"):
+        _sampled_ranking(SCORES, torch.tensor([[0, 2]]), torch.tensor([[4]]), torch.tensor([[False]]), (1,))
+
+
+def test_a_model_that_scores_nan_is_refused_not_ranked_first() -> None:
+    scores = torch.tensor([[0.1, 0.9, float("nan"), 0.3, 0.7]])
+    with pytest.raises(FedrecError, match="scored NaN"):
+        evaluate_one(history=[1], targets=[2], scores=scores)
+
+
+def test_central_evaluation_and_device_sums_agree_under_random_holdout() -> None:
+    # What fedrec train reports (one central pass) and what fedrec simulate reports (each device's sums,
+    # added by the server) on the same split and model. SASRec keeps nothing private on a device, so every
+    # device scores with the very model the central pass uses.
+    from recsys_core.federated.config import FederatedConfig
+    from recsys_core.federated.data import load_federated_data
+    from recsys_core.federated.device import evaluate_on_device
+    from recsys_core.federated.state import state_to_arrays
+    from recsys_core.models import CatalogInfo, build_model
+    from recsys_core.training import evaluate_model, seeded
+
+    options = {"hidden_dim": 16, "max_length": 10}
+    cfg = FederatedConfig.from_dict({
+        "data": {"synthetic": {"n_users": 40, "n_items": 80, "seed": 1}, "split": {"method": "random_holdout"}},
+        "model": {"name": "sasrec", "options": options}, "local": {"epochs": 1},
+    }).validate()
+    data = load_federated_data(cfg.data, cfg.partition)
+    assert np.diff(data.split.test.user_offsets).max() > 1  # several held-out items per user
+    with seeded(3):
+        central = build_model("sasrec", CatalogInfo.from_log(data.split.train), options)
+    assert not central.private_state()
+    shared = state_to_arrays(central.shared_state())
+    seen = SeenItems.from_logs(data.split.train, data.split.valid, data.split.test)
+    for part in ("valid", "test"):
+        expected = evaluate_model(central, data.split, part, seen, cfg.evaluation).means()
+        devices = [evaluate_on_device(cfg, data.device_split(partition), shared, None, part, partition)
+                   for partition in range(data.num_devices)]
+        measured = functools.reduce(MetricSums.add, devices, MetricSums()).means()
+        assert all(math.isfinite(value) for value in expected.values())
+        for name, value in expected.items():
+            if "coverage" not in name:
+                assert measured[name] == pytest.approx(value, abs=1e-9), (part, name)

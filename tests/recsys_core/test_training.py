@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_core import training
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.splits import SplitConfig, split_log
 from recsys_core.data.synthetic import SyntheticConfig, generate_synthetic
-from recsys_core.errors import ConfigError
+from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.evaluation import EvaluationConfig
 from recsys_core.models import CatalogInfo, build_model
 from recsys_core.training import TrainConfig, make_optimizer, run_local_epochs, seeded, train_model
@@ -80,3 +81,17 @@ def test_invalid_train_config() -> None:
         TrainConfig(epochs=0).validate()
     with pytest.raises(ConfigError, match="optimizer"):
         TrainConfig(optimizer="lbfgs").validate()  # type: ignore[arg-type]
+
+
+def test_a_split_that_holds_nobody_out_is_a_clear_error() -> None:
+    # Two interactions per user: under leave-one-out nobody is held out, so there is nothing to validate or test.
+    log = InteractionLog.from_original_ids(np.repeat(np.arange(20), 2), np.arange(40) % 7, np.tile([0, 1], 20))
+    with pytest.raises(ConfigError, match="the validation set is empty.*min_interactions_to_evaluate"):
+        train("popularity", split_log(log, SplitConfig()))
+
+
+def test_a_diverged_loss_stops_training_with_a_clear_error(split, monkeypatch) -> None:
+    monkeypatch.setattr(training, "run_local_epochs", lambda *args, **kwargs: [float("nan")])
+    with pytest.raises(FedrecError, match="training diverged: the train loss of epoch 1 is nan; lower "
+                                          "train.learning_rate"):
+        train("neumf", split, epochs=2)
