@@ -34,7 +34,7 @@ from recsys_core.errors import FedrecError
 from recsys_core.federated.records import RoundRecord, round_record_from_dict
 from recsys_core.files import write_atomically
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, load_ledger
-from recsys_core.run_records import write_json
+from recsys_core.run_records import strict_json_dumps, write_json
 
 CHECKPOINT_FORMAT = 1
 LEDGER_FILE = "privacy-ledger.json"
@@ -131,7 +131,7 @@ class RunDirectory:
             self._chain_head = hash_chain.head_of(self.read_round_lines(), self.genesis())
         chained = hash_chain.linked(record.to_dict(), self._chain_head)
         with self.rounds_file.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(chained, sort_keys=True) + "\n")
+            stream.write(strict_json_dumps(chained, self.rounds_file, sort_keys=True) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
         self._chain_head = chained[hash_chain.CHAIN_KEY]["hash"]
