@@ -186,7 +186,7 @@ def command_simulate(args: argparse.Namespace) -> int:
         console.print(f"Secure aggregation: the server saw only sums; {secure['rounds_failed']} rounds failed to "
                       f"unmask (model unchanged, see rounds.jsonl), {secure['clipped_coordinates_total']} update "
                       "coordinates clipped to secure_aggregation.update_clip_range")
-    console.print(f"{summary['seconds_total']:.1f} s in rounds, {summary['failures_total']} client failures, "
+    console.print(f"{summary['seconds_total']:.1f} s in rounds, {summary['failures_total']} device failures, "
                   f"{summary['bytes_up_total'] / 1e6:.1f} MB up, {summary['bytes_down_total'] / 1e6:.1f} MB down")
     console.print(f"Run directory: [bold]{directory.path}[/] (rounds.jsonl, summary.json, metrics.png, "
                   f"final-model/); continue an interrupted run with fedrec simulate --resume {directory.path}")
