@@ -32,7 +32,8 @@ TRAIN_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": 
                "epochs": "train.epochs", "seed": "train.seed", "output_dir": "output_dir"}
 SIMULATE_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
                   "rounds": "server.rounds", "devices_per_round": "server.devices_per_round", "seed": "seed",
-                  "output_dir": "output_dir", "audit_canaries": "data.canaries.count"}
+                  "output_dir": "output_dir", "audit_canaries": "data.canaries.count",
+                  "engine": "simulation.engine"}
 
 
 def _config_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -84,6 +85,8 @@ def privacy_table(privacy: dict[str, Any]) -> Table:
                       f"{user['epsilon_with_amplification']:.3g} with amplification, "
                       f"{user['epsilon_without_amplification']:.3g} without)",
                       f"{user['delta']:g}", user["accountant"], user["reason"])
+    if warning := privacy.get("not_private"):
+        table.caption = f"[bold red]{warning}[/]"
     return table
 
 
@@ -152,11 +155,23 @@ def command_simulate(args: argparse.Namespace) -> int:
         config = FederatedConfig.from_dict(values)
     console.print(f"Federated [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/]: "
                   f"{config.server.rounds} rounds, {config.server.devices_per_round} devices per round, "
-                  f"strategy {config.server.strategy}")
+                  f"strategy {config.server.strategy}, {config.simulation.engine} engine")
+    cohort = config.simulation.engine == "cohort"
+    if config.privacy.enabled and config.privacy.noise_source != "os_entropy":
+        from recsys_core.privacy.secrets import NOT_PRIVATE_WARNING
+
+        console.print(f"[bold red]{NOT_PRIVATE_WARNING}[/]", highlight=False)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("rounds", total=config.server.rounds, status="starting Ray workers")
+        task = progress.add_task("rounds", total=config.server.rounds,
+                                 status="reading the data" if cohort else "starting Ray workers")
+        devices = progress.add_task("devices", total=None, status="", visible=False)
+        exchange_names = {"train": "training", "valid": "validation", "test": "final test"}
+
+        def on_device(exchange: str, done: int, total: int) -> None:
+            progress.update(devices, description=exchange_names.get(exchange, exchange), completed=done,
+                            total=total, visible=done < total)
 
         def on_round(record: RoundRecord) -> None:
             status = f"{record.participants}/{record.sampled} devices"
@@ -173,7 +188,8 @@ def command_simulate(args: argparse.Namespace) -> int:
             progress.update(task, completed=record.round, status=status)
 
         directory, summary = run_federated_simulation(config, run_dir=args.resume, resume=bool(args.resume),
-                                                      on_round=on_round, verbose=args.verbose)
+                                                      on_round=on_round, verbose=args.verbose,
+                                                      on_device=on_device if cohort else None)
     if summary.get("test"):
         console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "
                                     f"all devices", summary["test"]))
@@ -308,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--devices-per-round", type=int)
     simulate.add_argument("--seed", type=int)
     simulate.add_argument("--output-dir", help="where run directories go (default: runs)")
+    simulate.add_argument("--engine", choices=("flower", "cohort"),
+                          help="flower (default): Flower's simulation engine, the deployment's code path; cohort: "
+                               "every device in this process, for large federations (simulation.engine)")
     simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
     simulate.add_argument("--audit-canaries", type=int, metavar="M",
                           help="plant M canary interactions, each with probability 1/2, for fedrec audit")

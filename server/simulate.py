@@ -1,7 +1,9 @@
-"""``fedrec simulate``: run the ServerApp and ClientApp on Flower's simulation engine (Ray).
+"""``fedrec simulate``: run a federation on this machine, on Flower's simulation engine or the cohort engine.
 
-The ClientApp is loaded by reference, as ``flwr run`` loads it from pyproject.toml,
-so the server package never imports the client package.
+Under Flower's engine (Ray) the ClientApp is loaded by reference, as ``flwr run`` loads
+it from pyproject.toml, so the server package never imports the client package. The
+cohort engine (``simulation.engine = "cohort"``, :mod:`server.cohort_engine`) runs the
+same devices' code in this process.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.clientapp import ClientApp
 
 from recsys_core.errors import ConfigError
+from recsys_core.federated.cohort import DeviceProgress
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData, load_federated_data
 from recsys_core.federated.manifest import MANIFEST_FILE
@@ -22,7 +26,7 @@ from recsys_core.federated.wire import DEVICE_STATE_DIR_ENV
 from server import message_delivery
 from server.rounds import RoundCallback
 from server.run_directory import RunDirectory
-from server.server_app import make_server_app, prepare_run_directory
+from server.server_app import make_server_app, prepare_run_directory, run_manifest
 
 CLIENT_APP_REFERENCE = "client.client_app:app"
 
@@ -65,6 +69,16 @@ def provision_federation(config: FederatedConfig, directory: RunDirectory, data:
     os.environ[DEVICE_STATE_DIR_ENV] = str(directory.devices)
 
 
+def run_cohort_simulation(config: FederatedConfig, directory: RunDirectory, data: FederatedData, resume: bool,
+                          on_round: RoundCallback | None, on_device: DeviceProgress | None) -> dict[str, Any]:
+    """The cohort engine: the server's loop and every device in this process."""
+    from server.cohort_engine import CohortRun
+
+    torch.set_num_threads(config.simulation.torch_threads_per_device)
+    manifest = run_manifest(directory, None)
+    return CohortRun(config, directory, manifest, data, on_round, on_device).run(resume=resume)
+
+
 def backend_config(config: FederatedConfig) -> dict[str, Any]:
     workers = config.simulation.max_workers or os.cpu_count() or 1
     return {
@@ -92,11 +106,18 @@ def run_federated_simulation(
     resume: bool = False,
     on_round: RoundCallback | None = None,
     verbose: bool = False,
+    on_device: DeviceProgress | None = None,
 ) -> tuple[RunDirectory, dict[str, Any]]:
-    """Runs a whole simulation; returns the run directory and the final summary."""
+    """Runs a whole simulation; returns the run directory and the final summary.
+
+    ``on_device`` (cohort engine only) is called after each device's update or evaluation with the
+    count done so far in that exchange, for progress within long rounds and the final test.
+    """
     data = validate_before_start(config)
     directory = prepare_run_directory(config, run_dir, resume)
     provision_federation(config, directory, data)
+    if config.simulation.engine == "cohort":
+        return directory, run_cohort_simulation(config, directory, data, resume, on_round, on_device)
     results: dict[str, Any] = {}
     server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results)
     keep_ray_on_loopback()

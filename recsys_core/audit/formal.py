@@ -28,6 +28,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from recsys_core.federated.records import RoundRecord
 from recsys_core.privacy.accountant import ScheduleEntry
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, verify
+from recsys_core.privacy.secrets import NOT_PRIVATE_WARNING
 
 #: A recorded epsilon may sit this far (relative) below the PLD figure before it counts as an under-count:
 #: PLD discretisation and PRV's own error bounds are well inside it.
@@ -111,7 +112,10 @@ def check_against_log(ledger: PrivacyLedger, config: Mapping[str, Any],
                       rounds: Sequence[RoundRecord]) -> list[Check]:
     """The ledger's mechanism against the resolved config and the per-round log."""
     privacy = config.get("privacy", {})
-    checks = [_secure_aggregation_check(config, rounds), _rounds_joined_check(ledger, rounds)]
+    source = privacy.get("noise_source", "os_entropy")
+    checks = [_secure_aggregation_check(config, rounds), _rounds_joined_check(ledger, rounds),
+              Check("DP noise from OS entropy", source == "os_entropy",
+                    "privacy.noise_source = 'os_entropy'" if source == "os_entropy" else NOT_PRIVATE_WARNING)]
     if ledger.local is not None:
         checks.extend(_local_checks(ledger, privacy.get("local", {}), rounds))
     elif privacy.get("local", {}).get("enabled"):

@@ -45,6 +45,13 @@ class RoundSum:
     largest_update_norm: float | None = None
 
 
+def add_round_sums(first: RoundSum, second: RoundSum) -> RoundSum:
+    """The sum of two disjoint sets of updates (plain FedAvg sums: no clipping evidence to merge)."""
+    return RoundSum({name: first.update_sum[name] + second.update_sum[name] for name in first.update_sum},
+                    first.weight_sum + second.weight_sum, first.contributors + second.contributors,
+                    first.loss_sum + second.loss_sum, first.loss_weight + second.loss_weight)
+
+
 def sum_plain_updates(config: FederatedConfig, current: Arrays,
                       updates: Sequence[tuple[Arrays, int, float]]) -> RoundSum:
     """The :class:`RoundSum` of updates the server received one by one: ``(arrays, num_examples, train_loss)``.

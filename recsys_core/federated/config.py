@@ -113,8 +113,16 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class SimulationEngineConfig:
-    """How Flower's simulation engine runs the clients on this machine."""
+    """How a simulation runs its devices on this machine."""
 
+    #: "flower": Flower's simulation engine (Ray workers, real messages; the deployment's code path).
+    #: "cohort": every device in one process, no framework between them and the server
+    #: (server/cohort_engine.py): the same device code and aggregation, for large federations.
+    engine: Literal["flower", "cohort"] = "flower"
+    #: Cohort engine: run a round of one-step devices as one batched gradient
+    #: (recsys_core/federated/cohort_batch.py). "auto" does where the config allows it
+    #: (:meth:`FederatedConfig.one_step_blockers`); "on" refuses a config that does not; "off" never does.
+    batched_one_step: Literal["auto", "on", "off"] = "auto"
     num_cpus_per_device: float = 1.0
     #: Ray workers; 0 lets each client take ``num_cpus_per_device`` of the machine.
     max_workers: int = 0
@@ -176,12 +184,46 @@ class FederatedConfig:
                 raise ConfigError(f"privacy.user_level: runs with server.strategy 'fedavg' or 'fedadam', "
                                   f"got {self.server.strategy!r}")
         self._validate_secure_aggregation()
+        if self.simulation.engine == "cohort" and self.secure_aggregation.enabled:
+            raise ConfigError("simulation.engine = 'cohort' does not simulate secure aggregation's masking yet; run "
+                              "with simulation.engine = 'flower' (the default), or set secure_aggregation.enabled "
+                              "= false to measure the model without it")
+        if self.simulation.batched_one_step == "on" and (blockers := self.one_step_blockers()):
+            raise ConfigError(f"simulation.batched_one_step = 'on' cannot run this config exactly: "
+                              f"{'; '.join(blockers)}; set it to 'auto' to run these devices one by one")
         if num_devices is not None and self.server.devices_per_round > num_devices:
             raise ConfigError(
                 f"server.devices_per_round = {self.server.devices_per_round} but the federation has only "
                 f"{num_devices} devices; lower it or use a larger dataset"
             )
         return self
+
+    def one_step_blockers(self) -> list[str]:
+        """The options that keep the cohort engine from running a round as one batched gradient; empty when
+        it can (one plain SGD step per device on shared parameters only)."""
+        local, privacy = self.local, self.privacy
+        model = model_class(self.model.name)
+        blockers = []
+        if self.simulation.engine != "cohort":
+            blockers.append(f"simulation.engine = {self.simulation.engine!r} (only the cohort engine batches devices)")
+        if local.epochs != 1:
+            blockers.append(f"local.epochs = {local.epochs} (the batched path is one local step)")
+        if local.optimizer != "sgd":
+            blockers.append(f"local.optimizer = {local.optimizer!r} (a step of a stateful optimiser is not a "
+                            "plain gradient step)")
+        if local.weight_decay != 0:
+            blockers.append("local.weight_decay (not folded into the batched gradient)")
+        if privacy.local.enabled:
+            blockers.append("privacy.local (each device draws its own Poisson batches and noise)")
+        if privacy.user_level.enabled:
+            blockers.append("privacy.user_level (each device clips its own update)")
+        if not model.trains_with_gradients:
+            blockers.append(f"model {self.model.name!r} (fitted by counting)")
+        if model.private_modules:
+            blockers.append(f"model {self.model.name!r} (keeps private parameters on each device)")
+        if model.has_auxiliary_phase:
+            blockers.append(f"model {self.model.name!r} (has an auxiliary training phase)")
+        return blockers
 
     def _validate_secure_aggregation(self) -> None:
         secure = self.secure_aggregation.validate()

@@ -29,6 +29,7 @@ from recsys_core.federated.state import (
     state_to_arrays,
 )
 from recsys_core.models import CatalogInfo, Recommender
+from recsys_core.privacy.secrets import USER_LEVEL_SHARE_SECRET, secret_generator
 from recsys_core.training import evaluate_model, make_optimizer, run_local_epochs, seeded
 
 
@@ -74,7 +75,9 @@ def train_on_device(
         noise_std = distributed_noise_std(user_level.noise_multiplier, user_level.clip_norm,
                                           user_level.min_surviving_devices)
     # OS entropy: the server knows the run seed, and a noise share it can regenerate hides nothing.
-    clipped = privatize_update(update, user_level.clip_norm, noise_std, np.random.default_rng())
+    secret = secret_generator(config.privacy.noise_source, config.seed, server_round, partition_id + 1,
+                              USER_LEVEL_SHARE_SECRET)
+    clipped = privatize_update(update, user_level.clip_norm, noise_std, secret)
     return replace(outcome, shared_parameters={}, num_examples=1, train_loss=float("nan"), clipped_update=clipped)
 
 

@@ -16,6 +16,7 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.device_model import device_seed
 from recsys_core.federated.state import Arrays, DeviceState, TrainOutcome, optimizer_state_from_arrays, state_to_arrays
 from recsys_core.models import Recommender
+from recsys_core.privacy.secrets import LOCAL_DP_SECRET, secret_generator
 from recsys_core.training import make_optimizer, seeded
 
 
@@ -70,7 +71,9 @@ def train_with_local_dp(
         return unchanged(f"privacy budget: {steps} more steps would exceed epsilon {privacy.target_epsilon} "
                          f"at delta {privacy.target_delta}")
     optimizer, auxiliary, private_parameters = _local_dp_optimizers(config, work, state)
-    secret = np.random.default_rng()  # OS entropy: unknown to the server
+    # OS entropy, unknown to the server (unless the config asks for a replayable run that is not private).
+    secret = secret_generator(config.privacy.noise_source, config.seed, server_round, partition_id + 1,
+                              LOCAL_DP_SECRET)
     noise_generator = torch.Generator().manual_seed(int(secret.integers(2**63 - 1)))
     dp_optimizer = engine.optimizer(optimizer, noise_multiplier=privacy.noise_multiplier,
                                     clip_norm=privacy.per_sample_clip_norm, schedule=schedule,

@@ -14,6 +14,7 @@ from typing import Any
 from recsys_core.config import dataclass_from_dict
 from recsys_core.errors import ConfigError
 from recsys_core.privacy.names import ACCOUNTANT_NAMES, NOISE_PLACEMENTS, AccountantName, NoisePlacement
+from recsys_core.privacy.secrets import NoiseSource
 
 #: Where the section sits in a run config; error messages name keys from here.
 SECTION = "privacy"
@@ -111,6 +112,10 @@ class PrivacyConfig:
 
     local: LocalPrivacyConfig = field(default_factory=LocalPrivacyConfig)
     user_level: UserLevelPrivacyConfig = field(default_factory=UserLevelPrivacyConfig)
+
+    #: Where DP noise comes from: "os_entropy" (private), or "run_seed" for exact replays only (NOT private;
+    #: recsys_core/privacy/secrets.py).
+    noise_source: NoiseSource = "os_entropy"
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,164 @@
+"""The cohort engine: every simulated device in this process, no framework between devices and server.
+
+``fedrec simulate --engine cohort`` (``simulation.engine = "cohort"``). The round loop,
+the aggregation core, the run directory, the ledger and the record chain are the ones
+the Flower engine uses (:class:`~server.round_loop.RoundLoop`); the devices run the same
+``recsys_core`` code a Flower node runs, and their replies cross the same typed wire
+records (:class:`~recsys_core.federated.wire.TrainReply`, ``EvaluateReply``) and server
+checks, so a seeded run gives the same global model under both engines
+(``tests/server/test_cohort_engine.py``). What the cohort engine leaves out is the
+transport: Ray workers, message queues, serialisation, the ~30 ms Flower spends on each
+sampled device. A device costs its private state (:class:`CohortStates`), not a node.
+
+It simulates what a deployment cannot show, not what it does: secure aggregation's
+masking runs only under the Flower engine, and a config that asks for it here is refused
+(:meth:`FederatedConfig.validate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from recsys_core.evaluation import metric_names
+from recsys_core.federated.aggregation import Arrays, add_round_sums, sum_plain_updates
+from recsys_core.federated.cohort import DeviceError, DeviceProgress, evaluate_cohort, train_cohort
+from recsys_core.federated.cohort_batch import train_one_step_cohort
+from recsys_core.federated.cohort_state import CohortStates
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.data import FederatedData
+from recsys_core.federated.manifest import FederationManifest
+from recsys_core.federated.records import AccountantHistory, DeviceFailure
+from recsys_core.federated.wire import EvaluateReply, MalformedReplyError, TrainReply, update_problem
+from recsys_core.privacy.accountant import PrivacyAccountant
+from server.round_loop import RoundCallback, RoundLoop, TrainingExchange, sum_evaluations
+from server.run_directory import RunDirectory
+
+logger = logging.getLogger("fedrec.server")
+
+COHORT_STATES_FILE = "cohort-states.npz"
+
+
+class CohortRun(RoundLoop):
+    """The round loop with every device in this process; ``data`` is the simulated devices' data.
+
+    The server's side still reads only the manifest and the replies: ``data`` is handed to
+    :func:`~recsys_core.federated.cohort.train_cohort`, the devices' side, and nothing else.
+    """
+
+    def __init__(self, config: FederatedConfig, run_directory: RunDirectory, manifest: FederationManifest,
+                 data: FederatedData, on_round: RoundCallback | None = None,
+                 on_device: DeviceProgress | None = None) -> None:
+        super().__init__(config, run_directory, manifest, on_round)
+        self.data = data
+        #: One batched gradient per round where the config allows it (recsys_core/federated/cohort_batch.py).
+        self.batched = config.simulation.batched_one_step != "off" and not config.one_step_blockers()
+        self.states = CohortStates()
+        self.on_device = on_device
+
+    @property
+    def states_file(self) -> Path:
+        return self.run_directory.devices / COHORT_STATES_FILE
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """The whole run; returns the summary. A resumed run restores every device's state from the checkpoint's
+        round first."""
+        if resume and (checkpoint := self.run_directory.read_checkpoint()) is not None:
+            self.states = CohortStates.load(self.states_file, checkpoint.completed_round)
+        return self.run_rounds(resume)
+
+    def connect(self) -> list[int]:
+        return list(range(self.data.num_devices))
+
+    def save_device_states(self, completed_round: int) -> None:
+        self.states.save(self.states_file, completed_round)
+
+    def training_exchange(self, current: Arrays, partitions: list[int], server_round: int) -> TrainingExchange:
+        started = time.perf_counter()
+        exchange = TrainingExchange(round_sum=None)
+        array_bytes = sum(value.nbytes for value in current.values())
+        exchange.bytes_down = array_bytes * len(partitions)
+        one_by_one = partitions
+        batched_sum = None
+        if self.batched:
+            batched = train_one_step_cohort(self.config, self.data, current, partitions, server_round)
+            replies = [TrainReply(p, False, n, loss) for p, n, loss in
+                       zip(batched.partitions, batched.num_examples, batched.train_losses)]
+            if all(self.accept(reply, exchange) is not None for reply in replies) and \
+                    update_problem(batched.round_sum.update_sum, current) is None:
+                batched_sum = batched.round_sum
+                exchange.joined += batched.partitions
+                exchange.bytes_up += array_bytes * len(batched.partitions)
+                exchange.failures += [DeviceFailure(p, f"{type(e).__name__}: {e}") for p, e in batched.failed.items()]
+                one_by_one = batched.multi_step
+            else:
+                # A device's loss or update is unusable; only the per-device path can set it aside alone.
+                exchange = TrainingExchange(round_sum=None, bytes_down=exchange.bytes_down)
+        updates = self.train_one_by_one(current, one_by_one, server_round, exchange, array_bytes)
+        round_sum = sum_plain_updates(self.config, current, updates)
+        exchange.round_sum = round_sum if batched_sum is None else add_round_sums(batched_sum, round_sum)
+        exchange.failures.sort(key=lambda failure: failure.partition if failure.partition is not None else -1)
+        exchange.joined.sort()
+        logger.debug("round %d: %d devices in %.2f s", server_round, len(partitions), time.perf_counter() - started)
+        return exchange
+
+    def accept(self, sent: TrainReply, exchange: TrainingExchange) -> TrainReply | None:
+        """The server's edge, as for a Flower reply: the same parse, the same checks; None (recorded) if refused."""
+        try:
+            return TrainReply.from_metrics(sent.to_metrics(), sent.to_config(), with_counts=True)
+        except MalformedReplyError as error:
+            exchange.failures.append(DeviceFailure(sent.partition_id, f"update rejected: {error}"))
+            exchange.joined.append(sent.partition_id)
+            return None
+
+    def train_one_by_one(self, current: Arrays, partitions: list[int], server_round: int,
+                         exchange: TrainingExchange, array_bytes: int) -> list[tuple[Arrays, int, float]]:
+        """Each device's own update (the path every config can take); fills ``exchange``'s bookkeeping."""
+        results = train_cohort(self.config, self.data, current, self.states, partitions, server_round,
+                               self.on_device)
+        updates = []
+        for partition in sorted(results):
+            result = results[partition]
+            if isinstance(result, DeviceError):
+                exchange.failures.append(DeviceFailure(partition, result.reason, result.detail))
+                continue
+            accountant = result.device_state.privacy_accountant
+            reply = self.accept(TrainReply(partition, result.declined, result.num_examples, result.train_loss,
+                                           result.privacy_epsilon, None if accountant is None
+                                           else PrivacyAccountant.from_dict(accountant)), exchange)
+            if reply is None:
+                continue
+            if reply.accountant is not None:
+                exchange.local_privacy.append(AccountantHistory.of(partition, reply.accountant))
+            if reply.declined:
+                exchange.declined.append(partition)
+                continue
+            exchange.joined.append(partition)
+            problem = update_problem(result.payload, current)
+            if problem is not None:
+                exchange.failures.append(DeviceFailure(partition, f"update rejected: {problem}"))
+                continue
+            updates.append((result.payload, reply.num_examples or 0,
+                            reply.train_loss if reply.train_loss is not None else float("nan")))
+            exchange.bytes_up += array_bytes
+        return updates
+
+    def evaluate(self, shared: Arrays, partitions: list[int], part: str,
+                 server_round: int) -> tuple[dict[str, float], int]:
+        results = evaluate_cohort(self.config, self.data, shared, self.states, partitions, part, self.on_device)
+        names = metric_names(self.config.evaluation)
+        good: list[EvaluateReply] = []
+        for partition, result in sorted(results.items()):
+            if isinstance(result, DeviceError):
+                logger.warning("round %d: partition %d failed to evaluate: %s", server_round, partition,
+                               result.reason)
+                continue
+            try:
+                good.append(EvaluateReply.from_metrics(EvaluateReply(partition, result).to_metrics(), names))
+            except MalformedReplyError as error:
+                logger.warning("round %d: partition %d sent an unusable evaluation: %s", server_round, partition,
+                               error)
+        return sum_evaluations(good), len(partitions) - len(good)
+

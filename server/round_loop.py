@@ -1,0 +1,210 @@
+"""The server's round loop, whatever carries its messages: sample, exchange, apply, evaluate, record, checkpoint.
+
+Sampling is over *partitions* with a generator seeded by ``(seed, round)``, and
+updates are summed in partition order, so a run resumed from its last checkpoint
+continues exactly as an uninterrupted run would. An engine supplies three things
+(:class:`RoundLoop`'s abstract methods): which partitions are there, one round's
+training exchange (ending in a :class:`~recsys_core.federated.aggregation.RoundSum`)
+and federated evaluation. Everything after the exchange, gates, noise and the server
+step, is :func:`~recsys_core.federated.aggregation.apply_round`, and the run directory,
+ledger and record chain are written here, so every engine leaves the same evidence.
+The engines: :class:`server.rounds.FederatedRun` (Flower's grid, simulated or deployed)
+and :class:`server.cohort_engine.CohortRun` (in-process devices, no framework).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsys_core.audit.canaries import CANARIES_FILE
+from recsys_core.bundle import ModelBundle, write_bundle
+from recsys_core.config import dataclass_to_dict
+from recsys_core.evaluation import MetricSums
+from recsys_core.federated.aggregation import (
+    Arrays,
+    RoundResult,
+    RoundSum,
+    ServerOptimizer,
+    apply_round,
+    server_optimizer,
+)
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.manifest import FederationManifest
+from recsys_core.federated.records import AccountantHistory, DeviceFailure, RoundRecord
+from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
+from recsys_core.federated.state import state_to_arrays
+from recsys_core.federated.wire import EvaluateReply
+from recsys_core.privacy.ledger import write_ledger
+from recsys_core.privacy.secrets import (
+    CENTRAL_NOISE_SECRET,
+    NOT_PRIVATE_WARNING,
+    SERVER_PARTY,
+    secret_generator,
+)
+from recsys_core.run_records import write_json
+from server.privacy import privacy_summary, run_ledger
+from server.run_directory import Checkpoint, RunDirectory
+
+RoundCallback = Callable[[RoundRecord], None]
+
+logger = logging.getLogger("fedrec.server")
+
+
+@dataclass
+class TrainingExchange:
+    """What one round's training exchange gave the server, whichever protocol carried it."""
+
+    #: None when the exchange gave no sum (secure aggregation failed); ``failure`` says why.
+    round_sum: RoundSum | None
+    failure: str = ""
+    declined: list[int | None] = field(default_factory=list)
+    failures: list[DeviceFailure] = field(default_factory=list)
+    #: Partitions whose update left the device (used or rejected): the privacy ledger counts them.
+    joined: list[int] = field(default_factory=list)
+    local_privacy: list[AccountantHistory] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def sum_evaluations(replies: list[EvaluateReply]) -> dict[str, float]:
+    """The mean metrics of plain evaluation replies, added in partition order (the float sums do not
+    depend on arrival order)."""
+    total = MetricSums()
+    for parsed in sorted(replies, key=lambda r: r.partition_id):
+        assert parsed.sums is not None
+        total.add(parsed.sums)
+    return total.means()
+
+
+@dataclass
+class RoundLoop(ABC):
+    """One federated run; its inputs are the config, the federation manifest and the devices' replies.
+
+    The server never opens an interaction file (``tests/server/test_deployment.py`` runs it
+    with the interaction file unreadable).
+    """
+
+    config: FederatedConfig
+    run_directory: RunDirectory
+    manifest: FederationManifest
+    on_round: RoundCallback | None = None
+    #: The partitions that answered :meth:`connect`, sorted.
+    partitions: list[int] = field(default_factory=list, init=False)
+
+    @abstractmethod
+    def connect(self) -> list[int]:
+        """Finds the devices of the federation; returns the partitions that answered."""
+
+    @abstractmethod
+    def training_exchange(self, current: Arrays, partitions: list[int], server_round: int) -> TrainingExchange:
+        """Sends ``current`` to ``partitions`` and returns what their updates add up to."""
+
+    @abstractmethod
+    def evaluate(self, shared: Arrays, partitions: list[int], part: str,
+                 server_round: int) -> tuple[dict[str, float], int]:
+        """Federated evaluation: the mean metrics over ``partitions`` and how many failed to report."""
+
+    def save_device_states(self, completed_round: int) -> None:
+        """Makes the devices' state after ``completed_round`` durable before the server's checkpoint names the
+        round; nothing here, where devices keep their own state (Flower nodes)."""
+        return None
+
+    def sample(self, server_round: int, count: int, purpose: int) -> list[int]:
+        """Sorted partition ids for this round; the same for any run with the same seed."""
+        return sample_partitions(self.config.seed, server_round, purpose, self.partitions, count)
+
+    def run_rounds(self, resume: bool = False) -> dict[str, Any]:
+        """Every round from the first (or the one after the checkpoint) to ``server.rounds``, then the summary."""
+        config = self.config
+        if self.manifest.canaries is not None:
+            write_json(self.run_directory.path / CANARIES_FILE, self.manifest.canaries)
+        self.partitions = sorted(self.connect())
+        initial = build_device_model(config, self.manifest.catalog(), 1, 0)
+        shared = state_to_arrays(initial.shared_state())
+        optimizer = server_optimizer(config)
+        first_round = 1
+        if resume and (checkpoint := self.run_directory.read_checkpoint()) is not None:
+            shared = checkpoint.shared_parameters
+            optimizer.restore(checkpoint.strategy_state)
+            first_round = checkpoint.completed_round + 1
+            self.run_directory.truncate_rounds(checkpoint.completed_round)
+            logger.info("Resuming after round %d", checkpoint.completed_round)
+        for server_round in range(first_round, config.server.rounds + 1):
+            shared = self.train_round(optimizer, shared, server_round)
+        return self.finish(shared, initial)
+
+    def train_round(self, optimizer: ServerOptimizer, current: Arrays, server_round: int) -> Arrays:
+        config = self.config
+        started = time.perf_counter()
+        partitions = self.sample(server_round, config.server.devices_per_round, TRAINING)
+        exchange = self.training_exchange(current, partitions, server_round)
+        if exchange.round_sum is None:
+            result = RoundResult(current, "failed", f"secure aggregation: {exchange.failure}")
+        else:
+            noise = secret_generator(config.privacy.noise_source, config.seed, server_round, SERVER_PARTY,
+                                     CENTRAL_NOISE_SECRET)
+            result = apply_round(config, current, exchange.round_sum, optimizer, server_round, noise)
+        if result.status != "aggregated":
+            logger.warning("round %d: %s: %s; model unchanged", server_round, result.status, result.status_reason)
+        if result.clipped_coordinates:
+            logger.warning("round %d: devices clipped %d update coordinates to secure_aggregation."
+                           "update_clip_range; raise it if this persists", server_round, result.clipped_coordinates)
+        for failure in exchange.failures:
+            logger.warning("round %d: partition %s failed: %s", server_round, failure.partition, failure.reason)
+        validation, evaluation_failures = None, None
+        if config.server.evaluate_every and server_round % config.server.evaluate_every == 0:
+            evaluated = self.sample(server_round, config.server.devices_per_evaluation, EVALUATION)
+            validation, evaluation_failures = self.evaluate(result.arrays, evaluated, "valid", server_round)
+        record = RoundRecord(
+            round=server_round, sampled=len(partitions), secure_aggregation=config.secure_aggregation.enabled,
+            status=result.status, status_reason=result.status_reason,
+            participants=exchange.round_sum.contributors if result.status == "aggregated" and exchange.round_sum
+            else 0,
+            declined=tuple(exchange.declined), failures=tuple(exchange.failures), joined=tuple(exchange.joined),
+            local_privacy=tuple(exchange.local_privacy), bytes_down=exchange.bytes_down, bytes_up=exchange.bytes_up,
+            train_loss=result.train_loss, clipped_coordinates=result.clipped_coordinates,
+            user_level=result.user_level, validation=validation, evaluation_failures=evaluation_failures,
+            seconds=time.perf_counter() - started)
+        self.save_device_states(server_round)
+        self.run_directory.write_checkpoint(Checkpoint(server_round, result.arrays, optimizer.state()))
+        self.run_directory.append_round(record)
+        if self.on_round is not None:
+            self.on_round(record)
+        return result.arrays
+
+    def finish(self, shared: Arrays, initial: Any) -> dict[str, Any]:
+        config = self.config
+        summary: dict[str, Any] = {"rounds": config.server.rounds}
+        if config.server.final_evaluation:
+            summary["test"], summary["test_failures"] = self.evaluate(shared, self.partitions, "test",
+                                                                      config.server.rounds)
+        rounds = self.run_directory.read_rounds()
+        summary["seconds_total"] = sum(r.seconds for r in rounds)
+        summary["failures_total"] = sum(len(r.failures) for r in rounds)
+        summary["bytes_up_total"] = sum(r.bytes_up for r in rounds)
+        summary["bytes_down_total"] = sum(r.bytes_down for r in rounds)
+        if config.secure_aggregation.enabled:
+            summary["secure_aggregation"] = {
+                "rounds_failed": sum(r.status == "failed" for r in rounds),
+                "clipped_coordinates_total": sum(r.clipped_coordinates or 0 for r in rounds)}
+        write_bundle(self.run_directory.path / "final-model", ModelBundle(
+            config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,
+            {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset},
+            self.manifest.bundle_catalog()))
+        ledger = run_ledger(config, self.manifest.num_partitions, rounds)
+        ledger_path = None
+        if ledger is not None:
+            ledger_path = write_ledger(ledger, self.run_directory.ledger_file)
+            summary["privacy"] = privacy_summary(ledger)
+            if config.privacy.noise_source != "os_entropy":
+                summary["privacy"]["not_private"] = NOT_PRIVATE_WARNING
+        summary["record_chain_head"] = self.run_directory.seal(ledger_path)
+        write_json(self.run_directory.path / "summary.json", summary)
+        self.run_directory.write_plots(rounds)
+        return summary

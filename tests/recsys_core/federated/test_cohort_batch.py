@@ -1,0 +1,96 @@
+"""The batched one-step round against the per-device path: the same FedAvg sum, losses and counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_options import SMALL_OPTIONS
+
+from recsys_core.errors import ConfigError
+from recsys_core.federated.aggregation import sum_plain_updates
+from recsys_core.federated.cohort import train_cohort
+from recsys_core.federated.cohort_batch import train_one_step_cohort
+from recsys_core.federated.cohort_state import CohortStates
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.data import load_federated_data
+from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.state import TrainOutcome, state_to_arrays
+
+# Randomness inside the forward pass (dropout, a VAE's draw) is drawn per cohort, not per device: switched off
+# here so the two paths must agree to float rounding.
+DETERMINISTIC = {
+    "sasrec": {**SMALL_OPTIONS["sasrec"], "dropout": 0.0},
+    "mult_dae": {**SMALL_OPTIONS["mult_dae"], "dropout": 0.0},
+    "gru4rec": {**SMALL_OPTIONS["gru4rec"], "dropout": 0.0},
+}
+
+
+def one_step_config(model: str, options: dict, **local: object) -> FederatedConfig:
+    return FederatedConfig.from_dict({
+        "data": {"synthetic": {"n_users": 30, "n_items": 40, "seed": 1}},
+        "model": {"name": model, "options": options},
+        "local": {"epochs": 1, "batch_size": 100000, "optimizer": "sgd", "learning_rate": 0.5, **local},
+        "server": {"devices_per_round": 12},
+        "simulation": {"engine": "cohort", "failing_partitions": [5]},
+    }).validate()
+
+
+@pytest.mark.parametrize("model", sorted(DETERMINISTIC))
+def test_one_batched_gradient_is_the_sum_of_every_devices_step(model: str) -> None:
+    config = one_step_config(model, DETERMINISTIC[model])
+    data = load_federated_data(config.data, config.partition)
+    shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
+    partitions = [0, 2, 3, 5, 8, 13, 21, 29]
+    batched = train_one_step_cohort(config, data, shared, partitions, server_round=4)
+    one_by_one = train_cohort(config, data, shared, CohortStates(), partitions, server_round=4)
+    outcomes = {p: r for p, r in one_by_one.items() if isinstance(r, TrainOutcome)}
+    assert sorted(batched.failed) == [5] and 5 not in outcomes
+    assert batched.partitions == sorted(outcomes) and not batched.multi_step
+    assert batched.num_examples == [outcomes[p].num_examples for p in batched.partitions]
+    assert batched.train_losses == pytest.approx([outcomes[p].train_loss for p in batched.partitions], rel=1e-5)
+    expected = sum_plain_updates(config, shared, [(o.payload, o.num_examples, o.train_loss)
+                                                  for _, o in sorted(outcomes.items())])
+    measured = batched.round_sum
+    assert measured.weight_sum == expected.weight_sum and measured.contributors == expected.contributors
+    assert measured.loss_sum == pytest.approx(expected.loss_sum, rel=1e-5)
+    moved = 0.0
+    for name, value in expected.update_sum.items():
+        mean_expected, mean_measured = value / expected.weight_sum, measured.update_sum[name] / measured.weight_sum
+        np.testing.assert_allclose(mean_measured, mean_expected, atol=1e-6, err_msg=name)
+        moved = max(moved, float(np.abs(mean_expected).max()))
+    assert moved > 1e-3, "the step moved nothing; the comparison would pass vacuously"
+
+
+def test_a_device_with_more_samples_than_the_batch_is_left_to_the_per_device_path() -> None:
+    config = one_step_config("sasrec", DETERMINISTIC["sasrec"], batch_size=1)
+    data = load_federated_data(config.data, config.partition)
+    shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
+    # SASRec has one sample per user: with two users on a device it takes two steps of one sample each.
+    two_users = FederatedConfig.from_dict({**__import__("json").loads(config.to_json()),
+                                           "partition": {"users_per_device": 2}}).validate()
+    batched = train_one_step_cohort(two_users, load_federated_data(two_users.data, two_users.partition), shared,
+                                    [0, 1, 2], server_round=1)
+    assert batched.multi_step == [0, 1, 2] and batched.partitions == []
+    assert train_one_step_cohort(config, data, shared, [0, 1], 1).partitions == [0, 1]
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"local": {"epochs": 2}}, "local.epochs = 2"),
+    ({"local": {"optimizer": "adam"}}, "local.optimizer = 'adam'"),
+    ({"model": {"name": "neumf"}}, "keeps private parameters"),
+    ({"model": {"name": "caser"}}, "keeps private parameters"),
+    ({"privacy": {"user_level": {"enabled": True, "noise_multiplier": 1.0, "clip_norm": 1.0}}},
+     "privacy.user_level"),
+])
+def test_asking_for_the_batched_path_where_it_would_change_the_maths_names_the_option(change, named) -> None:
+    values = {"data": {"synthetic": {"n_users": 30, "n_items": 40}}, "model": {"name": "sasrec"},
+              "local": {"epochs": 1, "optimizer": "sgd"},
+              "simulation": {"engine": "cohort", "batched_one_step": "on"}}
+    for section, settings in change.items():
+        values[section] = {**values.get(section, {}), **settings}
+    with pytest.raises(ConfigError, match="simulation.batched_one_step = 'on' cannot run this config exactly"):
+        try:
+            FederatedConfig.from_dict(values).validate()
+        except ConfigError as error:
+            assert named in str(error)
+            raise
