@@ -86,6 +86,17 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Runs the block with ``count`` intra-op threads and restores the caller's count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def make_optimizer(
     parameters: Iterable[torch.nn.Parameter], name: OptimizerName, learning_rate: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:

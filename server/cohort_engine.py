@@ -18,14 +18,16 @@ masking runs only under the Flower engine, and a config that asks for it here is
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from recsys_core.evaluation import metric_names
 from recsys_core.federated.aggregation import Arrays, add_round_sums, sum_plain_updates
 from recsys_core.federated.cohort import DeviceError, DeviceProgress, evaluate_cohort, train_cohort
-from recsys_core.federated.cohort_batch import train_one_step_cohort
+from recsys_core.federated.cohort_batch import evaluate_cohort_batched, evaluation_blockers, train_one_step_cohort
 from recsys_core.federated.cohort_state import CohortStates
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData
@@ -33,6 +35,7 @@ from recsys_core.federated.manifest import FederationManifest
 from recsys_core.federated.records import AccountantHistory, DeviceFailure
 from recsys_core.federated.wire import EvaluateReply, MalformedReplyError, TrainReply, update_problem
 from recsys_core.privacy.accountant import PrivacyAccountant
+from recsys_core.training import torch_threads
 from server.round_loop import RoundCallback, RoundLoop, TrainingExchange, sum_evaluations
 from server.run_directory import RunDirectory
 
@@ -53,8 +56,10 @@ class CohortRun(RoundLoop):
                  on_device: DeviceProgress | None = None) -> None:
         super().__init__(config, run_directory, manifest, on_round)
         self.data = data
-        #: One batched gradient per round where the config allows it (recsys_core/federated/cohort_batch.py).
-        self.batched = config.simulation.batched_one_step != "off" and not config.one_step_blockers()
+        #: One batched gradient per round, and devices evaluated together, where the config allows it
+        #: (recsys_core/federated/cohort_batch.py).
+        self.batched = config.simulation.batching != "off" and not config.one_step_blockers()
+        self.batched_evaluation = config.simulation.batching != "off" and not evaluation_blockers(config)
         self.states = CohortStates()
         self.on_device = on_device
 
@@ -83,16 +88,20 @@ class CohortRun(RoundLoop):
         one_by_one = partitions
         batched_sum = None
         if self.batched:
-            batched = train_one_step_cohort(self.config, self.data, current, partitions, server_round)
+            with torch_threads(self.config.simulation.cohort_threads or os.cpu_count() or 1):
+                batched = train_one_step_cohort(self.config, self.data, current, partitions, server_round,
+                                                self.states)
             replies = [TrainReply(p, False, n, loss) for p, n, loss in
                        zip(batched.partitions, batched.num_examples, batched.train_losses)]
             if all(self.accept(reply, exchange) is not None for reply in replies) and \
                     update_problem(batched.round_sum.update_sum, current) is None:
                 batched_sum = batched.round_sum
+                for partition, state in batched.device_states.items():
+                    self.states.put(partition, state)
                 exchange.joined += batched.partitions
                 exchange.bytes_up += array_bytes * len(batched.partitions)
                 exchange.failures += [DeviceFailure(p, f"{type(e).__name__}: {e}") for p, e in batched.failed.items()]
-                one_by_one = batched.multi_step
+                one_by_one = batched.one_by_one
             else:
                 # A device's loss or update is unusable; only the per-device path can set it aside alone.
                 exchange = TrainingExchange(round_sum=None, bytes_down=exchange.bytes_down)
@@ -147,6 +156,15 @@ class CohortRun(RoundLoop):
 
     def evaluate(self, shared: Arrays, partitions: list[int], part: str,
                  server_round: int) -> tuple[dict[str, float], int]:
+        if self.batched_evaluation:
+            try:
+                with torch_threads(self.config.simulation.cohort_threads or os.cpu_count() or 1):
+                    total = evaluate_cohort_batched(self.config, self.data, shared, partitions, part,
+                                                    self.chunk_progress(part, len(partitions)))
+                return total.means(), 0
+            except Exception as error:  # a device's own failure: find it, and go on without it, one by one
+                logger.warning("round %d: batched evaluation failed (%s); evaluating each device alone",
+                               server_round, error)
         results = evaluate_cohort(self.config, self.data, shared, self.states, partitions, part, self.on_device)
         names = metric_names(self.config.evaluation)
         good: list[EvaluateReply] = []
@@ -162,3 +180,8 @@ class CohortRun(RoundLoop):
                                error)
         return sum_evaluations(good), len(partitions) - len(good)
 
+    def chunk_progress(self, part: str, total: int) -> Callable[[int], None] | None:
+        on_device = self.on_device
+        if on_device is None:
+            return None
+        return lambda done: on_device(part, done, total)

@@ -74,6 +74,10 @@ def _load_amazon_beauty(folder: Path) -> InteractionLog:
     return load_amazon_sequences(folder / "Beauty.txt", name="amazon-beauty")
 
 
+def _load_amazon_sports(folder: Path) -> InteractionLog:
+    return load_amazon_sequences(folder / "Sports_and_Outdoors.txt", name="amazon-sports")
+
+
 def _load_synthetic(folder: Path) -> InteractionLog:
     # Imported here so that the registry does not depend on the generator's module.
     from recsys_core.data.synthetic import SyntheticConfig, generate_synthetic
@@ -188,6 +192,22 @@ _SPECS = (
         "the 2014 Amazon review data (http://jmcauley.ucsd.edu/data/amazon/) and is shipped "
         "as data/Beauty.txt with sequential-recommendation code such as "
         "https://github.com/salesforce/ICLRec.",
+    ),
+    DatasetSpec(
+        name="amazon-sports",
+        description="Amazon Sports and Outdoors 5-core as item sequences: 296,337 interactions by "
+        "35,598 users of 18,357 items; no ratings, timestamps are sequence positions. The "
+        "largest federation here, for user-level DP and cross-device scale.",
+        folder="amazon-sports-5core-seq",
+        files=("Sports_and_Outdoors.txt",),
+        loader=_load_amazon_sports,
+        license=_AMAZON_TERMS,
+        file_sha256=MappingProxyType(
+            {"Sports_and_Outdoors.txt": "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2"}
+        ),
+        source="Derived, like amazon-beauty, from the 2014 Amazon review data "
+        "(http://jmcauley.ucsd.edu/data/amazon/), in the preprocessed sequence form of "
+        "sequential-recommendation benchmarks such as S3-Rec and ICLRec.",
     ),
     DatasetSpec(
         name="synthetic",

@@ -19,25 +19,34 @@ per-device path's model to float rounding (``tests/recsys_core/federated/test_co
 
 What the path cannot run exactly it names (:meth:`FederatedConfig.one_step_blockers`);
 the cohort engine then runs the devices one by one, which changes nothing in the maths,
-unless ``simulation.batched_one_step = "on"`` asked for this path, which is then refused.
+unless ``simulation.batching = "on"`` asked for this path, which is then refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from recsys_core.data.sampling import SeenItems
+from recsys_core.evaluation import MetricSums
 from recsys_core.federated.aggregation import RoundSum
+from recsys_core.federated.cohort_state import CohortStates
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData
 from recsys_core.federated.device import inject_faults
-from recsys_core.federated.device_model import device_seed, fresh_device_model, load_device_model
-from recsys_core.federated.state import Arrays
+from recsys_core.federated.device_model import (
+    build_device_model,
+    device_seed,
+    fresh_device_model,
+    load_device_model,
+)
+from recsys_core.federated.state import Arrays, DeviceState, state_to_arrays
+from recsys_core.models import CatalogInfo, Recommender, model_class
 from recsys_core.models.base import Batch
-from recsys_core.training import seeded
+from recsys_core.training import evaluate_model, seeded
 
 #: Stands in for the partition in the seed of the cohort's in-forward randomness.
 COHORT_TAG = 2**31 - 2
@@ -45,33 +54,70 @@ COHORT_TAG = 2**31 - 2
 
 @dataclass
 class BatchedRound:
-    """What a batched round gave: the devices' sum and each device's own figures."""
+    """What a batched round gave: the devices' sum and each device's own figures and new state."""
 
     round_sum: RoundSum
     #: Partitions in the sum, and each one's example count and mean training loss.
     partitions: list[int]
     num_examples: list[int]
     train_losses: list[float]
-    #: Devices that take more than one step (more samples than ``local.batch_size``): run them one by one.
-    multi_step: list[int]
+    #: Devices the batch cannot hold (more samples than ``local.batch_size``, or none): run them one by one.
+    one_by_one: list[int]
     #: Devices whose fault injection fired, with the error.
     failed: dict[int, Exception]
+    #: Each batched device's new private state; the caller keeps them once it accepts the round.
+    device_states: dict[int, DeviceState] = field(default_factory=dict)
+
+
+@dataclass
+class _Device:
+    partition: int
+    samples: Batch
+    num_samples: int
+    num_examples: int
+    #: The device's private parameters before the step (its stored state, or its seeded initial draw).
+    private: Arrays
+    num_users: int
 
 
 def train_one_step_cohort(config: FederatedConfig, data: FederatedData, shared: Arrays, partitions: Sequence[int],
-                          server_round: int) -> BatchedRound:
-    """One batched forward and backward over the devices' samples; the FedAvg sum of their one-step updates."""
+                          server_round: int, states: CohortStates | None = None) -> BatchedRound:
+    """One batched forward and backward over the devices' samples; the FedAvg sum of their one-step updates.
+
+    Private parameters (a user embedding) are stacked: device ``d``'s rows sit after those of the
+    devices before it, and its batch's user ids are offset to match, so each device's rows get the
+    gradient of its own loss only.
+    """
     if blockers := config.one_step_blockers():
         raise ValueError(f"a batched round would not be the devices' own steps: {'; '.join(blockers)}")
-    local = config.local
-    model = fresh_device_model(config, data.catalog, 1, 0)
-    load_device_model(model, shared, None)
+    devices, one_by_one, failed = _prepare(config, data, partitions, server_round, states or CohortStates())
+    zeros = {name: np.zeros(np.shape(value), dtype=np.float64) for name, value in shared.items()}
+    if not devices:
+        return BatchedRound(RoundSum(zeros, 0.0, 0), [], [], [], one_by_one, failed)
+    model = fresh_device_model(config, data.catalog, sum(device.num_users for device in devices), 0)
+    load_device_model(model, shared, _stacked_private(devices))
     model.train()
-    samples: list[Batch] = []
-    counts: list[int] = []
-    sample_counts: list[int] = []
-    kept: list[int] = []
-    multi_step: list[int] = []
+    per_sample, owner = _forward(config, model, devices, server_round)
+    counts = torch.tensor([device.num_examples for device in devices], dtype=torch.float64)
+    sizes = torch.tensor([device.num_samples for device in devices], dtype=torch.float64)
+    before = {name: value.detach().clone() for name, value in model.shared_state().items()}
+    (per_sample * (counts / sizes)[owner].to(per_sample.dtype)).sum().backward()
+    losses = torch.zeros(len(devices), dtype=torch.float64).index_add_(0, owner, per_sample.detach().double())
+    train_losses = (losses / sizes).tolist()
+    total_weight = float(counts.sum())
+    update_sum = _shared_update_sum(config, model, shared, before, total_weight)
+    loss_sum = float(sum(n * loss for n, loss in zip(counts.tolist(), train_losses)))
+    return BatchedRound(RoundSum(update_sum, total_weight, len(devices), loss_sum, total_weight),
+                        [device.partition for device in devices], [device.num_examples for device in devices],
+                        train_losses, one_by_one, failed, _private_steps(config, model, devices))
+
+
+def _prepare(config: FederatedConfig, data: FederatedData, partitions: Sequence[int], server_round: int,
+             states: CohortStates) -> tuple[list[_Device], list[int], dict[int, Exception]]:
+    """Each device's own samples (its rows, its seeded generator) and private rows, or why it is not batched."""
+    template = fresh_device_model(config, data.catalog, 1, 0)
+    devices: list[_Device] = []
+    one_by_one: list[int] = []
     failed: dict[int, Exception] = {}
     for partition in partitions:
         try:
@@ -80,41 +126,119 @@ def train_one_step_cohort(config: FederatedConfig, data: FederatedData, shared: 
             failed[partition] = error
             continue
         split = data.device_split(partition)
-        batch = model.training_samples(split.train, np.random.default_rng(device_seed(config.seed, server_round,
-                                                                                        partition)))
-        size = len(next(iter(batch.values()))) if batch else 0
-        if size > local.batch_size:
-            multi_step.append(partition)
+        generator = np.random.default_rng(device_seed(config.seed, server_round, partition))
+        samples = template.training_samples(split.train, generator)
+        size = len(next(iter(samples.values()))) if samples else 0
+        if not 0 < size <= config.local.batch_size:
+            one_by_one.append(partition)
             continue
-        samples.append(batch)
-        counts.append(model.example_count(split.train))
-        sample_counts.append(size)
-        kept.append(partition)
-    before = {name: value.detach().clone() for name, value in model.shared_state().items()}
-    zeros = {name: np.zeros(np.shape(value), dtype=np.float64) for name, value in shared.items()}
-    if not kept:
-        return BatchedRound(RoundSum(zeros, 0.0, 0), [], [], [], multi_step, failed)
-    batch = {name: torch.cat([each[name] for each in samples]) for name in samples[0]}
-    owner = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor(sample_counts))
-    weights = (torch.tensor(counts, dtype=torch.float64) / torch.tensor(sample_counts, dtype=torch.float64))
+        private: Arrays = {}
+        if template.private_modules:
+            state = states.get(partition)
+            private = dict(state.private_parameters) if state is not None else state_to_arrays(
+                build_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users,
+                                   partition).private_state())
+        devices.append(_Device(partition, samples, size, template.example_count(split.train), private,
+                               split.train.n_users))
+    return devices, one_by_one, failed
+
+
+def _stacked_private(devices: list[_Device]) -> DeviceState | None:
+    if not devices[0].private:
+        return None
+    names = devices[0].private
+    return DeviceState({name: np.concatenate([device.private[name] for device in devices]) for name in names}, {})
+
+
+def _forward(config: FederatedConfig, model: Recommender, devices: list[_Device],
+             server_round: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every device's per-sample losses in one pass, and which device each sample belongs to."""
+    offsets = np.cumsum([0] + [device.num_users for device in devices[:-1]])
+    batch = {}
+    for name in devices[0].samples:
+        parts = [device.samples[name] for device in devices]
+        if name in model.user_id_keys:
+            parts = [part + int(offset) for part, offset in zip(parts, offsets)]
+        batch[name] = torch.cat(parts)
+    owner = torch.repeat_interleave(torch.arange(len(devices)), torch.tensor([d.num_samples for d in devices]))
     with seeded(device_seed(config.seed, server_round, COHORT_TAG)):
-        per_sample = model.per_sample_loss(batch)
-    (per_sample * weights[owner].to(per_sample.dtype)).sum().backward()
-    losses = torch.zeros(len(kept), dtype=torch.float64).index_add_(0, owner, per_sample.detach().double())
-    train_losses = (losses / torch.tensor(sample_counts, dtype=torch.float64)).tolist()
+        return model.per_sample_loss(batch), owner
+
+
+def _shared_update_sum(config: FederatedConfig, model: Recommender, shared: Arrays,
+                       before: dict[str, torch.Tensor], total_weight: float) -> Arrays:
+    """``sum_d n_d * (theta_d - theta)`` of every shared array."""
     parameters = dict(model.named_parameters())
     after = model.shared_state()
-    total_weight = float(sum(counts))
     update_sum: Arrays = {}
     for name in shared:
         parameter = parameters.get(name)
         if parameter is not None:
             gradient = parameter.grad
             update_sum[name] = (np.zeros(np.shape(shared[name]), dtype=np.float64) if gradient is None
-                                else -local.learning_rate * gradient.detach().double().numpy())
+                                else -config.local.learning_rate * gradient.detach().double().numpy())
         else:
             # A buffer a forward pass moves (a step counter) moves once on every device.
             update_sum[name] = total_weight * (after[name].double() - before[name].double()).numpy()
-    loss_sum = float(sum(n * loss for n, loss in zip(counts, train_losses)))
-    return BatchedRound(RoundSum(update_sum, total_weight, len(kept), loss_sum, total_weight), kept, counts,
-                        train_losses, multi_step, failed)
+    return update_sum
+
+
+def _private_steps(config: FederatedConfig, model: Recommender, devices: list[_Device]) -> dict[int, DeviceState]:
+    """Each device's SGD step on its own private rows: the batch gave it ``n_d`` times its mean loss's gradient."""
+    if not devices[0].private:
+        return {}
+    rate = config.local.private_learning_rate or config.local.learning_rate
+    parameters = dict(model.named_parameters())
+    states: dict[int, DeviceState] = {}
+    start = 0
+    for device in devices:
+        rows = slice(start, start + device.num_users)
+        start += device.num_users
+        private = {}
+        for name, value in device.private.items():
+            gradient = parameters[name].grad
+            step = (torch.zeros_like(parameters[name][rows]) if gradient is None
+                    else gradient[rows] / device.num_examples)
+            private[name] = (torch.from_numpy(value) - rate * step).detach().numpy()
+        states[device.partition] = DeviceState(private, {})
+    return states
+
+
+#: Devices scored together in one batched evaluation chunk (bounds the [users, items] score matrix).
+EVALUATION_CHUNK = 1024
+
+
+def evaluation_blockers(config: FederatedConfig) -> list[str]:
+    """Why devices cannot be evaluated together (a device's ranking depends on its private state); empty if
+    they can. Their metric sums then add up to what each device would report (the sampled protocol's
+    negatives are seeded by each user's original id, so every user draws the same negatives either way)."""
+    model = model_class(config.model.name)
+    blockers = []
+    if model.private_modules:
+        blockers.append(f"model {config.model.name!r} ranks with each device's private parameters")
+    if not model.trains_with_gradients:
+        blockers.append(f"model {config.model.name!r} is fitted on each device's own counts")
+    return blockers
+
+
+def evaluate_cohort_batched(config: FederatedConfig, data: FederatedData, shared: Arrays, partitions: Sequence[int],
+                            part: str, on_chunk: Callable[[int], None] | None = None) -> MetricSums:
+    """The sum of the devices' evaluation metric sums, computed for many devices at a time.
+
+    ``on_chunk`` is called with the number of devices done after each chunk.
+    """
+    if blockers := evaluation_blockers(config):
+        raise ValueError(f"devices cannot be evaluated together: {'; '.join(blockers)}")
+    total = MetricSums()
+    model = None
+    for start in range(0, len(partitions), EVALUATION_CHUNK):
+        split = data.cohort_split(partitions[start:start + EVALUATION_CHUNK])
+        if model is None:
+            model = fresh_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users, 0)
+            load_device_model(model, shared, None)
+        model.catalog = CatalogInfo.from_log(split.train)
+        seen = SeenItems.from_logs(split.train, split.valid, split.test)
+        total.add(evaluate_model(model, split, "valid" if part == "valid" else "test", seen, config.evaluation))
+        if on_chunk is not None:
+            on_chunk(min(start + EVALUATION_CHUNK, len(partitions)))
+    return total

@@ -119,10 +119,14 @@ class SimulationEngineConfig:
     #: "cohort": every device in one process, no framework between them and the server
     #: (server/cohort_engine.py): the same device code and aggregation, for large federations.
     engine: Literal["flower", "cohort"] = "flower"
-    #: Cohort engine: run a round of one-step devices as one batched gradient
-    #: (recsys_core/federated/cohort_batch.py). "auto" does where the config allows it
-    #: (:meth:`FederatedConfig.one_step_blockers`); "on" refuses a config that does not; "off" never does.
-    batched_one_step: Literal["auto", "on", "off"] = "auto"
+    #: Cohort engine: run a round of one-step devices as one batched gradient, and evaluate devices
+    #: without private parameters together (recsys_core/federated/cohort_batch.py). "auto" does where the
+    #: config allows it (:meth:`FederatedConfig.one_step_blockers`); "on" refuses a config whose training
+    #: cannot be batched; "off" runs every device alone.
+    batching: Literal["auto", "on", "off"] = "auto"
+    #: Cohort engine: torch threads of a batched round (0: one per core). A device's own update runs
+    #: with ``torch_threads_per_device``, as on a Flower worker, so both engines compute it alike.
+    cohort_threads: int = 0
     num_cpus_per_device: float = 1.0
     #: Ray workers; 0 lets each client take ``num_cpus_per_device`` of the machine.
     max_workers: int = 0
@@ -171,6 +175,9 @@ class FederatedConfig:
         config_from_dict(model_class(self.model.name).config_class, self.model.options)
         if self.simulation.num_cpus_per_device <= 0 or self.simulation.torch_threads_per_device <= 0:
             raise ConfigError("simulation.num_cpus_per_device and torch_threads_per_device must be positive")
+        if self.simulation.cohort_threads < 0:
+            raise ConfigError(f"simulation.cohort_threads: must be 0 (one per core) or positive, got "
+                              f"{self.simulation.cohort_threads}")
         if not 0.0 <= self.simulation.failure_probability < 1.0:
             raise ConfigError("simulation.failure_probability: must be in [0, 1)")
         self.privacy.validate(num_users=num_devices, min_local_examples=min_local_examples,
@@ -188,8 +195,8 @@ class FederatedConfig:
             raise ConfigError("simulation.engine = 'cohort' does not simulate secure aggregation's masking yet; run "
                               "with simulation.engine = 'flower' (the default), or set secure_aggregation.enabled "
                               "= false to measure the model without it")
-        if self.simulation.batched_one_step == "on" and (blockers := self.one_step_blockers()):
-            raise ConfigError(f"simulation.batched_one_step = 'on' cannot run this config exactly: "
+        if self.simulation.batching == "on" and (blockers := self.one_step_blockers()):
+            raise ConfigError(f"simulation.batching = 'on' cannot run this config exactly: "
                               f"{'; '.join(blockers)}; set it to 'auto' to run these devices one by one")
         if num_devices is not None and self.server.devices_per_round > num_devices:
             raise ConfigError(
@@ -219,8 +226,8 @@ class FederatedConfig:
             blockers.append("privacy.user_level (each device clips its own update)")
         if not model.trains_with_gradients:
             blockers.append(f"model {self.model.name!r} (fitted by counting)")
-        if model.private_modules:
-            blockers.append(f"model {self.model.name!r} (keeps private parameters on each device)")
+        if model.private_modules and not model.user_id_keys:
+            blockers.append(f"model {self.model.name!r} (keeps private parameters the batched path cannot stack)")
         if model.has_auxiliary_phase:
             blockers.append(f"model {self.model.name!r} (has an auxiliary training phase)")
         return blockers

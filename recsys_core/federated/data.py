@@ -7,6 +7,7 @@ caches it) and slices one partition per call with :meth:`FederatedData.device_sp
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -59,7 +60,11 @@ class FederatedData:
 
     def device_split(self, partition_id: int) -> DatasetSplit:
         """The partition's train/valid/test rows, with its users renumbered from 0."""
-        users = self.partitioners[0].users_of(partition_id)
+        return self.cohort_split([partition_id])
+
+    def cohort_split(self, partition_ids: Sequence[int]) -> DatasetSplit:
+        """The rows of several partitions' users together, those users renumbered from 0 in id order."""
+        users = np.sort(np.concatenate([self.partitioners[0].users_of(p) for p in partition_ids]))
         parts = [localize_users(rows_of_users(part, users), users)
                  for part in (self.split.train, self.split.valid, self.split.test)]
         return DatasetSplit(*parts)

@@ -85,6 +85,9 @@ class Recommender(nn.Module, ABC):
     #: Names (dotted paths allowed) of sub-modules whose parameters are indexed by user and
     #: private to that user.
     private_modules: ClassVar[tuple[str, ...]] = ()
+    #: The entries of a training batch that hold (local) user ids, which index the private
+    #: modules' first dimension: the cohort engine's batched round offsets them to stack devices.
+    user_id_keys: ClassVar[tuple[str, ...]] = ()
     #: False for count-based models (Popularity) that are fitted by :meth:`fit_statistics`.
     trains_with_gradients: ClassVar[bool] = True
     #: Sub-modules whose parameters :meth:`per_sample_loss` trains, i.e. what a DP engine must

@@ -61,6 +61,7 @@ class Caser(Recommender):
     name = "caser"
     config_class = CaserConfig
     private_modules = ("user_embedding",)
+    user_id_keys = ("users",)
 
     def __init__(self, catalog: CatalogInfo, config: CaserConfig) -> None:
         super().__init__(catalog, config)

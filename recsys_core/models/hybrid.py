@@ -67,6 +67,7 @@ class Hybrid(Recommender):
     name = "hybrid"
     config_class = HybridConfig
     private_modules = ("user_embedding",)
+    user_id_keys = ("users",)
     item_features: torch.Tensor
 
     def __init__(self, catalog: CatalogInfo, config: HybridConfig) -> None:

@@ -37,6 +37,7 @@ class NeuMF(Recommender):
     name = "neumf"
     config_class = NeuMFConfig
     private_modules = ("gmf_user_embedding", "mlp_user_embedding")
+    user_id_keys = ("users",)
 
     def __init__(self, catalog: CatalogInfo, config: NeuMFConfig) -> None:
         super().__init__(catalog, config)

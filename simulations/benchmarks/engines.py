@@ -4,7 +4,7 @@ For each devices-per-round count, runs the same seeded rounds three ways on this
 and compares them:
 
 - ``flower``: ``fedrec simulate``'s engine (Ray workers, Flower messages);
-- ``cohort``: the cohort engine, each device's update one by one (``simulation.batched_one_step = "off"``);
+- ``cohort``: the cohort engine, each device's update one by one (``simulation.batching = "off"``);
 - ``batched``: the cohort engine's one-step fast path, where the config allows it.
 
 Round 1 (Ray workers starting, data loading) is reported apart and left out of the means.
@@ -36,8 +36,8 @@ from server.simulate import run_federated_simulation
 
 ENGINE_SETTINGS = {
     "flower": ['simulation.engine="flower"'],
-    "cohort": ['simulation.engine="cohort"', 'simulation.batched_one_step="off"'],
-    "batched": ['simulation.engine="cohort"', 'simulation.batched_one_step="on"'],
+    "cohort": ['simulation.engine="cohort"', 'simulation.batching="off"'],
+    "batched": ['simulation.engine="cohort"', 'simulation.batching="on"'],
 }
 
 

@@ -92,6 +92,14 @@ def test_amazon_beauty(datasets_dir: Path) -> None:
     assert log.timestamps[start:end].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_amazon_sports_through_the_registry(datasets_dir: Path) -> None:
+    from recsys_core.data.registry import load_dataset
+
+    log = load_dataset("amazon-sports", data_dir=datasets_dir)
+    assert (log.n_users, log.n_items, log.n_interactions) == (35_598, 18_357, 296_337)
+    assert np.diff(log.user_offsets).min() >= 5 and log.name == "amazon-sports"
+
+
 # --- MovieLens formats on small files ------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ NAMES = [
     "ml-latest-small",
     "ml-latest",
     "amazon-beauty",
+    "amazon-sports",
     "synthetic",
 ]
 # A tiny stand-in for ml-100k.zip, written by the tests (never the real files).
