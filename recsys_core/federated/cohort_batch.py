@@ -50,6 +50,8 @@ from recsys_core.training import evaluate_model, seeded
 
 #: Stands in for the partition in the seed of the cohort's in-forward randomness.
 COHORT_TAG = 2**31 - 2
+#: Samples in one forward pass; a larger cohort is split into chunks of devices whose gradients add up.
+CHUNK_SAMPLES = 65536
 
 
 @dataclass
@@ -97,12 +99,18 @@ def train_one_step_cohort(config: FederatedConfig, data: FederatedData, shared: 
     model = fresh_device_model(config, data.catalog, sum(device.num_users for device in devices), 0)
     load_device_model(model, shared, _stacked_private(devices))
     model.train()
-    per_sample, owner = _forward(config, model, devices, server_round)
     counts = torch.tensor([device.num_examples for device in devices], dtype=torch.float64)
     sizes = torch.tensor([device.num_samples for device in devices], dtype=torch.float64)
     before = {name: value.detach().clone() for name, value in model.shared_state().items()}
-    (per_sample * (counts / sizes)[owner].to(per_sample.dtype)).sum().backward()
-    losses = torch.zeros(len(devices), dtype=torch.float64).index_add_(0, owner, per_sample.detach().double())
+    losses = torch.zeros(len(devices), dtype=torch.float64)
+    first_row = 0
+    # Chunks of devices bound the activations' memory; their gradients add up in .grad.
+    for chunk, (start, end) in enumerate(_chunks([device.num_samples for device in devices])):
+        per_sample, owner = _forward(config, model, devices[start:end], first_row, server_round, chunk)
+        owner += start
+        (per_sample * (counts / sizes)[owner].to(per_sample.dtype)).sum().backward()
+        losses.index_add_(0, owner, per_sample.detach().double())
+        first_row += sum(device.num_users for device in devices[start:end])
     train_losses = (losses / sizes).tolist()
     total_weight = float(counts.sum())
     update_sum = _shared_update_sum(config, model, shared, before, total_weight)
@@ -150,10 +158,25 @@ def _stacked_private(devices: list[_Device]) -> DeviceState | None:
     return DeviceState({name: np.concatenate([device.private[name] for device in devices]) for name in names}, {})
 
 
-def _forward(config: FederatedConfig, model: Recommender, devices: list[_Device],
-             server_round: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every device's per-sample losses in one pass, and which device each sample belongs to."""
-    offsets = np.cumsum([0] + [device.num_users for device in devices[:-1]])
+def _chunks(sample_counts: list[int]) -> list[tuple[int, int]]:
+    """Consecutive ``[start, end)`` runs of devices holding at most :data:`CHUNK_SAMPLES` samples (or one device)."""
+    chunks, start, held = [], 0, 0
+    for index, count in enumerate(sample_counts):
+        if index > start and held + count > CHUNK_SAMPLES:
+            chunks.append((start, index))
+            start, held = index, 0
+        held += count
+    chunks.append((start, len(sample_counts)))
+    return chunks
+
+
+def _forward(config: FederatedConfig, model: Recommender, devices: list[_Device], first_row: int,
+             server_round: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The devices' per-sample losses in one pass, and which of them each sample belongs to.
+
+    ``first_row``: where the first device's private rows sit in the stacked private parameters.
+    """
+    offsets = first_row + np.cumsum([0] + [device.num_users for device in devices[:-1]])
     batch = {}
     for name in devices[0].samples:
         parts = [device.samples[name] for device in devices]
@@ -161,7 +184,7 @@ def _forward(config: FederatedConfig, model: Recommender, devices: list[_Device]
             parts = [part + int(offset) for part, offset in zip(parts, offsets)]
         batch[name] = torch.cat(parts)
     owner = torch.repeat_interleave(torch.arange(len(devices)), torch.tensor([d.num_samples for d in devices]))
-    with seeded(device_seed(config.seed, server_round, COHORT_TAG)):
+    with seeded(int(np.random.SeedSequence([config.seed, server_round, COHORT_TAG, chunk]).generate_state(1)[0])):
         return model.per_sample_loss(batch), owner
 
 

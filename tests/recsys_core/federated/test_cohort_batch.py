@@ -39,8 +39,12 @@ def one_step_config(model: str, options: dict, **local: object) -> FederatedConf
     }).validate()
 
 
+@pytest.mark.parametrize("chunk_samples", [65536, 3], ids=["one pass", "chunks"])
 @pytest.mark.parametrize("model", sorted(DETERMINISTIC))
-def test_one_batched_gradient_is_the_sum_of_every_devices_step(model: str) -> None:
+def test_one_batched_gradient_is_the_sum_of_every_devices_step(model: str, chunk_samples: int,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small chunks split the cohort into several forward passes whose gradients add up.
+    monkeypatch.setattr("recsys_core.federated.cohort_batch.CHUNK_SAMPLES", chunk_samples)
     config = one_step_config(model, DETERMINISTIC[model])
     data = load_federated_data(config.data, config.partition)
     shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
