@@ -53,7 +53,7 @@ def run_engine(base: dict, overrides: list[str], engine: str, output: Path) -> d
     with np.load(directory.path / "final-model" / "parameters.npz") as stored:
         model = {name: stored[name] for name in stored.files}
     return {"engine": engine, "round_1_seconds": seconds[0], "seconds_per_round": float(np.mean(steady)),
-            "device_updates_per_second": float(sum(updates[1:] or updates) / sum(steady)),
+            "device_updates_per_second": float(sum(updates[1:] or updates) / max(sum(steady), 1e-9)),
             "wall_seconds": wall, "model": model}
 
 
@@ -86,7 +86,7 @@ def main() -> int:
         for engine, result in results.items():
             result.update(config=args.config, devices_per_round=devices,
                           speedup=(result["device_updates_per_second"] / reference["device_updates_per_second"]
-                                   if reference else None),
+                                   if reference and reference["device_updates_per_second"] > 0 else None),
                           max_abs_difference=(max_difference(models["flower"], models[engine]) if reference
                                               else None))
             rows.append(result)
