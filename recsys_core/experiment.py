@@ -22,7 +22,7 @@ from recsys_core.evaluation import EvaluationConfig
 from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.models.base import num_parameters
 from recsys_core.run_records import environment_record, new_run_directory, strict_json_dumps, write_json
-from recsys_core.training import EpochReport, TrainConfig, TrainingResult, seeded, train_model
+from recsys_core.training import EpochReport, TrainConfig, TrainingResult, popularity_test_metrics, seeded, train_model
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ def run_experiment(
         "epochs_run": training.epochs_run,
         "validation": training.best_validation,
         "test": training.test,
+        "popularity_test": popularity_test_metrics(split, config.evaluation),
         "timings_seconds": {"load_and_split": load_seconds, "train": training.train_seconds,
                             "evaluation": training.evaluation_seconds},
     }

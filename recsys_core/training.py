@@ -181,6 +181,20 @@ def evaluate_model(
                                 per_user)
 
 
+def popularity_test_metrics(split: DatasetSplit, config: EvaluationConfig) -> dict[str, float]:
+    """Popularity's test metrics on every test user of ``split``: the floor printed beside every model.
+
+    Fitted on the whole training log, so in a private run it is a reference the evaluator
+    holds (the one who has the data), not something the run released.
+    """
+    from recsys_core.models import CatalogInfo, build_model
+
+    model = build_model("popularity", CatalogInfo.from_log(split.train))
+    model.fit_statistics(split.train)
+    seen = SeenItems.from_logs(split.train, split.valid, split.test)
+    return evaluate_model(model, split, "test", seen, config).means()
+
+
 def _require_held_out_rows(split: DatasetSplit) -> None:
     """A part without held-out rows has no metric to report, and early stopping nothing to watch."""
     for part, log in (("validation", split.valid), ("test", split.test)):

@@ -52,7 +52,7 @@ from recsys_core.federated.data import FederatedData, load_federated_data
 from recsys_core.federated.device import SimulatedDeviceError, refit_private_parameters, train_on_device
 from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.state import state_to_arrays
-from recsys_core.models import CatalogInfo, Recommender, build_model
+from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.privacy.ledger import PrivacyLedger
 from recsys_core.run_records import write_json
 from server.run_directory import open_run_directory
@@ -275,13 +275,21 @@ def _membership(members: np.ndarray, nonmembers: np.ndarray) -> dict[str, Any]:
 # --- empirical: item-set inference ------------------------------------------------------------------------------
 
 
+#: What an item-set attacker may see: one update, the securely aggregated sum, and the sum less the user.
+ITEM_SET_VIEWS = ("raw", "aggregate", "aggregate_without_user")
+
+
 def _one_update(config: FederatedConfig, data: FederatedData, shared: Arrays, partition: int) -> Arrays | None:
     """What one device would send in one more round from the final model; None if it would send nothing."""
     split = data.device_split(partition)
     if split.train.n_interactions == 0:
         return None
+    server_round = config.server.rounds + 1
+    if not model_class(config.model.name).trains_with_gradients:
+        # A counting model's item-indexed release is its first (the item counts), sent from the initial zeros.
+        server_round, shared = 1, {name: np.zeros_like(value) for name, value in shared.items()}
     try:
-        outcome = train_on_device(config, split, shared, None, config.server.rounds + 1, partition)
+        outcome = train_on_device(config, split, shared, None, server_round, partition)
     except SimulatedDeviceError:  # a device the config makes fail sends nothing
         return None
     if outcome.declined:
@@ -311,19 +319,28 @@ def _item_set_audit(config: FederatedConfig, data: FederatedData, shared: Arrays
     raw = [attack_update(item_rows(update, n_items), items) for update, items in updates]
     group = max(1, min(config.server.devices_per_round, len(updates)))
     aggregated: list[ItemSetGuess] = []
+    without_user: list[ItemSetGuess] = []
     for start in range(0, len(updates) - group + 1, group):
         members = updates[start:start + group]
-        rows = item_rows(summed([update for update, _ in members]), n_items)
+        total = summed([update for update, _ in members])
+        rows = item_rows(total, n_items)
         aggregated += [attack_update(rows, items) for _, items in members]
+        # The same guess from the sum without the user: what the others' data alone gives away about
+        # them (popular items are in most users' sets); the user's own leak is the difference.
+        without_user += [attack_update(item_rows({name: total[name] - update[name] for name in total}, n_items), items)
+                         for update, items in members]
     secure = config.secure_aggregation.enabled
     return {
         "devices": len(updates), "aggregate_size": group,
         "server_view": "aggregate" if secure else "raw",
-        "raw": asdict(summarise(raw)) | {"top_k_over_chance": summarise(raw).top_k_over_chance},
-        "aggregate": asdict(summarise(aggregated)) | {"top_k_over_chance": summarise(aggregated).top_k_over_chance},
-        "note": ("Updates are what each client would send from the final model in one more round, with this run's "
-                 "training, clipping and noise settings; 'aggregate' is their sum over groups of devices_per_round, "
-                 "which is all a server sees under secure aggregation"),
+        **{view: asdict(summary) | {"top_k_over_chance": summary.top_k_over_chance}
+           for view, summary in (("raw", summarise(raw)), ("aggregate", summarise(aggregated)),
+                                 ("aggregate_without_user", summarise(without_user)))},
+        "note": ("Updates are what each client would send in one more round from the final model (a model fitted "
+                 "by counting: its first, item-indexed release), with this run's training, clipping and noise "
+                 "settings; 'aggregate' is their sum over groups of devices_per_round, which is all a server sees "
+                 "under secure aggregation, and 'aggregate without the user' the same sum less the attacked "
+                 "user's update, the baseline of what the others' data alone reveals"),
     }
 
 
@@ -388,13 +405,14 @@ def report_markdown(result: dict[str, Any]) -> str:
     item_set = result["item_set"]
     lines += ["", "## Item-set inference against client updates", "", item_set["note"] + ".", "",
               "Accuracy intervals are exact (Clopper-Pearson) at the audit's confidence.", "",
-              "| what the attacker sees | users | top-k precision | chance | ratio | touched precision | "
-              "touched recall |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for view in ("raw", "aggregate"):
+              "| what the attacker sees | users | top-k precision | chance | ratio | largest-k precision | "
+              "touched precision | touched recall |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for view in ITEM_SET_VIEWS:
         values = item_set[view]
-        label = view + (" (this run's server view)" if item_set["server_view"] == view else "")
+        label = view.replace("_", " ") + (" (this run's server view)" if item_set["server_view"] == view else "")
         lines.append(f"| {label} | {values['users']} | {values['top_k_precision']:.3f} | "
                      f"{values['chance_precision']:.3f} | {values['top_k_over_chance']:.1f} | "
+                     f"{values.get('largest_k_precision', float('nan')):.3f} | "
                      f"{values['touched_precision']:.3f} | {values['touched_recall']:.3f} |")
     lines += ["", f"![canary scores and item-set precision]({PLOT_FILE})", ""]
     return "\n".join(lines)
@@ -419,12 +437,13 @@ def _write_plot(path: Path, result: dict[str, Any]) -> None:
     canary_axis.legend()
     canary_axis.set(title="canaries: accuracy of the top-k guesses", xlabel="k (guesses of 'included')",
                     ylabel="fraction right")
-    views = ("raw", "aggregate")
+    views = ITEM_SET_VIEWS
     item_set = result["item_set"]
     positions = np.arange(len(views))
     item_axis.bar(positions - 0.2, [item_set[view]["top_k_precision"] for view in views], 0.4, label="attack")
     item_axis.bar(positions + 0.2, [item_set[view]["chance_precision"] for view in views], 0.4, label="chance")
-    item_axis.set_xticks(positions, views)
+    item_axis.set_xticks(positions, [view.replace("_", " ").replace("aggregate without user", "without user")
+                                     for view in views])
     item_axis.set(title="item-set inference: top-k precision")
     item_axis.legend()
     figure.tight_layout()

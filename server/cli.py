@@ -36,9 +36,10 @@ SIMULATE_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model
                   "engine": "simulation.engine"}
 
 
-def _config_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """Config file, then explicit flags, then ``--set`` overrides: later wins."""
-    values: dict[str, Any] = read_toml(args.config) if args.config else {}
+def _config_values(args: argparse.Namespace, flags: dict[str, str],
+                   base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Config file (or ``base``), then explicit flags, then ``--set`` overrides: later wins."""
+    values: dict[str, Any] = read_toml(args.config) if args.config else dict(base or {})
     overrides = []
     for flag, key in flags.items():
         value = getattr(args, flag, None)
@@ -53,38 +54,64 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def metrics_table(title: str, metrics: dict[str, float]) -> Table:
-    """A short table: one row per headline metric, one column per protocol."""
-    table = Table(title=title)
+def metrics_table(title: str, metrics: dict[str, float], popularity: dict[str, float] | None = None,
+                  caption: str | None = None) -> Table:
+    """A short table: one row per headline metric, one column per protocol, and Popularity beside the model.
+
+    ``popularity`` holds Popularity's metrics on the same test users; the ratio column says
+    at a glance whether the model beats the list of most popular items.
+    """
+    table = Table(title=title, caption=caption)
     table.add_column("metric")
     table.add_column("full ranking", justify="right")
+    if popularity is not None:
+        table.add_column("Popularity", justify="right")
+        table.add_column("x Popularity", justify="right")
     table.add_column("sampled (1 + negatives)", justify="right")
     for name in HEADLINE_METRICS:
-        table.add_row(name, f"{metrics.get('full/' + name, float('nan')):.4f}",
-                      f"{metrics.get('sampled/' + name, float('nan')):.4f}")
+        full = metrics.get("full/" + name, float("nan"))
+        row = [name, f"{full:.4f}"]
+        if popularity is not None:
+            baseline = popularity.get("full/" + name, float("nan"))
+            row += [f"{baseline:.4f}", f"{full / baseline:.2f}" if baseline > 0 else "-"]
+        table.add_row(*row, f"{metrics.get('sampled/' + name, float('nan')):.4f}")
     coverage = metrics.get("full/coverage@10")
     if coverage is not None:
-        table.add_row("coverage@10", f"{coverage:.4f}", "")
+        row = ["coverage@10", f"{coverage:.4f}"]
+        if popularity is not None:
+            row += [f"{popularity.get('full/coverage@10', float('nan')):.4f}", ""]
+        table.add_row(*row, "")
     return table
 
 
+#: Printed wherever a run that is not differentially private shows results.
+NOT_PRIVATE = "NOT PRIVATE: no differential privacy protects the users in these results"
+
+
 def privacy_table(privacy: dict[str, Any]) -> Table:
-    """What the run guarantees: one row per privacy mode, each with its unit, epsilon at delta and accountant."""
-    table = Table(title="Privacy guarantee")
-    for column in ("mode", "unit of privacy", "epsilon", "delta", "accountant", "assumption"):
-        table.add_column(column)
+    """What the run guarantees: per privacy mode, its unit, epsilon at delta, accountant and assumption.
+
+    One row per fact and one column per mode, so the long texts wrap in a wide column
+    and the table stays readable in an 80-column terminal.
+    """
+    table = Table(title="Privacy guarantee", show_header=False)
+    table.add_column("", style="bold", no_wrap=True)
+    columns: list[list[str]] = []
     if local := privacy.get("local"):
-        table.add_row("local DP-SGD", local["unit_of_privacy"],
-                      f"{local['epsilon_max']:.3g} max per device (median {local['epsilon_median']:.3g}, "
-                      f"budget {local['target_epsilon']:g})",
-                      f"{local['delta']:g}", local["accountant"], local["sampling"])
+        columns.append(["local DP-SGD (noise on each device alone)", local["unit_of_privacy"],
+                        f"{local['epsilon_max']:.3g} max per device (median {local['epsilon_median']:.3g}, "
+                        f"budget {local['target_epsilon']:g})", f"{local['delta']:g}", local["accountant"],
+                        local["sampling"]])
     if user := privacy.get("user_level"):
         claim = "amplified" if user["claimed"] == "with_amplification" else "not amplified"
-        table.add_row(f"user-level DP-FedAvg ({user['noise_placement']} noise)", user["unit_of_privacy"],
-                      f"{user['claimed_epsilon']:.3g} claimed ({claim}; "
-                      f"{user['epsilon_with_amplification']:.3g} with amplification, "
-                      f"{user['epsilon_without_amplification']:.3g} without)",
-                      f"{user['delta']:g}", user["accountant"], user["reason"])
+        columns.append([f"user-level DP ({user['noise_placement']} noise)", user["unit_of_privacy"],
+                        f"{user['claimed_epsilon']:.3g} claimed ({claim}; {user['epsilon_with_amplification']:.3g} "
+                        f"with amplification, {user['epsilon_without_amplification']:.3g} without)",
+                        f"{user['delta']:g}", user["accountant"], user["reason"]])
+    for _ in columns:
+        table.add_column("", overflow="fold")
+    for index, fact in enumerate(("mode", "unit", "epsilon", "delta", "accountant", "assumption")):
+        table.add_row(fact, *(column[index] for column in columns))
     if warning := privacy.get("not_private"):
         table.caption = f"[bold red]{warning}[/]"
     return table
@@ -110,7 +137,9 @@ def command_train(args: argparse.Namespace) -> int:
 
         result = run_experiment(config, on_epoch=on_epoch)
     console.print(metrics_table(f"Test metrics: {config.model.name} on {config.data.dataset} "
-                                f"(best epoch {result.training.best_epoch})", result.training.test))
+                                f"(best epoch {result.training.best_epoch}), Popularity on the same test users",
+                                result.training.test, result.summary["popularity_test"],
+                                caption=f"[bold red]{NOT_PRIVATE}[/] (centralized training)"))
     timings = result.summary["timings_seconds"]
     console.print(f"train {timings['train']:.1f} s, evaluation {timings['evaluation']:.1f} s")
     console.print(f"Run directory: [bold]{result.run_directory}[/] (metrics.json, history.jsonl, model.pt)")
@@ -150,7 +179,12 @@ def command_simulate(args: argparse.Namespace) -> int:
             return 0
     else:
         values = _config_values(args, SIMULATE_FLAGS)
-        if not args.config and not args.dataset:
+        if not args.config and not args.dataset and not args.model:
+            from recsys_core.federated.main_job import main_job_values
+
+            # The main job: private item k-NN, with the flags and --set applied over it.
+            values = _config_values(args, SIMULATE_FLAGS, main_job_values(_default_dataset(args.data_dir)))
+        elif not args.config and not args.dataset:
             values = apply_overrides(values, [f"data.dataset={_quoted(_default_dataset(args.data_dir))}"])
         config = FederatedConfig.from_dict(values)
     console.print(f"Federated [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/]: "
@@ -191,8 +225,11 @@ def command_simulate(args: argparse.Namespace) -> int:
                                                       on_round=on_round, verbose=args.verbose,
                                                       on_device=on_device if cohort else None)
     if summary.get("test"):
+        private = config.privacy.enabled and config.privacy.noise_source == "os_entropy"
         console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "
-                                    f"all devices", summary["test"]))
+                                    f"all devices; Popularity on the same test users", summary["test"],
+                                    summary.get("popularity_test"),
+                                    caption=None if private else f"[bold red]{NOT_PRIVATE}[/]"))
     if summary.get("privacy"):
         console.print(privacy_table(summary["privacy"]))
         console.print(f"Privacy ledger: {directory.path / summary['privacy']['ledger']} "
@@ -288,8 +325,14 @@ def command_audit(args: argparse.Namespace) -> int:
         table.add_row("canaries", "none planted: fedrec simulate --audit-canaries M gives an empirical bound")
     item_set = result["item_set"]
     view = item_set[item_set["server_view"]]
-    table.add_row(f"item-set precision ({item_set['server_view']} updates)",
-                  f"{view['top_k_precision']:.3f} vs chance {view['chance_precision']:.3f}")
+    def best(values: dict[str, Any]) -> float:
+        guesses = (values["top_k_precision"], values.get("largest_k_precision", float("nan")))
+        return max(guess for guess in guesses if guess == guess)  # NaN: a guess the audit did not make
+
+    row = f"{best(view):.3f} vs chance {view['chance_precision']:.3f}"
+    if item_set["server_view"] == "aggregate" and "aggregate_without_user" in item_set:
+        row += f" ({best(item_set['aggregate_without_user']):.3f} from the sum without the user)"
+    table.add_row(f"item-set precision ({item_set['server_view']} updates)", row)
     table.add_row("verdict", f"[bold]{result['verdict']['result']}[/]")
     console.print(table)
     for reason in result["verdict"]["reasons"]:

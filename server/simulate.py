@@ -23,6 +23,8 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData, load_federated_data
 from recsys_core.federated.manifest import MANIFEST_FILE
 from recsys_core.federated.wire import DEVICE_STATE_DIR_ENV
+from recsys_core.run_records import write_json
+from recsys_core.training import popularity_test_metrics
 from server import message_delivery
 from server.rounds import RoundCallback
 from server.run_directory import RunDirectory
@@ -117,7 +119,8 @@ def run_federated_simulation(
     directory = prepare_run_directory(config, run_dir, resume)
     provision_federation(config, directory, data)
     if config.simulation.engine == "cohort":
-        return directory, run_cohort_simulation(config, directory, data, resume, on_round, on_device)
+        summary = run_cohort_simulation(config, directory, data, resume, on_round, on_device)
+        return directory, with_popularity_reference(config, directory, data, summary)
     results: dict[str, Any] = {}
     server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results)
     keep_ray_on_loopback()
@@ -135,4 +138,24 @@ def run_federated_simulation(
                    backend_config=backend_config(config), verbose_logging=verbose)
     if not results:
         raise RuntimeError(f"the simulation ended without a result; see the log above and {directory.path}")
-    return directory, results
+    return directory, with_popularity_reference(config, directory, data, results)
+
+
+#: Popularity's test metrics on the run's test users, written by the launcher beside the sealed records.
+POPULARITY_REFERENCE_FILE = "popularity-reference.json"
+
+
+def with_popularity_reference(config: FederatedConfig, directory: RunDirectory, data: FederatedData,
+                              summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with ``popularity_test``: Popularity on every test user, as the launcher (the data owner) sees it.
+
+    The final test covers every device, so these are the same users. It is the evaluator's
+    reference, computed from all the training data, not something the server learned;
+    it goes in a file of its own, outside the record chain the server sealed.
+    """
+    if not summary.get("test"):
+        return summary
+    popularity = popularity_test_metrics(data.split, config.evaluation)
+    write_json(directory.path / POPULARITY_REFERENCE_FILE,
+               {"users": "every test user (the final test covers every device)", "test": popularity})
+    return {**summary, "popularity_test": popularity}

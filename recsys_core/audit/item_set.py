@@ -54,6 +54,8 @@ class ItemSetGuess:
     touched_recall: float
     top_k_precision: float
     chance_precision: float
+    #: Precision of the ``k`` rows that moved furthest along the mean direction (:func:`largest_movement_scores`).
+    largest_k_precision: float = float("nan")
 
 
 def summed(updates: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -73,13 +75,17 @@ def touched_rows(rows: np.ndarray) -> np.ndarray:
 
 def positive_side_scores(rows: np.ndarray, touched: np.ndarray) -> np.ndarray:
     """``[n_items]``: each touched row's projection on the principal direction, signed so the smaller
-    side (the guessed positives) scores high; untouched rows score minus infinity."""
+    side (the guessed positives) scores high, or, when every row moved the same way, the largest
+    movement; untouched rows score minus infinity."""
     scores = np.full(len(rows), -np.inf)
     if len(touched) == 0:
         return scores
     _, _, directions = np.linalg.svd(rows[touched], full_matrices=False)
     projection = rows[touched] @ directions[0]
-    if (projection > 0).sum() > (projection < 0).sum():
+    positive, negative = int((projection > 0).sum()), int((projection < 0).sum())
+    # Two sides: the smaller one is the positives. One side only (a count vector moves every row
+    # one way): every touched row is a positive, the largest movement first.
+    if (positive and negative and positive > negative) or not positive:
         projection = -projection
     scores[touched] = projection
     return scores
@@ -93,9 +99,24 @@ def attack_update(rows: np.ndarray, true_items: np.ndarray) -> ItemSetGuess:
     k = len(true_items)
     # A stable order makes ties (untouched rows) break by item id, the same on every run.
     top_k = np.argsort(-positive_side_scores(rows, touched), kind="stable")[:k]
+    largest_k = np.argsort(-largest_movement_scores(rows), kind="stable")[:k]
     touched_precision, touched_recall = precision_recall(touched, true_items)
     top_k_precision, _ = precision_recall(top_k, true_items)
-    return ItemSetGuess(k, touched_precision, touched_recall, top_k_precision, chance_precision(k, n_items))
+    largest_k_precision, _ = precision_recall(largest_k, true_items)
+    return ItemSetGuess(k, touched_precision, touched_recall, top_k_precision, chance_precision(k, n_items),
+                        largest_k_precision)
+
+
+def largest_movement_scores(rows: np.ndarray) -> np.ndarray:
+    """``[n_items]``: each row's movement along the update's mean row direction.
+
+    The guess for an update whose rows all move one way, a count vector above all:
+    its largest entries are the user's items, and under noise the principal split of
+    :func:`positive_side_scores` can pick the noise's side instead.
+    """
+    direction = rows.sum(axis=0)
+    norm = float(np.linalg.norm(direction))
+    return rows @ (direction / norm) if norm > 0 else np.zeros(len(rows))
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,7 @@ class ItemSetSummary:
     touched_recall: float
     top_k_precision: float
     chance_precision: float
+    largest_k_precision: float = float("nan")
 
     @property
     def top_k_over_chance(self) -> float:
@@ -118,4 +140,4 @@ def summarise(guesses: list[ItemSetGuess]) -> ItemSetSummary:
         return float(np.mean([getattr(guess, name) for guess in guesses])) if guesses else float("nan")
 
     return ItemSetSummary(len(guesses), mean("touched_precision"), mean("touched_recall"), mean("top_k_precision"),
-                          mean("chance_precision"))
+                          mean("chance_precision"), mean("largest_k_precision"))

@@ -222,6 +222,10 @@ def apply_round(config: FederatedConfig, current: Arrays, round_sum: RoundSum, o
         return RoundResult(current, *gate)
     user_level = config.privacy.user_level
     evidence = None
+    if (released := config.released_arrays(server_round)) is not None:
+        # A count-based model's round changes only the part it releases, whatever a device sent.
+        round_sum = replace(round_sum, update_sum={
+            name: value if name in released else np.zeros_like(value) for name, value in round_sum.update_sum.items()})
     if user_level.enabled:
         expected = config.server.devices_per_round
         noisy = dict(round_sum.update_sum)
@@ -231,8 +235,9 @@ def apply_round(config: FederatedConfig, current: Arrays, round_sum: RoundSum, o
         if user_level.noise_placement == "central":
             generator = noise_generator if noise_generator is not None else np.random.default_rng()
             noise = {name: central_noise(np.shape(value), user_level.noise_multiplier, user_level.clip_norm,
-                                         generator) for name, value in noisy.items()}
-            noisy = {name: value + noise[name] for name, value in noisy.items()}
+                                         generator) for name, value in noisy.items()
+                     if released is None or name in released}
+            noisy = {name: value + noise.get(name, 0.0) for name, value in noisy.items()}
             drawn = np.concatenate([value.ravel() for value in noise.values()])
             evidence = replace(evidence, noise_std_measured=float(np.std(drawn)), noise_coordinates=int(drawn.size),
                                noise_std_declared=user_level.noise_multiplier * user_level.clip_norm)

@@ -180,16 +180,15 @@ class FederatedConfig:
                               f"{self.simulation.cohort_threads}")
         if not 0.0 <= self.simulation.failure_probability < 1.0:
             raise ConfigError("simulation.failure_probability: must be in [0, 1)")
+        self._validate_counting_release()
         self.privacy.validate(num_users=num_devices, min_local_examples=min_local_examples,
                               devices_per_round=self.server.devices_per_round)
         if self.privacy.local.enabled:
             require_gradient_model(self.model.name, "privacy.local")
-        if self.privacy.user_level.enabled:
-            require_gradient_model(self.model.name, "privacy.user_level")
-            if self.server.strategy not in ("fedavg", "fedadam"):
-                # The server applies the noisy mean itself; only these two server optimisers are wired in.
-                raise ConfigError(f"privacy.user_level: runs with server.strategy 'fedavg' or 'fedadam', "
-                                  f"got {self.server.strategy!r}")
+        if self.privacy.user_level.enabled and self.server.strategy not in ("fedavg", "fedadam"):
+            # The server applies the noisy mean itself; only these two server optimisers are wired in.
+            raise ConfigError(f"privacy.user_level: runs with server.strategy 'fedavg' or 'fedadam', "
+                              f"got {self.server.strategy!r}")
         self._validate_secure_aggregation()
         if self.simulation.engine == "cohort" and self.secure_aggregation.enabled:
             raise ConfigError("simulation.engine = 'cohort' does not simulate secure aggregation's masking yet; run "
@@ -232,11 +231,30 @@ class FederatedConfig:
             blockers.append(f"model {self.model.name!r} (has an auxiliary training phase)")
         return blockers
 
+    def released_arrays(self, server_round: int) -> tuple[str, ...] | None:
+        """The shared arrays a round may change (a count-based model releases one part per round); None: all."""
+        model = model_class(self.model.name)
+        return None if model.trains_with_gradients else model.released_arrays(server_round)
+
+    def _validate_counting_release(self) -> None:
+        """A model fitted by counting releases each part of its statistics once, one part per round.
+
+        Its devices send statistics, not trained parameters: another round would release
+        the same sums again (spending privacy budget for nothing), and under a server
+        learning rate that turns the mean into a sum it would no longer be one.
+        """
+        model = model_class(self.model.name)
+        # Non-private Popularity may repeat its one release (the same mean each round), as it always could.
+        repeats_harmlessly = model.statistics_rounds == 1 and not self.privacy.user_level.enabled
+        if not model.trains_with_gradients and self.server.rounds != model.statistics_rounds and not repeats_harmlessly:
+            raise ConfigError(f"server.rounds: model {self.model.name!r} is fitted by counting and releases its "
+                              f"statistics in {model.statistics_rounds} round(s); set server.rounds = "
+                              f"{model.statistics_rounds} (got {self.server.rounds})")
+
     def _validate_secure_aggregation(self) -> None:
         secure = self.secure_aggregation.validate()
         if not secure.enabled:
             return
-        require_gradient_model(self.model.name, "secure_aggregation")
         if self.server.strategy not in SUPPORTED_STRATEGIES:
             raise ConfigError(f"secure_aggregation: the server sees only the sum of the updates, which "
                               f"{self.server.strategy!r} cannot work from; use server.strategy "

@@ -77,7 +77,11 @@ def train_on_device(
     # OS entropy: the server knows the run seed, and a noise share it can regenerate hides nothing.
     secret = secret_generator(config.privacy.noise_source, config.seed, server_round, partition_id + 1,
                               USER_LEVEL_SHARE_SECRET)
-    clipped = privatize_update(update, user_level.clip_norm, noise_std, secret)
+    # A count-based model releases some arrays per round; the others' updates are zero for every
+    # device, so they get no noise and stay exactly zero.
+    released = config.released_arrays(server_round) or tuple(update)
+    noised = privatize_update({name: update[name] for name in released}, user_level.clip_norm, noise_std, secret)
+    clipped = {name: noised[name] if name in noised else np.zeros_like(update[name]) for name in update}
     return replace(outcome, shared_parameters={}, num_examples=1, train_loss=float("nan"), clipped_update=clipped)
 
 
@@ -98,7 +102,7 @@ def _train(
         return train_with_local_dp(config, split, model, shared, state, server_round, partition_id)
     local = config.local
     if not model.trains_with_gradients:
-        model.fit_statistics(split.train)
+        model.fit_statistics_round(split.train, server_round)
         return TrainOutcome(state_to_arrays(model.shared_state()), DeviceState({}, {}), 1, 0.0)
     named = dict(model.named_parameters())
     shared_parameters = [p for n, p in named.items() if not model.is_private(n)]

@@ -11,6 +11,7 @@ from recsys_core.models.content import ContentBased
 from recsys_core.models.gru4rec import GRU4Rec
 from recsys_core.models.hybrid import Hybrid
 from recsys_core.models.irgan import IRGAN
+from recsys_core.models.item_knn import ItemKNN
 from recsys_core.models.mult_dae import MultDAE
 from recsys_core.models.mult_vae import MultVAE
 from recsys_core.models.neumf import NeuMF
@@ -19,7 +20,7 @@ from recsys_core.models.sasrec import SASRec
 
 MODELS: dict[str, type[Recommender]] = {
     model.name: model
-    for model in (Popularity, NeuMF, SASRec, MultDAE, MultVAE, Caser, GRU4Rec, IRGAN, ContentBased, Hybrid)
+    for model in (Popularity, ItemKNN, NeuMF, SASRec, MultDAE, MultVAE, Caser, GRU4Rec, IRGAN, ContentBased, Hybrid)
 }
 
 

@@ -90,6 +90,8 @@ class Recommender(nn.Module, ABC):
     user_id_keys: ClassVar[tuple[str, ...]] = ()
     #: False for count-based models (Popularity) that are fitted by :meth:`fit_statistics`.
     trains_with_gradients: ClassVar[bool] = True
+    #: Count-based models: how many federated rounds release their statistics, one part per round.
+    statistics_rounds: ClassVar[int] = 1
     #: Sub-modules whose parameters :meth:`per_sample_loss` trains, i.e. what a DP engine must
     #: wrap; empty means the whole model. Parameters outside them belong to the auxiliary phase.
     per_sample_modules: ClassVar[tuple[str, ...]] = ()
@@ -196,6 +198,23 @@ class Recommender(nn.Module, ABC):
 
     def fit_statistics(self, log: InteractionLog) -> None:
         """Fits count-based state; only models with ``trains_with_gradients = False`` need it."""
+
+    def fit_statistics_round(self, log: InteractionLog, statistics_round: int) -> None:
+        """Fits the part of the statistics that federated round ``statistics_round`` releases.
+
+        A device calls it on the global model it received, so a later part may depend on
+        what earlier rounds released. By default there is one part: all of :meth:`fit_statistics`.
+        """
+        self.fit_statistics(log)
+
+    @classmethod
+    def released_arrays(cls, statistics_round: int) -> tuple[str, ...] | None:
+        """The shared arrays round ``statistics_round`` of a count-based model changes; None: all of them.
+
+        The others' updates are zero on every device whatever its data, so user-level DP
+        adds no noise to them and the server keeps them as they were.
+        """
+        return None
 
     # -- inference ---------------------------------------------------------------------------
     @abstractmethod

@@ -217,7 +217,8 @@ def test_resuming_a_finished_run_says_so_before_ray_starts(recorded_run, capsys)
     ],
 )
 def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
-    code = main(["simulate", "--output-dir", str(tmp_path), *flags])
+    # NeuMF's defaults: without --model, fedrec simulate runs the private item k-NN main job.
+    code = main(["simulate", "--output-dir", str(tmp_path), "--model", "neumf", *flags])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
@@ -276,3 +277,38 @@ def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path, secure: boo
         assert (record.status == "discarded") == partition_3_failed
         assert record.status == "aggregated" or partition_3_failed
     assert any(record.status == "aggregated" for record in rounds)
+
+
+def test_the_private_main_job_runs_end_to_end_small(tmp_path: Path) -> None:
+    """The main job's recipe on 12 devices: secure aggregation, distributed user-level DP, item k-NN in two rounds."""
+    from recsys_core.federated.main_job import main_job_values
+    from recsys_core.privacy.ledger import load_ledger, verify
+    from server.simulate import POPULARITY_REFERENCE_FILE
+
+    values = main_job_values("synthetic")
+    values["data"]["synthetic"] = {"n_users": N_USERS, "n_items": 40, "seed": 2}
+    values["server"].update({"devices_per_round": N_USERS, "devices_per_evaluation": N_USERS,
+                             "server_learning_rate": float(N_USERS)})
+    values["privacy"]["user_level"].update({"min_surviving_devices": 10, "target_delta": 1e-2})
+    values["output_dir"] = str(tmp_path)
+    directory, summary = run_federated_simulation(FederatedConfig.from_dict(values))
+    rounds = directory.read_rounds()
+    assert [record.status for record in rounds] == ["aggregated", "aggregated"]
+    assert all(record.participants == N_USERS for record in rounds)
+    ledger = verify(load_ledger(directory.path / "privacy-ledger.json"))
+    written = load_ledger(directory.path / "privacy-ledger.json").user_level
+    assert ledger.user_level is not None and written is not None and written.epsilon.claimed_epsilon > 0
+    assert summary["secure_aggregation"]["rounds_failed"] == 0
+    # Popularity on the same test users sits beside the model, in the summary and in its own file.
+    assert set(summary["test"]) <= set(summary["popularity_test"])
+    assert json.loads((directory.path / POPULARITY_REFERENCE_FILE).read_text())["test"] == summary["popularity_test"]
+    # The released counts are the users' unit-norm count vectors summed, plus noise of sigma = 0.823 per coordinate.
+    with np.load(directory.path / "final-model" / "parameters.npz") as final:
+        counts = final["item_counts"]
+    data = load_federated_data(FederatedConfig.from_dict(values).data, FederatedConfig.from_dict(values).partition)
+    from recsys_core.models import CatalogInfo, build_model
+
+    exact = build_model("item_knn", CatalogInfo.from_log(data.split.train))
+    exact.fit_statistics_round(data.split.train, 1)
+    residual = counts - exact.item_counts.numpy()
+    assert 0.4 < float(np.std(residual)) < 1.4

@@ -44,3 +44,13 @@ def test_a_noisy_sum_of_many_users_gives_about_chance() -> None:
     precisions = [attack_update(total, items[:10]).top_k_precision for items in users]
     # Chance is 0.05; 20 users of 10 items each.
     assert float(np.mean(precisions)) < 0.15
+
+
+def test_a_count_vector_that_moves_every_row_one_way_gives_its_items_away() -> None:
+    # A counting model's release (private popularity, item k-NN's first round) has no negative side:
+    # the guess is its largest rows, not its smallest.
+    items = np.random.default_rng(4).permutation(N_ITEMS)[:12]
+    counts = np.zeros((N_ITEMS, 1))
+    counts[items] = 1 / np.sqrt(len(items))
+    assert attack_update(counts, items).top_k_precision == 1.0
+    assert attack_update(-counts, items).top_k_precision == 1.0

@@ -8,6 +8,7 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.state import state_to_arrays
+from recsys_core.models import model_class
 
 SMALL = {"gmf_dim": 8, "mlp_layers": [16, 8]}
 
@@ -16,6 +17,10 @@ def config(**sections) -> FederatedConfig:
     values = {"data": {"synthetic": {"n_users": 40, "n_items": 80, "seed": 1}},
               "model": {"name": "neumf", "options": SMALL}, "local": {"epochs": 1, "learning_rate": 0.01}}
     values.update(sections)
+    model = model_class(values["model"]["name"])
+    if not model.trains_with_gradients and "server" not in sections:
+        # A count-based model releases its statistics in exactly its own number of rounds.
+        values["server"] = {"rounds": model.statistics_rounds}
     return FederatedConfig.from_dict(values).validate()
 
 

@@ -96,7 +96,8 @@ def test_sequence_models_have_nothing_private() -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_trains_on_a_device_and_keeps_its_private_part(name: str) -> None:
-    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})})
+    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})},
+                 server={"rounds": 20 if MODELS[name].trains_with_gradients else MODELS[name].statistics_rounds})
     data = load_federated_data(cfg.data, cfg.partition)
     shared = global_shared(cfg)
     outcome = train_on_device(cfg, data.device_split(1), shared, None, 1, 1)
@@ -170,12 +171,17 @@ def test_distributed_user_level_noise_is_added_on_the_device() -> None:
     assert np.std(difference) == pytest.approx(np.sqrt(2) * 2.0 * 0.05 / 2, rel=0.1)
 
 
-def test_user_level_privacy_needs_a_gradient_model_and_fedavg_or_fedadam() -> None:
+def test_user_level_privacy_releases_a_counting_model_once_and_needs_fedavg_or_fedadam() -> None:
     from recsys_core.errors import ConfigError
 
     user_level = {"user_level": {"enabled": True, "target_delta": 1e-3}}
-    with pytest.raises(ConfigError, match="privacy.user_level: model 'popularity'"):
-        config(privacy=user_level, model={"name": "popularity"})
+    with pytest.raises(ConfigError, match="server.rounds: model 'popularity' is fitted by counting.*"
+                                          "set server.rounds = 1"):
+        config(privacy=user_level, model={"name": "popularity"}, server={"rounds": 2})
+    assert config(privacy=user_level, model={"name": "popularity"}, server={"rounds": 1}).privacy.user_level.enabled
+    with pytest.raises(ConfigError, match="privacy.local: model 'item_knn' is fitted by counting"):
+        config(privacy={"local": {"enabled": True, "target_delta": 1e-3}}, model={"name": "item_knn"},
+               server={"rounds": 2})
     with pytest.raises(ConfigError, match="server.strategy 'fedavg' or 'fedadam', got 'fedyogi'"):
         config(privacy=user_level, server={"strategy": "fedyogi"})
 
@@ -205,3 +211,38 @@ def test_a_device_reports_its_examples_in_the_models_unit(name: str, unit: str) 
     expected = split.train.n_users if unit == "user" else split.train.n_interactions
     assert split.train.n_interactions > split.train.n_users >= 1
     assert outcome.num_examples == expected
+
+
+@pytest.mark.parametrize("name", ["popularity", "item_knn"])
+def test_a_counting_models_private_release_is_its_statistics_clipped_and_noised(name: str) -> None:
+    """Private popularity and item k-NN: the device sends its statistics, clipped to C, with its noise share."""
+    clip_norm, sigma, survivors = 0.5, 2.0, 4
+    sections = {"enabled": True, "clip_norm": clip_norm, "target_delta": 1e-3, "noise_multiplier": sigma,
+                "noise_placement": "distributed", "min_surviving_devices": survivors}
+    rounds = MODELS[name].statistics_rounds
+    noiseless = config(privacy={"user_level": {**sections, "noise_placement": "central"}}, model={"name": name},
+                       server={"rounds": rounds, "devices_per_round": 8})
+    noisy = config(privacy={"user_level": sections}, model={"name": name},
+                   server={"rounds": rounds, "devices_per_round": 8})
+    data = load_federated_data(noisy.data, noisy.partition)
+    split = data.device_split(3)
+    shared = global_shared(noisy)
+    statistics = build_device_model(noisy, CatalogInfo.from_log(split.train), split.train.n_users, 3)
+    statistics.fit_statistics_round(split.train, 1)
+    released = noisy.released_arrays(1) or tuple(shared)
+    exact = np.concatenate([statistics.shared_state()[name].numpy().ravel() for name in released])
+    clipped = train_on_device(noiseless, split, shared, None, 1, 3).clipped_update
+    assert clipped is not None
+    # Arrays a round does not release stay exactly zero, noise and all.
+    assert all(not np.any(clipped[name]) for name in clipped if name not in released)
+    sent = np.concatenate([clipped[name].ravel() for name in released])
+    # Central placement: the update is the statistics scaled to norm C, nothing added on the device.
+    np.testing.assert_allclose(sent, exact * min(1.0, clip_norm / np.linalg.norm(exact)), rtol=1e-5, atol=1e-7)
+    shares = []
+    # Twenty draws: enough coordinates (1,600 for 80 items) that the measured std is within 10% by far.
+    for _ in range(20):
+        shared_with_noise = train_on_device(noisy, split, shared, None, 1, 3).clipped_update
+        assert shared_with_noise is not None
+        assert all(not np.any(shared_with_noise[name]) for name in shared_with_noise if name not in released)
+        shares.append(np.concatenate([shared_with_noise[name].ravel() for name in released]) - sent)
+    assert np.std(np.concatenate(shares)) == pytest.approx(sigma * clip_norm / np.sqrt(survivors), rel=0.1)

@@ -1,0 +1,51 @@
+"""The main job: private by default, the same settings as its config files, and within its budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys_core.config import read_toml
+from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.main_job import (
+    MAIN_JOB_DELTA,
+    MAIN_JOB_DEVICES,
+    MAIN_JOB_NOISE_MULTIPLIER,
+    main_job_values,
+)
+from recsys_core.privacy.accountant import ScheduleEntry, compute_epsilon
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize("dataset", sorted(MAIN_JOB_DEVICES))
+def test_the_main_job_is_secure_and_private_with_every_device_in_every_round(dataset: str) -> None:
+    config = FederatedConfig.from_dict(main_job_values(dataset)).validate(num_devices=MAIN_JOB_DEVICES[dataset])
+    assert config.secure_aggregation.enabled
+    user_level = config.privacy.user_level
+    assert user_level.enabled and user_level.noise_placement == "distributed"
+    assert config.privacy.noise_source == "os_entropy"
+    assert config.server.devices_per_round == MAIN_JOB_DEVICES[dataset]
+    # delta at most 1 / (10 users), as the privacy claims promise.
+    assert user_level.target_delta <= 1 / (10 * MAIN_JOB_DEVICES[dataset])
+
+
+@pytest.mark.parametrize("dataset", sorted(MAIN_JOB_DEVICES))
+def test_the_config_files_hold_the_main_jobs_settings(dataset: str) -> None:
+    # The file a researcher reads and the job fedrec simulate runs must not drift apart.
+    from_file = FederatedConfig.from_dict(read_toml(ROOT / "simulations/configs" / dataset / "item_knn.toml"))
+    assert from_file == FederatedConfig.from_dict(main_job_values(dataset))
+
+
+def test_the_noise_spends_at_most_epsilon_8_over_both_rounds() -> None:
+    rounds = FederatedConfig.from_dict(main_job_values("ml-100k")).server.rounds
+    history = [ScheduleEntry(MAIN_JOB_NOISE_MULTIPLIER, 1.0, rounds)]
+    epsilon = compute_epsilon(history, MAIN_JOB_DELTA, "rdp")
+    assert 7.9 < epsilon <= 8.0
+
+
+def test_flwr_run_defaults_to_the_private_main_job() -> None:
+    pyproject = read_toml(ROOT / "pyproject.toml")
+    default = pyproject["tool"]["flwr"]["app"]["config"]["config"]
+    assert default == "simulations/configs/synthetic/item_knn.toml"
