@@ -24,8 +24,9 @@ Scoring reads the user's history, most recent last: the last ``history_length``
 distinct items, the m-th most recent weighted ``recency_decay ** m``, vote for the items
 near them. A vote is normalised by the two items' own weights (the table's diagonal) as
 ``co[j, i] / (d_j^(1/2) * d_i^similarity_exponent)``: 0.5 is cosine similarity, smaller
-exponents let popular items through. Items whose diagonal is below ``min_item_weight``
-(noise-dominated) neither vote nor receive votes. Every item also gets
+exponents let popular items through. Items whose diagonal is below ``min_item_weight`` or
+``noise_threshold`` standard deviations of the table's noise (estimated from its negative
+entries, so the model adapts to any epsilon by itself) neither vote nor receive votes. Every item also gets
 ``prior_weight * log(1 + count)``, which alone ranks the items outside the neighbourhood.
 """
 
@@ -54,8 +55,10 @@ class ItemKNNConfig(ModelConfig):
     recency_decay: float = 0.9
     #: 0.5: cosine similarity; lower favours popular items.
     similarity_exponent: float = 0.3
-    #: Items whose own weight (the table's diagonal) is below this neither vote nor get votes.
-    min_item_weight: float = 2.0
+    #: Items whose own weight (the table's diagonal) is below this neither vote nor get votes...
+    min_item_weight: float = 1.0
+    #: ...nor below this many standard deviations of the table's noise (estimated from the table).
+    noise_threshold: float = 3.0
     #: Weight of the log item counts added to every score (the popularity prior).
     prior_weight: float = 0.3
 
@@ -67,8 +70,9 @@ class ItemKNNConfig(ModelConfig):
             raise ConfigError(f"model.recency_decay: must be in (0, 1], got {self.recency_decay}")
         if self.history_length < 1:
             raise ConfigError(f"model.history_length: must be at least 1, got {self.history_length}")
-        if not (self.min_item_weight > 0 and np.isfinite(self.min_item_weight)):
-            raise ConfigError(f"model.min_item_weight: must be positive and finite, got {self.min_item_weight}")
+        for key in ("min_item_weight", "noise_threshold"):
+            if not (getattr(self, key) >= 0 and np.isfinite(getattr(self, key))):
+                raise ConfigError(f"model.{key}: must be non-negative and finite, got {getattr(self, key)}")
 
 
 class ItemKNN(Recommender):
@@ -160,10 +164,14 @@ class ItemKNN(Recommender):
         scores[:, neighbourhood] += votes @ normalised
         return scores
 
+    def item_weight_threshold(self) -> float:
+        """The diagonal weight an item needs to vote and be voted for: ``min_item_weight``, or more under noise."""
+        return max(self.config.min_item_weight, self.config.noise_threshold * estimated_noise_std(self.cooccurrence))
+
     def _similarities(self) -> torch.Tensor:
-        """The co-occurrence table normalised by both items' weights, zero for items below ``min_item_weight``."""
+        """The co-occurrence table normalised by both items' weights, zero for items below the threshold."""
         diagonal = torch.diagonal(self.cooccurrence)
-        active = diagonal >= self.config.min_item_weight
+        active = diagonal >= self.item_weight_threshold()
         weight = torch.where(active, diagonal, torch.ones_like(diagonal))
         similarities = self.cooccurrence / weight.sqrt().unsqueeze(1) / weight.pow(
             self.config.similarity_exponent).unsqueeze(0)
@@ -178,6 +186,18 @@ class ItemKNN(Recommender):
             recent = _recent_distinct(history.item_ids[start:end], self.config.history_length)
             weights[row, recent] = decay ** np.arange(len(recent), dtype=np.float32)
         return weights
+
+
+def estimated_noise_std(table: torch.Tensor) -> float:
+    """The standard deviation of the Gaussian noise on a released table of non-negative sums.
+
+    Every exact entry is at least zero, so a negative entry is noise on a (near) zero one:
+    the root mean square of the negative entries estimates sigma (a little low, since
+    entries above zero rarely go negative). No negative entry: no noise, 0. It reads only
+    the released table, so it costs no privacy.
+    """
+    negative = table[table < 0].double()
+    return float(torch.sqrt((negative**2).mean())) if negative.numel() else 0.0
 
 
 def _recent_distinct(items: np.ndarray, limit: int) -> np.ndarray:

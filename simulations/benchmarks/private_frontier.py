@@ -66,9 +66,10 @@ def noisy(tensor: torch.Tensor, std: float, generator: np.random.Generator) -> t
     return tensor + torch.from_numpy(generator.normal(0.0, std, tensor.shape).astype(np.float32))
 
 
-def private_item_knn(split: DatasetSplit, sigma: float, generator: np.random.Generator) -> Recommender:
+def private_item_knn(split: DatasetSplit, sigma: float, generator: np.random.Generator,
+                     options: dict[str, Any]) -> Recommender:
     """Item k-NN's two releases, each with noise of std sigma / sqrt(0.95) (zero: the exact sums)."""
-    model = build_model("item_knn", CatalogInfo.from_log(split.train))
+    model = build_model("item_knn", CatalogInfo.from_log(split.train), options)
     std = sigma / math.sqrt(SURVIVING_FRACTION)
     model.fit_statistics_round(split.train, 1)
     model.item_counts.copy_(noisy(model.item_counts, std, generator))
@@ -77,7 +78,8 @@ def private_item_knn(split: DatasetSplit, sigma: float, generator: np.random.Gen
     return model
 
 
-def private_popularity(split: DatasetSplit, sigma: float, generator: np.random.Generator) -> Recommender:
+def private_popularity(split: DatasetSplit, sigma: float, generator: np.random.Generator,
+                       options: dict[str, Any]) -> Recommender:
     """Popularity ranked by the unit-norm item counts of one release with noise std sigma / sqrt(0.95)."""
     knn = build_model("item_knn", CatalogInfo.from_log(split.train))
     knn.fit_statistics_round(split.train, 1)
@@ -86,7 +88,9 @@ def private_popularity(split: DatasetSplit, sigma: float, generator: np.random.G
     return model
 
 
-def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: int, seed: int) -> list[dict[str, Any]]:
+def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: int, seed: int,
+            options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every cell of one dataset; ``options`` are item k-NN's model options (its defaults otherwise)."""
     started = time.perf_counter()
     data = DataConfig(dataset=dataset, data_dir=data_dir)
     split = split_log(load_interactions(data), data.split)
@@ -102,18 +106,25 @@ def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: in
     rows = []
     for epsilon in epsilons:
         private = math.isfinite(epsilon)
-        for name, rounds, build in (("item_knn", 2, private_item_knn), ("private popularity", 1, private_popularity)):
+        floors: list[np.ndarray] = []
+        for name, rounds, build in (("private popularity", 1, private_popularity), ("item_knn", 2, private_item_knn)):
             if not private and name == "private popularity":
                 continue
             sigma = noise_multiplier_for_budget(target_epsilon=epsilon, delta=delta, sampling_rate=1.0,
                                                 steps=rounds) if private else 0.0
             for draw in range(draws if private else 1):
-                values = per_user_ndcg(build(split, sigma, generator), split, seen)
+                values = per_user_ndcg(build(split, sigma, generator, options or {}), split, seen)
                 difference = paired_difference(values, baseline)
-                rows.append({"dataset": dataset, "users": users, "model": name, "epsilon": epsilon, "delta": delta,
+                if name == "private popularity":
+                    floors.append(values)
+                # Each item k-NN draw is paired with a private-popularity draw on the same users.
+                floor = paired_difference(values, floors[draw]) if floors and name == "item_knn" else None
+                rows.append({"dataset": dataset, "users": users, "model": name, "options": options or {},
+                             "epsilon": epsilon, "delta": delta,
                              "noise_multiplier": sigma, "rounds": rounds, "draw": draw, "ndcg@10": float(values.mean()),
                              "popularity": float(baseline.mean()), "ratio": float(values.mean() / baseline.mean()),
-                             "paired_se": difference.paired_standard_error, "z": difference.z})
+                             "paired_se": difference.paired_standard_error, "z": difference.z,
+                             "z_vs_private_popularity": None if floor is None else floor.z})
                 print(f"  {name:18} eps {epsilon:>4} draw {draw}: {values.mean():.4f} "
                       f"({values.mean() / baseline.mean():.2f}x Popularity, z {difference.z:+.1f}) "
                       f"{time.perf_counter() - started:.0f} s", flush=True)
@@ -123,7 +134,8 @@ def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: in
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per dataset, model and epsilon; the mean over draws and the range."""
     lines = ["| dataset | model | epsilon | delta | sigma | NDCG@10 (mean of draws) | range | x Popularity | "
-             "paired z vs Popularity |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
+             "paired z vs Popularity | paired z vs private popularity |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     keys = sorted({(row["dataset"], row["model"], row["epsilon"]) for row in rows},
                   key=lambda key: (key[0], key[1], -key[2]))
     for dataset, model, epsilon in keys:
@@ -132,9 +144,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         mean = float(np.mean(values))
         span = f"{min(values):.4f}-{max(values):.4f}" if len(values) > 1 else ""
         zs = ", ".join(f"{row['z']:+.1f}" for row in cell)
+        floor_zs = ", ".join(f"{row['z_vs_private_popularity']:+.1f}" for row in cell
+                             if row.get("z_vs_private_popularity") is not None)
         lines.append(f"| {dataset} ({cell[0]['users']:,} users) | {model} | {epsilon:g} | {cell[0]['delta']:g} | "
                      f"{cell[0]['noise_multiplier']:.3f} | {mean:.4f} | {span} | {mean / cell[0]['popularity']:.2f} | "
-                     f"{zs} |")
+                     f"{zs} | {floor_zs} |")
     return "\n".join(lines)
 
 
@@ -173,6 +187,7 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=3, help="noise draws per private cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--neighbourhood-items", type=int, help="item k-NN's table size (default: the model's)")
     parser.add_argument("--output", type=Path, default=Path("runs/benchmarks/private-frontier.json"))
     parser.add_argument("--plot", type=Path, help="PNG of NDCG@10 against epsilon")
     args = parser.parse_args()
@@ -180,7 +195,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for dataset in args.datasets:
-        rows += measure(dataset, args.data_dir, args.epsilons, args.draws, args.seed)
+        options = {} if args.neighbourhood_items is None else {"neighbourhood_items": args.neighbourhood_items}
+        rows += measure(dataset, args.data_dir, args.epsilons, args.draws, args.seed, options)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     print(table(rows))

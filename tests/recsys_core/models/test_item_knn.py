@@ -10,7 +10,7 @@ from model_test_helpers import popularity_ndcg, synthetic_split, train
 from recsys_core.data.interactions import IdMap, InteractionLog
 from recsys_core.errors import ConfigError
 from recsys_core.models import CatalogInfo, build_model
-from recsys_core.models.item_knn import _recent_distinct
+from recsys_core.models.item_knn import _recent_distinct, estimated_noise_std
 
 
 def make_log(rows: list[tuple[int, int, int]], n_users: int, n_items: int) -> InteractionLog:
@@ -99,3 +99,23 @@ def test_beats_popularity_on_synthetic_data() -> None:
 def test_bad_options_name_their_key(options: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         build_model("item_knn", CatalogInfo(n_users=1, n_items=5), options)
+
+
+def test_the_noise_on_a_released_table_is_estimated_from_its_negative_entries() -> None:
+    generator = np.random.default_rng(5)
+    # Sparse, heavy-tailed, non-negative: like co-occurrence sums.
+    sparse = generator.random((300, 300)) < 0.2
+    exact = torch.from_numpy(np.abs(generator.standard_cauchy((300, 300))).clip(0, 50) * sparse)
+    assert estimated_noise_std(exact) == 0.0
+    for sigma in (0.5, 2.0):
+        released = exact + torch.from_numpy(generator.normal(0, sigma, exact.shape))
+        assert estimated_noise_std(released) == pytest.approx(sigma, rel=0.1)
+
+
+def test_more_noise_leaves_fewer_items_voting_and_the_prior_ranks_the_rest() -> None:
+    model = fitted(synthetic_split().train)
+    exact = model.item_weight_threshold()
+    assert exact == model.config.min_item_weight
+    model.cooccurrence.add_(torch.from_numpy(np.random.default_rng(6).normal(0, 5.0, model.cooccurrence.shape))
+                            .float())
+    assert model.item_weight_threshold() == pytest.approx(model.config.noise_threshold * 5.0, rel=0.1)
