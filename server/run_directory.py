@@ -288,7 +288,11 @@ class RunDirectory:
         figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
         trained = [r for r in rounds if r.train_loss is not None]
         loss_axis.plot([r.round for r in trained], [r.train_loss for r in trained], marker=".")
-        loss_axis.set(title="training loss (mean over clients)", xlabel="round", ylabel="loss")
+        loss_axis.set(title="training loss (mean over devices)", xlabel="round", ylabel="loss")
+        if not trained:
+            # Empty axes read as a broken run; say why there is nothing to draw.
+            _say_no_data(loss_axis, "no training loss reported:\na DP device reports none (the exact loss\n"
+                                    "is outside the guarantee),\nnor does a model fitted by counting")
         evaluated = [r for r in rounds if r.validation]
         for metric in ("full/ndcg@10", "full/hr@10", "sampled/hr@10"):
             points = [(r.round, r.validation[metric]) for r in evaluated if r.validation and metric in r.validation]
@@ -297,8 +301,17 @@ class RunDirectory:
         metric_axis.set(title="federated validation", xlabel="round")
         if evaluated:
             metric_axis.legend()
+        else:
+            _say_no_data(metric_axis, "no validation yet\n(server.evaluate_every = 0, or not reached);\n"
+                                      "the final test is in summary.json")
         figure.tight_layout()
         path = self.path / "metrics.png"
         figure.savefig(path, dpi=100)
         plt.close(figure)
         return path
+
+
+def _say_no_data(axis: Any, text: str) -> None:
+    axis.text(0.5, 0.5, text, ha="center", va="center", transform=axis.transAxes, fontsize=9, color="grey")
+    axis.set_xticks([])
+    axis.set_yticks([])

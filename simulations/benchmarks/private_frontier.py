@@ -157,6 +157,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     datasets = sorted({row["dataset"] for row in rows})
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.8), squeeze=False)
@@ -173,6 +174,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                      linestyle=":", label="Popularity (not private)")
         axis.set(xscale="log", title=dataset, xlabel="epsilon (user-level)", ylabel="test NDCG@10 (all users)")
         axis.set_xticks(finite, [f"{epsilon:g}" for epsilon in finite])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -1,7 +1,8 @@
 """What secure aggregation costs and whether it changes the model, measured side by side in one run.
 
 ``--part cost``: the same federated rounds through ``fedrec simulate``'s engine with and
-without secure aggregation (runs alternate plain, secure, secure, plain to cancel
+without secure aggregation (``--private``: the config's private run, secure aggregation and
+its DP, against the same run with both off) (runs alternate plain, secure, secure, plain to cancel
 drift); seconds per round (round 1, with Ray starting, left out), bytes uploaded per
 round and their ratios. It also times the protocol's own steps without Flower: one
 device masking its vector, and the server unmasking the sum of a round.
@@ -12,6 +13,8 @@ final full-ranking NDCG@10 and sampled HR@10 over all 943 users.
 
     python -m simulations.benchmarks.secure_aggregation --data-dir ../shared/datasets --part cost \
         [--clients 50] [--rounds 6] [--set KEY=VALUE ...]
+    python -m simulations.benchmarks.secure_aggregation --data-dir ../shared/datasets --part cost --private \
+        --config simulations/configs/ml-100k/item_knn.toml
     python -m simulations.benchmarks.secure_aggregation --data-dir ../shared/datasets --part utility \
         [--runs plain "secure aggregation" ...] [--seeds 0 1]
 
@@ -87,25 +90,32 @@ def protocol_costs(length: int, clients: int) -> dict[str, float]:
 
 
 def cost(base: dict[str, Any], args: argparse.Namespace) -> None:
-    overrides = [*COST_MODEL, f"server.devices_per_round={args.clients}", f"server.rounds={args.rounds}",
-                 "server.evaluate_every=0", "server.final_evaluation=false", *args.set]
+    """Plain against secure rounds; with ``--private`` the config as it is (its DP and secure aggregation)
+    against the same rounds with both off, and the config's own model, devices and rounds."""
+    overrides = ["server.evaluate_every=0", "server.final_evaluation=false", *args.set]
+    if not args.private:
+        overrides = [*COST_MODEL, f"server.devices_per_round={args.clients}", f"server.rounds={args.rounds}",
+                     *overrides]
     measured: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for secure in (False, True, True, False):
-        config = build_config(base, [*overrides, f"secure_aggregation.enabled={str(secure).lower()}"])
+        switches = [f"secure_aggregation.enabled={str(secure).lower()}"]
+        if args.private and not secure:
+            switches.append("privacy.user_level.enabled=false")
+        config = build_config(base, [*overrides, *switches])
         rounds, _ = simulate(config)
         measured[secure] += rounds[1:]
-        print(json.dumps({"secure": secure, "seconds": [r["seconds"] for r in rounds],
-                          "bytes_up": [r["bytes_up"] for r in rounds]}), flush=True)
+        print(json.dumps({"secure": secure, "seconds": [r.seconds for r in rounds],
+                          "bytes_up": [r.bytes_up for r in rounds]}), flush=True)
     length = sum(int(np.prod(shape)) for shape in _shared_shapes(config))
-    row: dict[str, Any] = {"clients": args.clients, "parameters": length}
+    row: dict[str, Any] = {"clients": config.server.devices_per_round, "parameters": length}
     for secure, rounds in measured.items():
         name = "secure" if secure else "plain"
-        row[f"{name}_seconds"] = float(np.mean([r["seconds"] for r in rounds]))
-        row[f"{name}_bytes_up_per_client"] = float(np.mean([r["bytes_up"] / max(r["participants"], 1)
+        row[f"{name}_seconds"] = float(np.mean([r.seconds for r in rounds]))
+        row[f"{name}_bytes_up_per_client"] = float(np.mean([r.bytes_up / max(r.participants, 1)
                                                             for r in rounds]))
     row["time_ratio"] = row["secure_seconds"] / row["plain_seconds"]
     row["upload_ratio"] = row["secure_bytes_up_per_client"] / row["plain_bytes_up_per_client"]
-    row.update(protocol_costs(length, args.clients))
+    row.update(protocol_costs(length, config.server.devices_per_round))
     print(json.dumps(row), flush=True)
     print("| clients/round | parameters | plain s/round | secure s/round | ratio | upload per client plain / "
           "secure (KB) | upload ratio | degree | device mask ms | server unmask ms |")
@@ -142,9 +152,9 @@ def utility(base: dict[str, Any], args: argparse.Namespace) -> None:
             privacy = summary.get("privacy", {}).get("user_level", {})
             row = {"run": name, "seed": seed, "ndcg@10": summary["test"]["full/ndcg@10"],
                    "hr@10": summary["test"]["sampled/hr@10"],
-                   "seconds_per_round": float(np.mean([r["seconds"] for r in rounds])),
-                   "failed_rounds": sum(str(r.get("status", "")).startswith("failed") for r in rounds),
-                   "clipped_coordinates": sum(r.get("clipped_coordinates", 0) for r in rounds),
+                   "seconds_per_round": float(np.mean([r.seconds for r in rounds])),
+                   "failed_rounds": sum(r.status == "failed" for r in rounds),
+                   "clipped_coordinates": sum(r.clipped_coordinates or 0 for r in rounds),
                    "epsilon": privacy.get("claimed_epsilon"), "delta": privacy.get("delta")}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -167,6 +177,9 @@ def main() -> int:
                         help="utility part: which runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="utility part: run seeds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--private", action="store_true",
+                        help="cost part: 'secure' is the config's private run (secure aggregation and its DP), "
+                             "'plain' the same with both off; the config's own model, devices and rounds")
     args = parser.parse_args()
     base = apply_overrides(read_toml(args.config), [f'data.data_dir="{args.data_dir}"'])
     cost(base, args) if args.part == "cost" else utility(base, args)
