@@ -9,6 +9,7 @@ held to one set of rules.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -101,6 +102,9 @@ def _convert(value: Any, expected: Any, key: str, decoders: Decoders) -> Any:
             raise ConfigKeyError(key, f"expected {_type_name(expected)}, got {value!r}")
         if not isinstance(value, expected):
             raise ConfigKeyError(key, f"expected {_type_name(expected)}, got {value!r}")
+        if isinstance(value, float) and math.isnan(value):
+            # NaN passes no comparison, so a range check below would let it through; no setting means NaN.
+            raise ConfigKeyError(key, "is NaN; give a number")
     return value
 
 

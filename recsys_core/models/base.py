@@ -26,6 +26,7 @@ defaults and trains as before.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class ModelConfig:
     def validate(self) -> None:
         for config_field in dataclasses.fields(self):
             value = getattr(self, config_field.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigError(f"model.{config_field.name}: is NaN; give a number")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"model.{config_field.name}: must not be negative, got {value}")
 

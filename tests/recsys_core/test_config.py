@@ -122,3 +122,16 @@ def test_to_dict_encodes_leaf_values() -> None:
     assert dataclass_to_dict(record, encode=lambda value: "Infinity" if value == math.inf else value)["entries"][0] \
         == {"name": "a", "weight": "Infinity"}
 
+
+
+@pytest.mark.parametrize(("values", "key"), [
+    ({"local": {"learning_rate": float("nan")}}, "local.learning_rate"),
+    ({"privacy": {"user_level": {"clip_norm": float("nan")}}}, "privacy.user_level.clip_norm"),
+    ({"model": {"name": "neumf", "options": {"dropout": float("nan")}}}, "model.dropout"),
+])
+def test_a_nan_setting_is_refused_naming_its_key(values: dict, key: str) -> None:
+    # NaN fails every range check silently (nan > 0 is False, and so is nan < 0), so it needs its own.
+    from recsys_core.federated.config import FederatedConfig
+
+    with pytest.raises(ConfigError, match=f"{key}.*NaN"):
+        FederatedConfig.from_dict(values).validate()
