@@ -31,6 +31,7 @@ HEADLINE_METRICS = ("ndcg@10", "hr@10", "recall@10", "mrr@10")
 TRAIN_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
                "epochs": "train.epochs", "seed": "train.seed", "output_dir": "output_dir"}
 SIMULATE_FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "model": "model.name",
+                  "not_private": "private",
                   "rounds": "server.rounds", "devices_per_round": "server.devices_per_round", "seed": "seed",
                   "output_dir": "output_dir", "audit_canaries": "data.canaries.count",
                   "engine": "simulation.engine"}
@@ -43,7 +44,9 @@ def _config_values(args: argparse.Namespace, flags: dict[str, str],
     overrides = []
     for flag, key in flags.items():
         value = getattr(args, flag, None)
-        if value is not None:
+        if isinstance(value, bool):
+            overrides.append(f"{key}={str(value).lower()}")
+        elif value is not None:
             overrides.append(f"{key}={_quoted(value) if isinstance(value, str) else value}")
     if getattr(args, "download", False):
         overrides.append("data.download=true")
@@ -153,7 +156,7 @@ def command_manifest(args: argparse.Namespace) -> int:
 
     config = FederatedConfig.from_dict(_config_values(args, SIMULATE_FLAGS))
     with console.status(f"Reading {config.data.dataset} to describe its federation"):
-        manifest = validate_before_start(config).manifest(config.data.dataset)
+        manifest = validate_before_start(config, run=False).manifest(config.data.dataset)
     path = manifest.write(args.output)
     console.print(f"Federation manifest: [bold]{path}[/] ({manifest.num_partitions} devices, {manifest.n_items} "
                   f"items, at most {manifest.max_training_rows} training rows on a device). Hand it to the server: "
@@ -225,11 +228,11 @@ def command_simulate(args: argparse.Namespace) -> int:
                                                       on_round=on_round, verbose=args.verbose,
                                                       on_device=on_device if cohort else None)
     if summary.get("test"):
-        private = config.privacy.enabled and config.privacy.noise_source == "os_entropy"
+        not_private = summary.get("not_private")
         console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "
                                     f"all devices; Popularity on the same test users", summary["test"],
                                     summary.get("popularity_test"),
-                                    caption=None if private else f"[bold red]{NOT_PRIVATE}[/]"))
+                                    caption=f"[bold red]{not_private}[/]" if not_private else None))
     if summary.get("privacy"):
         console.print(privacy_table(summary["privacy"]))
         console.print(f"Privacy ledger: {directory.path / summary['privacy']['ledger']} "
@@ -370,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--engine", choices=("flower", "cohort"),
                           help="flower (default): Flower's simulation engine, the deployment's code path; cohort: "
                                "every device in this process, for large federations (simulation.engine)")
+    simulate.add_argument("--not-private", dest="not_private", action="store_const", const=False,
+                          help="run without fedrec's protection (DP, secure aggregation) where the config has none: "
+                               "sets private = false, and the results say NOT PRIVATE")
     simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
     simulate.add_argument("--audit-canaries", type=int, metavar="M",
                           help="plant M canary interactions, each with probability 1/2, for fedrec audit")

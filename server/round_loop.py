@@ -204,6 +204,8 @@ class RoundLoop(ABC):
             summary["privacy"] = privacy_summary(ledger)
             if config.privacy.noise_source != "os_entropy":
                 summary["privacy"]["not_private"] = NOT_PRIVATE_WARNING
+        if shortfall := config.privacy_shortfall():
+            summary["not_private"] = f"NOT PRIVATE: {shortfall}"
         summary["record_chain_head"] = self.run_directory.seal(ledger_path)
         write_json(self.run_directory.path / "summary.json", summary)
         self.run_directory.write_plots(rounds)

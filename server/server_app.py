@@ -106,7 +106,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
-    config = config_from_run_config(run_config)
+    config = config_from_run_config(run_config).require_private()
     resume = bool(run_config.get("resume", False))
     try:
         directory = prepare_run_directory(config, str(run_config.get("run-dir") or "") or None, resume)

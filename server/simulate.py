@@ -41,7 +41,7 @@ def load_client_app(reference: str = CLIENT_APP_REFERENCE) -> ClientApp:
     return app
 
 
-def validate_before_start(config: FederatedConfig) -> FederatedData:
+def validate_before_start(config: FederatedConfig, run: bool = True) -> FederatedData:
     """Validates the config against the data; returns the data the simulated devices hold. Runs before Ray starts.
 
     Under local DP the delta must be below 1 / (the fewest training examples on a
@@ -56,6 +56,8 @@ def validate_before_start(config: FederatedConfig) -> FederatedData:
         per_partition = np.bincount(train.assignment[np.asarray(train.log.user_ids)], minlength=data.num_devices)
         min_local_examples = int(per_partition.min())
     config.validate(num_devices=data.num_devices, min_local_examples=min_local_examples)
+    if run:  # a run that starts must protect its users or say it does not (a manifest describes, it runs nothing)
+        config.require_private()
     return data
 
 

@@ -154,6 +154,9 @@ class FederatedConfig:
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     seed: int = 0
     output_dir: str = "runs"
+    #: False asks for a run without fedrec's protection (DP with secret noise, and secure aggregation
+    #: unless each device adds local DP noise); checked where a run starts, and its results say NOT PRIVATE.
+    private: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FederatedConfig:
@@ -230,6 +233,33 @@ class FederatedConfig:
         if model.has_auxiliary_phase:
             blockers.append(f"model {self.model.name!r} (has an auxiliary training phase)")
         return blockers
+
+    def privacy_shortfall(self) -> str | None:
+        """Why this run does not protect its users, or None when it does.
+
+        Protected means: differential privacy with noise from OS entropy, and the server
+        never sees one device's update in the clear, either because secure aggregation hides
+        it or because each device adds local DP noise itself (the mode for a device that
+        trusts nobody).
+        """
+        privacy = self.privacy
+        if not privacy.enabled:
+            return "no differential privacy (privacy.user_level and privacy.local are both off)"
+        if privacy.noise_source != "os_entropy":
+            return "its DP noise comes from the run seed, which the server knows (privacy.noise_source)"
+        if not privacy.local.enabled and not self.secure_aggregation.enabled:
+            return ("the server sees every device's update in the clear (secure_aggregation is off and no device "
+                    "adds local DP noise)")
+        return None
+
+    def require_private(self) -> FederatedConfig:
+        """The check where a run starts: it protects its users, or says ``private = false``."""
+        if self.private and (shortfall := self.privacy_shortfall()):
+            raise ConfigError(
+                f"this run is not private: {shortfall}. Turn privacy on (the main job, "
+                f"simulations/configs/ml-100k/item_knn.toml, shows how; docs/privacy.md), or set private = false "
+                f"(fedrec simulate --not-private) to run it anyway: its results will say NOT PRIVATE")
+        return self
 
     def released_arrays(self, server_round: int) -> tuple[str, ...] | None:
         """The shared arrays a round may change (a count-based model releases one part per round); None: all."""

@@ -155,7 +155,7 @@ class LocalDeployment:
 
 
 def run_config(folder: Path, rounds: int, clients: int, interactions: Path | None = None) -> Path:
-    """The run's config: the model the devices' bundle was made for, secure aggregation on.
+    """The run's config: the model the devices' bundle was made for, secure aggregation and user-level DP on.
 
     ``interactions``: name this file as the run's data (``data.dataset = "file"``); the server
     must never open it, since its devices train on their stores.
@@ -188,6 +188,15 @@ round_timeout = 120
 connect_timeout = 60
 [secure_aggregation]
 enabled = true
+# User-level DP with distributed noise, as every fedrec run: each device adds its share inside the
+# masked sum. Sized for this demo's {clients} devices (delta below 1 / devices), not for utility.
+[privacy.user_level]
+enabled = true
+noise_placement = "distributed"
+clip_norm = 1.0
+noise_multiplier = 1.0
+min_surviving_devices = 2
+target_delta = 0.01
 """)
     return path
 

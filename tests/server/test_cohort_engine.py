@@ -30,6 +30,7 @@ def config_for(tmp_path: Path, engine: str, rounds: int = 4, **sections: dict) -
                    "devices_per_evaluation": 6, "server_learning_rate": 2.0},
         "simulation": {"failing_partitions": [3], "engine": engine},
         "output_dir": str(tmp_path / engine),
+        "private": False,
     }
     values.update(sections)
     return FederatedConfig.from_dict(values)

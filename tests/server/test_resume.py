@@ -33,6 +33,7 @@ def tiny_config(rounds: int = ROUNDS) -> FederatedConfig:
         "data": {"synthetic": {"n_users": 12, "n_items": 40, "seed": 2}},
         "model": {"name": "neumf", "options": {"gmf_dim": 4, "mlp_layers": [8, 4]}},
         "server": {"rounds": rounds, "devices_per_round": 6, "min_devices": 3},
+        "private": False,
     })
 
 

@@ -39,6 +39,8 @@ def tiny_config(tmp_path: Path, rounds: int) -> FederatedConfig:
                    "devices_per_evaluation": 6, "server_learning_rate": 2.0},
         "simulation": {"failing_partitions": [3]},
         "output_dir": str(tmp_path),
+        # Plain runs test the engine; each private mode is asked for where a test needs it.
+        "private": False,
     })
 
 
@@ -218,7 +220,7 @@ def test_resuming_a_finished_run_says_so_before_ray_starts(recorded_run, capsys)
 )
 def test_invalid_config_fails_before_ray_starts(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
     # NeuMF's defaults: without --model, fedrec simulate runs the private item k-NN main job.
-    code = main(["simulate", "--output-dir", str(tmp_path), "--model", "neumf", *flags])
+    code = main(["simulate", "--output-dir", str(tmp_path), "--model", "neumf", "--not-private", *flags])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

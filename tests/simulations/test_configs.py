@@ -33,6 +33,9 @@ def test_every_config_is_in_the_layout() -> None:
 @pytest.mark.parametrize("path", FEDERATED, ids=_name)
 def test_federated_configs_validate(path: Path) -> None:
     config = FederatedConfig.from_dict(read_toml(path)).validate()
+    # A config runs private, or says in the file that it does not (and its results say NOT PRIVATE).
+    assert config.privacy_shortfall() is None or config.private is False
+    assert config.require_private() is config
     assert config.server.rounds > 0
     # The folder says which dataset it runs on, the file name which model (and variant).
     assert path.parent.name == config.data.dataset

@@ -49,3 +49,29 @@ def test_flwr_run_defaults_to_the_private_main_job() -> None:
     pyproject = read_toml(ROOT / "pyproject.toml")
     default = pyproject["tool"]["flwr"]["app"]["config"]["config"]
     assert default == "simulations/configs/synthetic/item_knn.toml"
+
+
+@pytest.mark.parametrize(("sections", "reason"), [
+    ({}, "no differential privacy"),
+    ({"privacy": {"user_level": {"enabled": True, "target_delta": 1e-3}}}, "sees every device's update"),
+    ({"privacy": {"user_level": {"enabled": True, "target_delta": 1e-3, "noise_placement": "distributed"},
+                  "noise_source": "run_seed"}, "secure_aggregation": {"enabled": True}}, "run seed"),
+])
+def test_a_run_that_is_not_private_must_say_so(sections: dict, reason: str) -> None:
+    from recsys_core.errors import ConfigError
+
+    config = FederatedConfig.from_dict(sections)
+    assert reason in (config.privacy_shortfall() or "")
+    with pytest.raises(ConfigError, match=f"this run is not private: .*{reason}.*private = false"):
+        config.require_private()
+    assert FederatedConfig.from_dict({**sections, "private": False}).require_private().private is False
+
+
+@pytest.mark.parametrize("sections", [
+    # Local DP: each device adds its own noise, the mode for a device that trusts nobody.
+    {"privacy": {"local": {"enabled": True, "target_delta": 1e-3}}},
+    {"privacy": {"user_level": {"enabled": True, "target_delta": 1e-3, "noise_placement": "distributed"}},
+     "secure_aggregation": {"enabled": True}},
+])
+def test_dp_with_secret_noise_that_the_server_cannot_see_alone_is_private(sections: dict) -> None:
+    assert FederatedConfig.from_dict(sections).require_private().privacy_shortfall() is None
