@@ -26,7 +26,8 @@ near them. A vote is normalised by the two items' own weights (the table's diago
 ``co[j, i] / (d_j^(1/2) * d_i^similarity_exponent)``: 0.5 is cosine similarity, smaller
 exponents let popular items through. Items whose diagonal is below ``min_item_weight`` or
 ``noise_threshold`` standard deviations of the table's noise (estimated from its negative
-entries, so the model adapts to any epsilon by itself) neither vote nor receive votes. Every item also gets
+entries, so the model adapts to any epsilon by itself) neither vote nor receive votes;
+``pair_noise_threshold`` also shrinks every pair entry towards zero by that many deviations. Every item also gets
 ``prior_weight * log(1 + count)``, which alone ranks the items outside the neighbourhood.
 """
 
@@ -59,6 +60,10 @@ class ItemKNNConfig(ModelConfig):
     min_item_weight: float = 1.0
     #: ...nor below this many standard deviations of the table's noise (estimated from the table).
     noise_threshold: float = 3.0
+    #: Pair entries are shrunk towards zero by this many standard deviations of the noise (soft
+    #: thresholding). 0 keeps them; 2 suits epsilon 1 and below, where most pair entries are noise
+    #: (docs/benchmarks.md), and costs accuracy at epsilon 3 and above.
+    pair_noise_threshold: float = 0.0
     #: Weight of the log item counts added to every score (the popularity prior).
     prior_weight: float = 0.3
 
@@ -70,7 +75,7 @@ class ItemKNNConfig(ModelConfig):
             raise ConfigError(f"model.recency_decay: must be in (0, 1], got {self.recency_decay}")
         if self.history_length < 1:
             raise ConfigError(f"model.history_length: must be at least 1, got {self.history_length}")
-        for key in ("min_item_weight", "noise_threshold"):
+        for key in ("min_item_weight", "noise_threshold", "pair_noise_threshold"):
             if not (getattr(self, key) >= 0 and np.isfinite(getattr(self, key))):
                 raise ConfigError(f"model.{key}: must be non-negative and finite, got {getattr(self, key)}")
 
@@ -173,7 +178,10 @@ class ItemKNN(Recommender):
         diagonal = torch.diagonal(self.cooccurrence)
         active = diagonal >= self.item_weight_threshold()
         weight = torch.where(active, diagonal, torch.ones_like(diagonal))
-        similarities = self.cooccurrence / weight.sqrt().unsqueeze(1) / weight.pow(
+        # Soft-thresholding: an entry within `pair_noise_threshold` noise deviations of zero is noise.
+        shrink = self.config.pair_noise_threshold * estimated_noise_std(self.cooccurrence)
+        pairs = torch.sign(self.cooccurrence) * torch.clamp(self.cooccurrence.abs() - shrink, min=0.0)
+        similarities = pairs / weight.sqrt().unsqueeze(1) / weight.pow(
             self.config.similarity_exponent).unsqueeze(0)
         return similarities * (active.unsqueeze(1) & active.unsqueeze(0))
 

@@ -2,7 +2,8 @@
 
     python -m simulations.benchmarks.private_frontier --data-dir ../shared/datasets \\
         [--datasets ml-100k amazon-beauty amazon-sports] [--epsilons 1 3 8 inf] [--draws 3] \\
-        [--output runs/benchmarks/private-frontier.json] [--plot docs/private-frontier.png]
+        [--output runs/benchmarks/private-frontier.json] [--plot docs/private-frontier.png] \\
+        [--set neighbourhood_items=1000] [--skip-floor]
 
 For each dataset and epsilon it releases what a federated run of the main job releases
 (``recsys_core/federated/main_job.py``: every device in both rounds, distributed noise,
@@ -89,7 +90,7 @@ def private_popularity(split: DatasetSplit, sigma: float, generator: np.random.G
 
 
 def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: int, seed: int,
-            options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            options: dict[str, Any] | None = None, skip_floor: bool = False) -> list[dict[str, Any]]:
     """Every cell of one dataset; ``options`` are item k-NN's model options (its defaults otherwise)."""
     started = time.perf_counter()
     data = DataConfig(dataset=dataset, data_dir=data_dir)
@@ -108,7 +109,7 @@ def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: in
         private = math.isfinite(epsilon)
         floors: list[np.ndarray] = []
         for name, rounds, build in (("private popularity", 1, private_popularity), ("item_knn", 2, private_item_knn)):
-            if not private and name == "private popularity":
+            if name == "private popularity" and (skip_floor or not private):
                 continue
             sigma = noise_multiplier_for_budget(target_epsilon=epsilon, delta=delta, sampling_rate=1.0,
                                                 steps=rounds) if private else 0.0
@@ -119,7 +120,10 @@ def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: in
                     floors.append(values)
                 # Each item k-NN draw is paired with a private-popularity draw on the same users.
                 floor = paired_difference(values, floors[draw]) if floors and name == "item_knn" else None
-                rows.append({"dataset": dataset, "users": users, "model": name, "options": options or {},
+                label = name
+                if name == "item_knn" and options:
+                    label += " (" + ", ".join(f"{key} {value}" for key, value in sorted(options.items())) + ")"
+                rows.append({"dataset": dataset, "users": users, "model": label, "options": options or {},
                              "epsilon": epsilon, "delta": delta,
                              "noise_multiplier": sigma, "rounds": rounds, "draw": draw, "ndcg@10": float(values.mean()),
                              "popularity": float(baseline.mean()), "ratio": float(values.mean() / baseline.mean()),
@@ -189,7 +193,9 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=3, help="noise draws per private cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--neighbourhood-items", type=int, help="item k-NN's table size (default: the model's)")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="an item k-NN model option, e.g. neighbourhood_items=1000 (default: the model's)")
+    parser.add_argument("--skip-floor", action="store_true", help="measure item k-NN only (no private popularity)")
     parser.add_argument("--output", type=Path, default=Path("runs/benchmarks/private-frontier.json"))
     parser.add_argument("--plot", type=Path, help="PNG of NDCG@10 against epsilon")
     args = parser.parse_args()
@@ -197,8 +203,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for dataset in args.datasets:
-        options = {} if args.neighbourhood_items is None else {"neighbourhood_items": args.neighbourhood_items}
-        rows += measure(dataset, args.data_dir, args.epsilons, args.draws, args.seed, options)
+        options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+        rows += measure(dataset, args.data_dir, args.epsilons, args.draws, args.seed, options, args.skip_floor)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     print(table(rows))

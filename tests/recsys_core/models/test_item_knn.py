@@ -119,3 +119,18 @@ def test_more_noise_leaves_fewer_items_voting_and_the_prior_ranks_the_rest() -> 
     model.cooccurrence.add_(torch.from_numpy(np.random.default_rng(6).normal(0, 5.0, model.cooccurrence.shape))
                             .float())
     assert model.item_weight_threshold() == pytest.approx(model.config.noise_threshold * 5.0, rel=0.1)
+
+
+def test_pair_entries_within_the_noise_are_shrunk_to_zero() -> None:
+    model = build_model("item_knn", CatalogInfo(n_users=1, n_items=3), {"neighbourhood_items": 3,
+                                                                         "min_item_weight": 0.0,
+                                                                         "noise_threshold": 0.0,
+                                                                         "similarity_exponent": 0.5,
+                                                                         "pair_noise_threshold": 2.0})
+    # The one negative entry, -1, says the noise has std 1: entries within 2 of zero are noise.
+    table = torch.tensor([[9.0, 1.5, 5.0], [1.5, 4.0, -1.0], [5.0, -1.0, 16.0]])
+    model.cooccurrence.copy_(table)
+    similarities = model._similarities()
+    assert similarities[0, 1] == 0 and similarities[1, 2] == 0
+    # 5 shrunk by 2 is 3, over sqrt(9) * sqrt(16).
+    assert float(similarities[0, 2]) == pytest.approx(3.0 / 3.0 / 4.0)
