@@ -42,3 +42,18 @@ def test_an_empty_validation_set_is_a_clear_error_not_a_nan(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="the validation set is empty.*valid_fraction is above 0"):
         run_experiment(tiny(tmp_path, {"method": "random_holdout", "valid_fraction": 0.0}))
     assert not list(tmp_path.iterdir())
+
+
+def test_popularity_on_the_same_test_users_sits_beside_the_model(tmp_path: Path) -> None:
+    from recsys_core.data.sampling import SeenItems
+    from recsys_core.models import CatalogInfo, build_model
+    from recsys_core.training import evaluate_model
+
+    result = run_experiment(tiny(tmp_path, {"method": "leave_one_out"}))
+    metrics = strict_loads((result.run_directory / "metrics.json").read_text())
+    popularity = build_model("popularity", CatalogInfo.from_log(result.split.train))
+    popularity.fit_statistics(result.split.train)
+    seen = SeenItems.from_logs(result.split.train, result.split.valid, result.split.test)
+    expected = evaluate_model(popularity, result.split, "test", seen, ExperimentConfig().evaluation).means()
+    assert metrics["popularity_test"] == pytest.approx(expected)
+    assert set(metrics["test"]) <= set(metrics["popularity_test"])

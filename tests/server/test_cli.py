@@ -30,8 +30,11 @@ def test_train_writes_a_complete_run_directory(tmp_path: Path, capsys: pytest.Ca
     assert config["train"]["epochs"] == 2 and config["data"]["synthetic"]["n_users"] == 60
     versions = json.loads((run_directory / "environment.json").read_text())["packages"]
     assert versions["torch"] != "not installed"
+    # The table puts Popularity and the ratio beside the model, and says the run is not private.
+    out = capsys.readouterr().out
+    ratio = metrics["test"]["full/ndcg@10"] / metrics["popularity_test"]["full/ndcg@10"]
+    assert "x Popularity" in out and f"{ratio:.2f}" in out and "NOT PRIVATE" in out and "ndcg@10" in out
     assert len((run_directory / "history.jsonl").read_text().splitlines()) == 2
-    assert "ndcg@10" in capsys.readouterr().out
 
 
 def write_ml100k(folder: Path, ratings: bytes) -> Path:
