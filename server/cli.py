@@ -278,13 +278,35 @@ def command_datasets(args: argparse.Namespace) -> int:
     if not args.name:
         raise FedrecError(f"fedrec datasets {args.action}: name a dataset, e.g. ml-100k")
     if args.action == "info":
-        info = dataset_info(args.name, data_dir=args.data_dir)
-        for key, value in info.items():
-            console.print(f"[bold]{key}[/]: {value}")
+        console.print(dataset_info_table(dataset_info(args.name, data_dir=args.data_dir)))
         return 0
     path = download_dataset(args.name, data_dir=args.data_dir)
     console.print(f"{args.name} is ready in {path}")
     return 0
+
+
+def dataset_info_table(info: dict[str, Any]) -> Table:
+    """``fedrec datasets info`` as a two-column table: nested values one per line, empty ones left out."""
+    table = Table(title=f"Dataset {info.get('name', '')}", show_header=False)
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("", overflow="fold")
+    for key, value in info.items():
+        if key == "name" or value in ({}, [], "", None):
+            continue
+        if isinstance(value, dict):
+            value = "\n".join(f"{inner}: {_readable(item)}" for inner, item in value.items())
+        table.add_row(key, _readable(value))
+    return table
+
+
+def _readable(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
 
 def command_deploy(args: argparse.Namespace) -> int:
