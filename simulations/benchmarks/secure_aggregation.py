@@ -100,7 +100,7 @@ def cost(base: dict[str, Any], args: argparse.Namespace) -> None:
     for secure in (False, True, True, False):
         switches = [f"secure_aggregation.enabled={str(secure).lower()}"]
         if args.private and not secure:
-            switches.append("privacy.user_level.enabled=false")
+            switches += ["privacy.user_level.enabled=false", "private=false"]
         config = build_config(base, [*overrides, *switches])
         rounds, _ = simulate(config)
         measured[secure] += rounds[1:]
