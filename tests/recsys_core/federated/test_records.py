@@ -43,7 +43,8 @@ def test_a_record_survives_the_json_round_trip_with_its_accountant_history_as_da
     ({"unknown": 1}, "unknown config key(s) unknown"),
     ({"participants": 9}, "participants within [0, sampled = 4]"),
     ({"status": "skipped"}, "status 'skipped' with reason ''"),
-    ({"train_loss": float("nan")}, "train_loss must be finite"),
+    ({"train_loss": float("nan")}, "train_loss: is NaN"),
+    ({"train_loss": float("inf")}, "train_loss must be finite"),
 ])
 def test_a_malformed_record_is_one_error_naming_where_and_what(change: dict, words: str) -> None:
     values = {**full_record().to_dict(), **change}

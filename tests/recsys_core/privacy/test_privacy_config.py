@@ -33,7 +33,6 @@ def test_defaults_and_a_full_table_are_valid():
 @pytest.mark.parametrize(("config", "checks", "key"), [
     (both(local={"noise_multiplier": 0.0}), {}, "privacy.local.noise_multiplier"),
     (both(local={"noise_multiplier": -1.0}), {}, "privacy.local.noise_multiplier"),
-    (both(local={"noise_multiplier": math.nan}), {}, "privacy.local.noise_multiplier"),
     (both(user_level={"noise_multiplier": 0.0}), {}, "privacy.user_level.noise_multiplier"),
     (both(user_level={"noise_multiplier": math.inf}), {}, "privacy.user_level.noise_multiplier"),
     (both(local={"per_sample_clip_norm": 0.0}), {}, "privacy.local.per_sample_clip_norm"),
@@ -54,6 +53,12 @@ def test_bad_settings_raise_one_error_naming_the_key(config, checks, key):
     with pytest.raises(ConfigError) as caught:
         config.validate(**checks)
     assert str(caught.value).startswith(f"{key}: ")
+
+
+def test_a_nan_setting_is_refused_as_it_is_read():
+    # The config loader refuses NaN for every float key, before any range check could miss it.
+    with pytest.raises(ConfigError, match="privacy.local.noise_multiplier: is NaN"):
+        both(local={"noise_multiplier": math.nan})
 
 
 def test_the_delta_rules_accept_values_just_below_the_bound():
