@@ -171,3 +171,26 @@ def test_a_small_tau_lets_a_tiny_mean_update_move_a_weight_by_about_eta() -> Non
 def test_a_non_positive_tau_is_rejected(tau: float) -> None:
     with pytest.raises(ConfigError, match="server.adaptivity_tau"):
         ServerConfig(adaptivity_tau=tau).validate()
+
+
+@pytest.mark.parametrize("placement", ["central", "distributed"])
+def test_a_counting_models_round_changes_only_what_it_releases_whatever_a_device_sends(placement: str) -> None:
+    # Item k-NN's round 2 releases the co-occurrence table; a hostile device that also sends counts
+    # (which would carry no noise in that round) moves nothing, and central noise covers the table alone.
+    run = FederatedConfig.from_dict({
+        "model": {"name": "item_knn", "options": {"neighbourhood_items": 3}},
+        "server": {"rounds": 2, "devices_per_round": 2, "server_learning_rate": 2.0},
+        "privacy": {"user_level": {"enabled": True, "noise_multiplier": 1.0, "clip_norm": 1.0,
+                                   "target_delta": 1e-2, "noise_placement": placement,
+                                   "min_surviving_devices": 2}}})
+    current = {"item_counts": np.array([5.0, 3.0, 1.0, 0.5], dtype=np.float32),
+               "cooccurrence": np.zeros((3, 3), dtype=np.float32)}
+    honest = {"item_counts": np.zeros(4, dtype=np.float32), "cooccurrence": np.full((3, 3), 0.3, dtype=np.float32)}
+    hostile = {"item_counts": np.array([0.0, 0.0, 0.0, 0.9], dtype=np.float32),
+               "cooccurrence": np.zeros((3, 3), dtype=np.float32)}
+    summed = sum_plain_updates(run, current, [(honest, 1, float("nan")), (hostile, 1, float("nan"))])
+    result = apply_round(run, current, summed, server_optimizer(run), 2, np.random.default_rng(0))
+    np.testing.assert_array_equal(result.arrays["item_counts"], current["item_counts"])
+    assert not np.allclose(result.arrays["cooccurrence"], 0)
+    if placement == "central":
+        assert result.user_level is not None and result.user_level.noise_coordinates == 9
