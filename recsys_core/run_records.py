@@ -40,6 +40,14 @@ def new_run_directory(output_dir: str | Path, label: str) -> Path:
 INFINITY_TEXT = {1: "Infinity", -1: "-Infinity"}
 
 
+def decode_infinity(value: Any) -> Any:
+    """The float a run record spells ``"Infinity"`` or ``"-Infinity"``; any other value unchanged."""
+    for sign, text in INFINITY_TEXT.items():
+        if value == text:
+            return sign * math.inf
+    return value
+
+
 class NonFiniteValueError(FedrecError, ValueError):
     """A NaN on its way into a JSON file: it is no number, and strict JSON cannot hold it."""
 

@@ -17,6 +17,7 @@ from recsys_core.experiment import ModelSection
 from recsys_core.models import model_class
 from recsys_core.models.base import config_from_dict
 from recsys_core.privacy.config import PrivacyConfig
+from recsys_core.run_records import decode_infinity
 from recsys_core.secure_aggregation.config import SUPPORTED_STRATEGIES, SecureAggregationConfig
 from recsys_core.training import OptimizerName
 
@@ -160,8 +161,9 @@ class FederatedConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FederatedConfig:
+        """Builds from a config file's or a run's ``config.json`` values (which spell infinity ``"Infinity"``)."""
         _refuse_renamed_keys(values)
-        return dataclass_from_dict(cls, values)
+        return dataclass_from_dict(cls, values, decoders={float: decode_infinity})
 
     def validate(self, num_devices: int | None = None, min_local_examples: int | None = None) -> FederatedConfig:
         """Checks every section; with ``num_devices`` also that the sampling fits the federation.
@@ -188,6 +190,8 @@ class FederatedConfig:
                               devices_per_round=self.server.devices_per_round)
         if self.privacy.local.enabled:
             require_gradient_model(self.model.name, "privacy.local")
+        if self.privacy.user_level.enabled:
+            self.privacy.user_level.check_budget(self.server.rounds)
         if self.privacy.user_level.enabled and self.server.strategy not in ("fedavg", "fedadam"):
             # The server applies the noisy mean itself; only these two server optimisers are wired in.
             raise ConfigError(f"privacy.user_level: runs with server.strategy 'fedavg' or 'fedadam', "

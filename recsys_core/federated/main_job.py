@@ -47,6 +47,7 @@ def main_job_values(dataset: str) -> dict[str, Any]:
             "noise_placement": "distributed",
             "min_surviving_devices": int(SURVIVING_FRACTION * devices),
             "target_delta": MAIN_JOB_DELTA,
+            "target_epsilon": 8.0,
         }},
         "secure_aggregation": {"enabled": True},
     }

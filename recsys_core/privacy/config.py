@@ -86,6 +86,8 @@ class UserLevelPrivacyConfig:
     #: Must be below 1 / (number of users).
     target_delta: float = 1e-5
     accountant: AccountantName = "rdp"
+    #: The run's budget: it refuses to start when its rounds could spend more (inf: no budget set).
+    target_epsilon: float = math.inf
 
     def validate(self, num_users: int | None = None, devices_per_round: int | None = None) -> UserLevelPrivacyConfig:
         prefix = f"{SECTION}.user_level"
@@ -103,7 +105,32 @@ class UserLevelPrivacyConfig:
                               f"server.devices_per_round = {devices_per_round}; no round could ever count")
         _check_delta(f"{prefix}.target_delta", self.target_delta, num_users, "(number of users)")
         _check_accountant(f"{prefix}.accountant", self.accountant)
+        if not self.target_epsilon > 0:
+            raise ConfigError(f"{prefix}.target_epsilon: the budget must be positive, got {self.target_epsilon}")
         return self
+
+    def check_budget(self, rounds: int) -> None:
+        """Refuses a run whose ``rounds`` could spend more than ``target_epsilon``, naming the noise it needs.
+
+        The planned figure is the claimed, unamplified one with every device in every round:
+        what the ledger will state at most, whatever the sampling turns out to be.
+        """
+        if not math.isfinite(self.target_epsilon):
+            return
+        # Imported here: the accountants import Opacus, which costs seconds.
+        from recsys_core.privacy.accountant import ScheduleEntry, compute_epsilon, noise_multiplier_for_budget
+
+        planned = compute_epsilon([ScheduleEntry(self.noise_multiplier, 1.0, rounds)], self.target_delta,
+                                  self.accountant)
+        if planned > self.target_epsilon:
+            needed = noise_multiplier_for_budget(target_epsilon=self.target_epsilon, delta=self.target_delta,
+                                                 sampling_rate=1.0, steps=rounds, accountant=self.accountant)
+            raise ConfigError(
+                f"{SECTION}.user_level.target_epsilon: {rounds} rounds at noise_multiplier {self.noise_multiplier:g} "
+                f"can spend epsilon {planned:.3g} at delta {self.target_delta:g} ({self.accountant}, a device in every "
+                f"round, no amplification), above the budget {self.target_epsilon:g}; raise "
+                f"privacy.user_level.noise_multiplier to at least {math.ceil(needed * 1e4) / 1e4:g} (rounded up) or "
+                f"run fewer rounds")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 from recsys_core.config import ConfigKeyError, dataclass_from_dict, dataclass_to_dict
 from recsys_core.privacy.ledger.schema import FieldError, LedgerError, PrivacyLedger
 from recsys_core.privacy.ledger.verification import validate
+from recsys_core.run_records import decode_infinity
 
 _INFINITY = "Infinity"
 
@@ -22,10 +23,6 @@ def _encode(value: Any) -> Any:
     if isinstance(value, float) and math.isinf(value) and value > 0:
         return _INFINITY
     return value
-
-
-def _decode_float(value: Any) -> Any:
-    return math.inf if value == _INFINITY else value
 
 
 def ledger_to_dict(ledger: PrivacyLedger) -> dict[str, Any]:
@@ -43,7 +40,7 @@ def ledger_from_dict(values: Any, source: str | Path = "ledger") -> PrivacyLedge
     if not isinstance(values, dict):
         raise LedgerError(source, "ledger", f"expected an object, got {type(values).__name__}")
     try:
-        ledger = dataclass_from_dict(PrivacyLedger, values, decoders={float: _decode_float})
+        ledger = dataclass_from_dict(PrivacyLedger, values, decoders={float: decode_infinity})
         validate(ledger)
     except ConfigKeyError as error:
         raise LedgerError(source, error.key, error.reason) from None

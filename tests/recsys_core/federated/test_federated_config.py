@@ -23,3 +23,15 @@ def test_an_old_client_key_says_what_it_is_called_now(values: dict, words: str) 
 def test_the_device_keys_are_read() -> None:
     config = FederatedConfig.from_dict({"server": {"devices_per_round": 7, "min_devices": 2}})
     assert config.server.devices_per_round == 7 and config.server.min_devices == 2
+
+
+def test_a_run_config_with_an_infinite_budget_reads_back_from_its_strict_json(tmp_path) -> None:
+    # config.json spells infinity "Infinity" (strict JSON); resume and audit read it back as the same config.
+    import json
+
+    from recsys_core.run_records import write_json
+
+    config = FederatedConfig.from_dict({"privacy": {"user_level": {"target_epsilon": float("inf")}}})
+    write_json(tmp_path / "config.json", json.loads(config.to_json()))
+    assert '"Infinity"' in (tmp_path / "config.json").read_text()
+    assert FederatedConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == config

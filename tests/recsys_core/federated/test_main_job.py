@@ -75,3 +75,24 @@ def test_a_run_that_is_not_private_must_say_so(sections: dict, reason: str) -> N
 ])
 def test_dp_with_secret_noise_that_the_server_cannot_see_alone_is_private(sections: dict) -> None:
     assert FederatedConfig.from_dict(sections).require_private().privacy_shortfall() is None
+
+
+def test_a_run_that_could_spend_more_than_its_budget_is_refused_before_it_starts() -> None:
+    import re
+
+    from recsys_core.errors import ConfigError
+
+    values = main_job_values("ml-100k")
+    values["privacy"]["user_level"]["noise_multiplier"] = 0.7
+    with pytest.raises(ConfigError, match=r"privacy.user_level.target_epsilon: 2 rounds at noise_multiplier 0.7 "
+                                          r"can spend epsilon 9\.\d+ .* above the budget 8") as refused:
+        FederatedConfig.from_dict(values).validate()
+    # The noise it names is enough: the same run with it starts.
+    needed = float(re.search(r"at least ([0-9.]+)", str(refused.value)).group(1))
+    values["privacy"]["user_level"]["noise_multiplier"] = needed
+    assert FederatedConfig.from_dict(values).validate().privacy.user_level.noise_multiplier == needed
+    # A gradient model's 30 rounds at sigma 1 would spend far more than 8.
+    gradient = {"server": {"rounds": 30}, "privacy": {"user_level": {"enabled": True, "target_delta": 1e-3,
+                                                                       "target_epsilon": 8.0}}}
+    with pytest.raises(ConfigError, match="target_epsilon: 30 rounds"):
+        FederatedConfig.from_dict(gradient).validate()
