@@ -120,9 +120,26 @@ def privacy_table(privacy: dict[str, Any]) -> Table:
     return table
 
 
+#: The shipped configs, where a checkout or an editable install has them.
+CONFIGS = Path(__file__).resolve().parents[1] / "simulations" / "configs"
+
+
+def tuned_config(dataset: str | None, model: str | None, kind: str = "centralized") -> Path | None:
+    """The shipped config tuned for ``model`` on ``dataset``, if there is one (``kind``: its sub-folder)."""
+    if not dataset or not model:
+        return None
+    path = CONFIGS / dataset / kind / f"{model}.toml"
+    return path if path.is_file() else None
+
+
 def command_train(args: argparse.Namespace) -> int:
     from recsys_core.experiment import ExperimentConfig, run_experiment
 
+    if not args.config and (tuned := tuned_config(args.dataset, args.model)):
+        # A model chosen by name starts from its measured settings for that dataset; flags and --set still win.
+        console.print(f"Settings: {tuned.relative_to(CONFIGS.parents[1])} (tuned for {args.model} on {args.dataset}; "
+                      "--set KEY=VALUE overrides any of them)", highlight=False)
+        args.config = str(tuned)
     config = ExperimentConfig.from_dict(_config_values(args, TRAIN_FLAGS))
     console.print(f"Training [bold]{config.model.name}[/] on [bold]{config.data.dataset}[/] "
                   f"(seed {config.train.seed}); validation metric {config.train.validation_metric}")

@@ -111,3 +111,25 @@ def test_manifest_writes_what_the_server_may_know_and_says_how_to_pass_it(
     manifest = read_manifest(output)
     assert manifest.num_partitions == 60 and manifest.n_items == 80 and manifest.canaries is None
     assert f'manifest="{output}"' in capsys.readouterr().out.replace("\n", "")
+
+
+def test_a_model_chosen_by_name_starts_from_its_tuned_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import server.cli
+
+    configs = tmp_path / "simulations" / "configs"
+    (configs / "synthetic" / "centralized").mkdir(parents=True)
+    (configs / "synthetic" / "centralized" / "neumf.toml").write_text(
+        '[data]\ndataset = "synthetic"\n[data.synthetic]\nn_users = 60\nn_items = 50\n'
+        '[model]\nname = "neumf"\n[model.options]\ngmf_dim = 6\nmlp_layers = [12, 6]\n[train]\nepochs = 9\n')
+    monkeypatch.setattr(server.cli, "CONFIGS", configs)
+    runs = tmp_path / "runs"
+    argv = ["train", "--dataset", "synthetic", "--model", "neumf", "--epochs", "1", "--output-dir", str(runs)]
+    assert main(argv) == 0
+    assert "simulations/configs/synthetic/centralized/neumf.toml" in capsys.readouterr().out.replace("\n", "")
+    (run_directory,) = runs.iterdir()
+    config = json.loads((run_directory / "config.json").read_text())
+    # The tuned options, with the flag (--epochs 1) over the file's 9 epochs.
+    assert config["model"]["options"]["gmf_dim"] == 6 and config["train"]["epochs"] == 1
+    # A model without a tuned config for the dataset keeps the model's defaults, silently.
+    assert server.cli.tuned_config("synthetic", "sasrec") is None
