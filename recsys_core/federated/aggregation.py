@@ -62,19 +62,39 @@ def sum_plain_updates(config: FederatedConfig, current: Arrays,
     guarantee must not rest on devices clipping honestly. Distributed noise is already
     inside the updates, which must then not be clipped again (that would shrink the noise).
     """
-    user_level = config.privacy.user_level
-    if not user_level.enabled:
+    if not config.privacy.user_level.enabled:
         return _weighted_sum(current, updates)
-    total = {name: np.zeros(np.shape(value), dtype=np.float64) for name, value in current.items()}
-    largest_norm: float | None = None
+    running = UserLevelSum(config, current)
     for arrays, _, _ in updates:
+        running.add(arrays)
+    return running.round_sum()
+
+
+class UserLevelSum:
+    """The sum of user-level updates as they arrive, so a large round never holds them all at once.
+
+    Every update weighs 1 and the sum divides by nothing, so adding in chunks, in the same
+    order, gives the same float64 sum as adding the whole round at once. Under central noise
+    each update is clipped again here (the guarantee must not rest on devices clipping).
+    """
+
+    def __init__(self, config: FederatedConfig, current: Arrays) -> None:
+        self.user_level = config.privacy.user_level
+        self.total = {name: np.zeros(np.shape(value), dtype=np.float64) for name, value in current.items()}
+        self.count = 0
+        self.largest_norm: float | None = None
+
+    def add(self, arrays: Arrays) -> None:
         update = dict(arrays)
-        if user_level.noise_placement == "central":
-            update, norm = clip_update(update, user_level.clip_norm)
-            largest_norm = max(norm, largest_norm or 0.0)
-        for name in total:
-            total[name] += np.asarray(update[name], dtype=np.float64)
-    return RoundSum(total, float(len(updates)), len(updates), largest_update_norm=largest_norm)
+        if self.user_level.noise_placement == "central":
+            update, norm = clip_update(update, self.user_level.clip_norm)
+            self.largest_norm = max(norm, self.largest_norm or 0.0)
+        for name in self.total:
+            self.total[name] += np.asarray(update[name], dtype=np.float64)
+        self.count += 1
+
+    def round_sum(self) -> RoundSum:
+        return RoundSum(self.total, float(self.count), self.count, largest_update_norm=self.largest_norm)
 
 
 def _weighted_sum(current: Arrays, updates: Sequence[tuple[Arrays, int, float]]) -> RoundSum:
