@@ -162,24 +162,31 @@ class ItemKNN(Recommender):
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
         config = self.config
         normalised = self.cached_inference("normalised", (self.cooccurrence,), self._similarities)
-        neighbourhood = torch.from_numpy(self.neighbourhood())
+        neighbourhood = self.cached_inference("neighbourhood", (self.item_counts,),
+                                              lambda: torch.from_numpy(self.neighbourhood()))
         prior = config.prior_weight * torch.log1p(torch.clamp(self.item_counts, min=0.0))
         votes = torch.from_numpy(self._history_weights(users, history))[:, neighbourhood]
         scores = prior.unsqueeze(0).repeat(len(users), 1)
         scores[:, neighbourhood] += votes @ normalised
         return scores
 
-    def item_weight_threshold(self) -> float:
-        """The diagonal weight an item needs to vote and be voted for: ``min_item_weight``, or more under noise."""
-        return max(self.config.min_item_weight, self.config.noise_threshold * estimated_noise_std(self.cooccurrence))
+    def item_weight_threshold(self, noise_std: float | None = None) -> float:
+        """The diagonal weight an item needs to vote and be voted for: ``min_item_weight``, or more under noise.
+
+        ``noise_std``: the table's estimated noise, when the caller has it already.
+        """
+        if noise_std is None:
+            noise_std = estimated_noise_std(self.cooccurrence)
+        return max(self.config.min_item_weight, self.config.noise_threshold * noise_std)
 
     def _similarities(self) -> torch.Tensor:
         """The co-occurrence table normalised by both items' weights, zero for items below the threshold."""
+        noise_std = estimated_noise_std(self.cooccurrence)
         diagonal = torch.diagonal(self.cooccurrence)
-        active = diagonal >= self.item_weight_threshold()
+        active = diagonal >= self.item_weight_threshold(noise_std)
         weight = torch.where(active, diagonal, torch.ones_like(diagonal))
         # Soft-thresholding: an entry within `pair_noise_threshold` noise deviations of zero is noise.
-        shrink = self.config.pair_noise_threshold * estimated_noise_std(self.cooccurrence)
+        shrink = self.config.pair_noise_threshold * noise_std
         pairs = torch.sign(self.cooccurrence) * torch.clamp(self.cooccurrence.abs() - shrink, min=0.0)
         similarities = pairs / weight.sqrt().unsqueeze(1) / weight.pow(
             self.config.similarity_exponent).unsqueeze(0)
