@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +33,50 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], object], keep
         Path(temporary).unlink(missing_ok=True)
         raise
     # The rename is durable only once the folder's entry is.
-    folder = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def previous_folder(folder: Path) -> Path:
+    """Where :func:`replace_folder` keeps the old folder for the instant between its two renames."""
+    return folder.parent / f".{folder.name}.previous"
+
+
+def replace_folder(staging: Path, folder: Path) -> None:
+    """Puts the fully written ``staging`` folder in ``folder``'s place.
+
+    A folder cannot be renamed over a non-empty one, so the old one moves aside first: a
+    process killed between the two renames leaves the old folder whole at
+    :func:`previous_folder`, and the next call (or a reader's error) puts it back.
+    """
+    previous = previous_folder(folder)
+    if previous.exists() and not folder.exists():
+        os.replace(previous, folder)  # an earlier call was killed between its renames
+    shutil.rmtree(previous, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, previous)
+    os.replace(staging, folder)
+    _fsync_folder(folder.parent)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def staging_folder(folder: Path) -> Path:
+    """A new empty folder beside ``folder`` to write its next version into."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+
+
+def _fsync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(handle)
     finally:
-        os.close(folder)
+        os.close(handle)

@@ -133,7 +133,7 @@ class RoundLoop(ABC):
             shared = checkpoint.shared_parameters
             optimizer.restore(checkpoint.strategy_state)
             first_round = checkpoint.completed_round + 1
-            self.run_directory.truncate_rounds(checkpoint.completed_round)
+            self.run_directory.rewind_to(checkpoint)
             logger.info("Resuming after round %d", checkpoint.completed_round)
         for server_round in range(first_round, config.server.rounds + 1):
             shared = self.train_round(optimizer, shared, server_round)
@@ -172,7 +172,10 @@ class RoundLoop(ABC):
             user_level=result.user_level, validation=validation, evaluation_failures=evaluation_failures,
             seconds=time.perf_counter() - started)
         self.save_device_states(server_round)
-        self.run_directory.write_checkpoint(Checkpoint(server_round, result.arrays, optimizer.state()))
+        # The checkpoint, record included, is the round's commit; the line in rounds.jsonl follows it
+        # and is replayed from it if the run dies in between (RunDirectory.rewind_to).
+        self.run_directory.write_checkpoint(Checkpoint(server_round, result.arrays, optimizer.state(),
+                                                       record.to_dict()))
         self.run_directory.append_round(record)
         if self.on_round is not None:
             self.on_round(record)

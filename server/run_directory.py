@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 from recsys_core.audit import hash_chain
 from recsys_core.errors import FedrecError
 from recsys_core.federated.records import RoundRecord, round_record_from_dict
-from recsys_core.files import write_atomically
+from recsys_core.files import file_sha256, write_atomically
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, load_ledger
 from recsys_core.run_records import strict_json_dumps, write_json
 
@@ -93,9 +94,21 @@ def _round_span(rounds: list[int]) -> str:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A completed round's commit: the global model, the server optimiser's state and the round's record.
+
+    The record (unchained, :meth:`RoundRecord.to_dict`) travels inside the checkpoint because the
+    checkpoint is the commit point: a run killed after it but before ``rounds.jsonl`` got the line
+    replays the record from here on resume, so no kill point loses a round's evidence.
+    """
+
     completed_round: int
     shared_parameters: dict[str, np.ndarray]
     strategy_state: dict[str, np.ndarray]
+    record: dict[str, Any] | None = None
+
+
+class TornRecordError(FedrecError):
+    """The last line of ``rounds.jsonl`` is incomplete: the run was killed while appending it."""
 
 
 class RunDirectory:
@@ -136,19 +149,35 @@ class RunDirectory:
             os.fsync(stream.fileno())
         self._chain_head = chained[hash_chain.CHAIN_KEY]["hash"]
 
-    def read_round_lines(self) -> list[dict[str, Any]]:
-        """The records as written, for the hash chain (which must hash exactly what is on disk)."""
+    def read_round_lines(self, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
+        """The records as written, for the hash chain (which must hash exactly what is on disk).
+
+        A last line that does not parse is a torn append (the run was killed while writing it):
+        :class:`TornRecordError` says so and how to repair it, unless ``drop_torn_tail`` (resume,
+        which replays that round's record from the checkpoint). Any other bad line is damage.
+        """
+        return [json.loads(line) for line in self._raw_round_lines(drop_torn_tail)]
+
+    def _raw_round_lines(self, drop_torn_tail: bool) -> list[str]:
         if not self.rounds_file.exists():
             return []
-        records = []
-        for number, line in enumerate(self.rounds_file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        try:
+            lines = [line for line in self.rounds_file.read_text(encoding="utf-8").split("\n") if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise FedrecError(f"{self.rounds_file}: unreadable ({error}); restore it from a backup") from None
+        for number, line in enumerate(lines, start=1):
             try:
-                records.append(json.loads(line))
+                json.loads(line)
             except json.JSONDecodeError:
-                raise FedrecError(f"{self.rounds_file}, line {number}: not a JSON round record") from None
-        return records
+                if number < len(lines):
+                    raise FedrecError(f"{self.rounds_file}, line {number}: not a JSON round record (damaged); "
+                                      "restore the file from a backup") from None
+                if drop_torn_tail:
+                    return lines[:-1]
+                raise TornRecordError(f"{self.rounds_file}, line {number}: incomplete (the run was killed while "
+                                      f"writing it); `fedrec simulate --resume {self.path}` repairs it from the "
+                                      "checkpoint") from None
+        return lines
 
     def read_rounds(self) -> list[RoundRecord]:
         """The typed round records; a line that breaks the schema is one error naming the file and line."""
@@ -161,10 +190,12 @@ class RunDirectory:
         Raises :class:`NothingToResumeError` when the run is sealed and summarised and every
         one of the ``rounds`` configured rounds is recorded, and one :class:`FedrecError`
         naming the file when the records and the checkpoint disagree. Records of rounds after the checkpoint
-        are an interrupted round (dropped on resume); a round up to the checkpoint without
-        its record, or records without a checkpoint, would leave a gap in the record chain.
+        are an interrupted round (dropped on resume). The checkpoint's own round may lack its line
+        (killed between the checkpoint and the append, or while appending): resume replays it from
+        the checkpoint. Any other round up to the checkpoint without its record, or records without a
+        checkpoint, would leave a gap in the record chain.
         """
-        lines = self.read_round_lines()
+        lines = self.read_round_lines(drop_torn_tail=True)
         recorded: list[int] = []
         for number, values in enumerate(lines, start=1):
             value = values.get("round")
@@ -188,7 +219,10 @@ class RunDirectory:
             raise FedrecError(f"cannot resume: {where}, past server.rounds = {rounds}; resume with "
                               f"--set server.rounds=N, N ≥ {last}; nothing was changed")
         mismatch = "the records do not match the checkpoint; nothing was changed"
-        if missing := sorted(set(range(1, last + 1)) - set(recorded)):
+        missing = sorted(set(range(1, last + 1)) - set(recorded))
+        if missing == [last] and checkpoint.record is not None and len(recorded) == last - 1:
+            missing = []  # the checkpoint's round, committed but not yet appended: rewind_to replays it
+        if missing:
             raise FedrecError(f"cannot resume: {self.rounds_file} holds {_round_span(recorded)} but {where}: "
                               f"{_round_span(missing)} {'has' if len(missing) == 1 else 'have'} no record; {mismatch}")
         for index, number in enumerate(recorded):
@@ -197,11 +231,22 @@ class RunDirectory:
                                   f"order (repeated or moved), and {where}; {mismatch}")
         return last
 
-    def truncate_rounds(self, last_round: int) -> None:
-        """Drops records of rounds after ``last_round`` (a round interrupted before its checkpoint)."""
-        kept = [record for record in self.read_round_lines() if record.get("round", 0) <= last_round]
-        self._chain_head = None
-        self.rounds_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+    def rewind_to(self, checkpoint: Checkpoint) -> None:
+        """Makes ``rounds.jsonl`` end with the checkpoint's round, atomically, before a resumed run goes on.
+
+        Drops records of rounds after it (an interrupted round) and a torn last line, and appends
+        the checkpoint's own record when the run was killed before it reached the file.
+        """
+        kept = [line for line in self._raw_round_lines(drop_torn_tail=True)
+                if json.loads(line).get("round", 0) <= checkpoint.completed_round]
+        self._chain_head = hash_chain.head_of([json.loads(line) for line in kept], self.genesis())
+        recorded = json.loads(kept[-1]).get("round") if kept else 0
+        if checkpoint.record is not None and recorded == checkpoint.completed_round - 1:
+            chained = hash_chain.linked(checkpoint.record, self._chain_head)
+            kept.append(strict_json_dumps(chained, self.rounds_file, sort_keys=True))
+            self._chain_head = chained[hash_chain.CHAIN_KEY]["hash"]
+        text = "".join(line + "\n" for line in kept)
+        write_atomically(self.rounds_file, lambda stream: stream.write(text.encode("utf-8")))
 
     def seal(self, ledger: Path | None) -> str:
         """Writes the chain's seal over the rounds and the ledger file; returns the head hash to keep."""
@@ -243,37 +288,53 @@ class RunDirectory:
                 "expected_head_checked": expected_head is not None}
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Writes the checkpoint atomically: arrays first, then the manifest that names the round."""
+        """Commits a round: the arrays first, then ``latest.json`` naming them (with their sha256) and the
+        round's record, renamed into place in one step."""
         folder = self.path / "checkpoint"
         folder.mkdir(exist_ok=True)
         arrays = {f"shared/{k}": v for k, v in checkpoint.shared_parameters.items()}
         arrays.update({f"strategy/{k}": v for k, v in checkpoint.strategy_state.items()})
-        write_atomically(folder / f"round-{checkpoint.completed_round}.npz",
-                         lambda stream: np.savez(stream, **arrays))  # type: ignore[arg-type]
+        name = f"round-{checkpoint.completed_round}.npz"
+        write_atomically(folder / name, lambda stream: np.savez(stream, **arrays))  # type: ignore[arg-type]
         write_json(folder / "latest.json", {"format": CHECKPOINT_FORMAT, "completed_round": checkpoint.completed_round,
-                                            "arrays": f"round-{checkpoint.completed_round}.npz"})
+                                            "arrays": name, "arrays_sha256": file_sha256(folder / name),
+                                            "record": checkpoint.record})
         for stale in folder.glob("round-*.npz"):
-            if stale.name != f"round-{checkpoint.completed_round}.npz":
+            if stale.name != name:
                 stale.unlink(missing_ok=True)
 
     def read_checkpoint(self) -> Checkpoint | None:
-        """The last completed round's checkpoint, or ``None`` if the run never completed a round."""
+        """The last completed round's checkpoint, or ``None`` if the run never completed a round.
+
+        Anything wrong with it (damaged JSON, a flipped byte in the arrays, a missing file) is one
+        :class:`FedrecError` naming the folder.
+        """
         manifest_path = self.path / "checkpoint" / "latest.json"
         if not manifest_path.exists():
             return None
+        damaged = f"{manifest_path.parent}: checkpoint is damaged"
+        advice = "start a new run, or restore the folder from a backup"
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if manifest.get("format") != CHECKPOINT_FORMAT:
-                raise FedrecError(f"{manifest_path}: unknown checkpoint format {manifest.get('format')!r}")
-            with np.load(manifest_path.parent / manifest["arrays"]) as stored:
+            if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+                raise FedrecError(f"{manifest_path}: not a checkpoint of format {CHECKPOINT_FORMAT}; {advice}")
+            arrays_path = manifest_path.parent / str(manifest["arrays"])
+            if file_sha256(arrays_path) != manifest["arrays_sha256"]:
+                raise FedrecError(f"{damaged} ({arrays_path.name}: sha256 does not match latest.json); {advice}")
+            with np.load(arrays_path, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, KeyError) as error:
-            raise FedrecError(f"{manifest_path.parent}: checkpoint is unreadable ({error}); "
-                              "start a new run or restore the folder from a backup") from None
+            completed_round = manifest["completed_round"]
+            record = manifest.get("record")
+            if not isinstance(completed_round, int) or not (record is None or isinstance(record, dict)):
+                raise FedrecError(f"{damaged} (latest.json: bad completed_round or record); {advice}")
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, EOFError,
+                zipfile.BadZipFile) as error:
+            raise FedrecError(f"{damaged} ({type(error).__name__}: {error}); {advice}") from None
         return Checkpoint(
-            completed_round=int(manifest["completed_round"]),
+            completed_round=completed_round,
             shared_parameters={k.removeprefix("shared/"): v for k, v in arrays.items() if k.startswith("shared/")},
             strategy_state={k.removeprefix("strategy/"): v for k, v in arrays.items() if k.startswith("strategy/")},
+            record=record,
         )
 
     def write_plots(self, rounds: list[RoundRecord]) -> Path | None:

@@ -144,15 +144,6 @@ def _verify(
             )
 
 
-def file_sha256(path: str | Path) -> str:
-    """The hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def extract_zip(archive: str | Path, destination: str | Path) -> list[Path]:
     """Unzips ``archive`` into ``destination`` and returns the extracted files.
 

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from recsys_core.data.amazon import load_amazon_sequences
-from recsys_core.data.download import DownloadError, download_file, extract_zip, file_sha256
+from recsys_core.data.download import DownloadError, download_file, extract_zip
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.movielens import (
     load_movielens_1m,
@@ -33,6 +33,7 @@ from recsys_core.data.movielens import (
     load_movielens_csv,
 )
 from recsys_core.errors import ConfigError, DataFormatError, DatasetNotFoundError
+from recsys_core.files import file_sha256
 
 DATA_DIR_ENV = "FEDREC_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/fedrec/datasets")

@@ -36,3 +36,43 @@ def test_another_schema_version_is_refused(tmp_path: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
     with pytest.raises(BundleError, match="schema version 99"):
         read_bundle(folder)
+
+
+def same_bundle(first: ModelBundle, second: ModelBundle) -> bool:
+    return (first.model, first.options, first.n_items, first.metadata) == \
+        (second.model, second.options, second.n_items, second.metadata) and \
+        all(np.array_equal(first.shared_parameters[n], second.shared_parameters[n]) for n in first.shared_parameters)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "parameters.npz", "catalog.npz"])
+def test_every_flipped_byte_is_refused_with_a_bundle_error_or_changes_nothing(tmp_path: Path, name: str) -> None:
+    folder = write_bundle(tmp_path / "b", BUNDLE)
+    original = (folder / name).read_bytes()
+    positions = np.random.default_rng(5).choice(len(original), size=min(100, len(original)), replace=False)
+    refused = 0
+    for position in positions:
+        damaged = bytearray(original)
+        damaged[position] ^= 0xFF
+        (folder / name).write_bytes(bytes(damaged))
+        try:
+            loaded = read_bundle(folder)
+        except BundleError:
+            refused += 1
+        else:  # a flip in JSON whitespace, say, leaves the content as it was
+            assert same_bundle(loaded, BUNDLE), position
+    (folder / name).write_bytes(original)
+    assert refused >= 0.9 * len(positions)
+
+
+def test_a_rewrite_replaces_the_old_bundle_whole_and_a_kill_between_renames_is_named(tmp_path: Path) -> None:
+    folder = write_bundle(tmp_path / "b", BUNDLE)
+    newer = ModelBundle("neumf", {"gmf_dim": 4}, 3, {"item.weight": np.ones((3, 2), dtype=np.float32)}, {"rounds": 3})
+    write_bundle(folder, newer)
+    assert same_bundle(read_bundle(folder), newer) and not (folder / "catalog.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging or previous folder left behind
+    # A writer killed between its two renames leaves the old bundle whole, beside the missing one.
+    folder.rename(tmp_path / ".b.previous")
+    with pytest.raises(BundleError, match=r"b: missing, but an interrupted update left the previous bundle at "):
+        read_bundle(folder)
+    write_bundle(folder, BUNDLE)  # the next write puts things right
+    assert same_bundle(read_bundle(folder), BUNDLE) and sorted(p.name for p in tmp_path.iterdir()) == ["b"]

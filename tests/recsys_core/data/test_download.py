@@ -18,9 +18,9 @@ from recsys_core.data.download import (
     DownloadError,
     download_file,
     extract_zip,
-    file_sha256,
 )
 from recsys_core.errors import DataFormatError, DatasetNotFoundError
+from recsys_core.files import file_sha256
 
 PAYLOAD = b"user\titem\n" * 5000
 
