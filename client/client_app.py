@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -35,6 +34,7 @@ from recsys_core.federated.data import FederatedData, load_federated_data
 from recsys_core.federated.device import evaluate_on_device, train_on_device
 from recsys_core.federated.secure_payload import evaluation_values, training_values
 from recsys_core.federated.state import DeviceState
+from recsys_core.federated.state_file import device_state_file, state_for_round, write_generation
 from recsys_core.federated.wire import (
     CONFIG_KEY,
     CONFIG_RECORD,
@@ -50,11 +50,9 @@ from recsys_core.federated.wire import (
     EvaluateReply,
     TrainReply,
 )
-from recsys_core.files import write_atomically
 from recsys_core.privacy.accountant import PrivacyAccountant
 
 DEVICE_STATE_RECORD = "fedrec.device-state"
-ROUND_TAG = "meta/written-in-round"
 
 app = ClientApp()
 
@@ -103,35 +101,21 @@ def _device_state_file(context: Context, partition_id: int) -> Path | None:
     """The device's own state file: its node config's folder, else the simulation launcher's; None keeps
     the state in ``Context.state`` only."""
     folder = context.node_config.get(DEVICE_STATE_DIR_NODE_KEY) or os.environ.get(DEVICE_STATE_DIR_ENV)
-    return Path(str(folder)) / f"device-{partition_id}.npz" if folder else None
+    return device_state_file(str(folder), partition_id) if folder else None
 
 
 def read_device_state(context: Context, state_file: Path | None, server_round: int) -> DeviceState | None:
-    """The device's state from ``Context.state``, else from its durable store (after a restart).
-
-    The store keeps the two latest generations, each tagged with the round that wrote it:
-    a run resumed in the middle of round ``r`` must start from the state before round ``r``.
-    """
+    """The device's state from ``Context.state``, else from its durable store after a restart
+    (:func:`~recsys_core.federated.state_file.state_for_round`: the accountant never goes back)."""
     if DEVICE_STATE_RECORD in context.state.array_records:
         return DeviceState.from_arrays(record_arrays(context.state.array_records[DEVICE_STATE_RECORD]))
-    if state_file is None:
-        return None
-    for candidate in (state_file, state_file.with_suffix(".previous.npz")):
-        if candidate.exists():
-            with np.load(candidate) as stored:
-                if int(stored[ROUND_TAG]) < server_round:
-                    return DeviceState.from_arrays({n: stored[n] for n in stored.files if n != ROUND_TAG})
-    return None
+    return None if state_file is None else state_for_round(state_file, server_round)
 
 
 def write_device_state(context: Context, state: DeviceState, state_file: Path | None, server_round: int) -> None:
-    arrays = state.to_arrays()
-    context.state[DEVICE_STATE_RECORD] = array_record(arrays)
-    if state_file is None:
-        return
-    # The device's disk: the new generation is written atomically beside the previous one.
-    write_atomically(state_file, lambda stream: np.savez(stream, **arrays, **{ROUND_TAG: np.array(server_round)}),  # type: ignore[arg-type]
-                     keep_previous=state_file.with_suffix(".previous.npz"))
+    context.state[DEVICE_STATE_RECORD] = array_record(state.to_arrays())
+    if state_file is not None:  # durable before the update leaves the device: its spend is on disk first
+        write_generation(state_file, state, server_round)
 
 
 @app.train()

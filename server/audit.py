@@ -29,8 +29,10 @@ import torch
 
 from recsys_core.audit.canaries import CANARIES_FILE, CanaryPlan, without_canaries
 from recsys_core.audit.formal import (
+    DEVICE_ACCOUNTANTS_CHECK,
     Check,
     check_against_log,
+    check_device_accountants,
     guarantee_statement,
     recompute_with_two_accountants,
 )
@@ -55,7 +57,7 @@ from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.privacy.ledger import PrivacyLedger
 from recsys_core.run_records import write_json
-from server.run_directory import open_run_directory
+from server.run_directory import RunDirectory, open_run_directory
 
 AUDIT_FILE = "audit.json"
 REPORT_FILE = "audit.md"
@@ -114,6 +116,8 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
             formal_checks.append(Check("round records follow the schema", False, str(error)))
         else:
             formal_checks += check_against_log(ledger, json.loads(config_path.read_text(encoding="utf-8")), rounds)
+        if ledger.local is not None:
+            formal_checks += _device_spend_checks(directory, ledger)
     elif ledger_problem:
         formal_checks = [Check("privacy ledger readable", False, ledger_problem)]
     claims = _claims(ledger, config)
@@ -134,6 +138,15 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
     _write_plot(directory.path / PLOT_FILE, result)
     (directory.path / REPORT_FILE).write_text(report_markdown(result), encoding="utf-8")
     return result
+
+
+def _device_spend_checks(directory: RunDirectory, ledger: PrivacyLedger) -> list[Check]:
+    """The simulated devices' own accountants against the ledger (none when devices kept their state elsewhere)."""
+    try:
+        accountants = directory.device_accountants()
+    except (FedrecError, ValueError) as error:
+        return [Check(DEVICE_ACCOUNTANTS_CHECK, False, f"cannot read the devices' state: {error}")]
+    return [] if accountants is None else [check_device_accountants(ledger, accountants)]
 
 
 #: The two things an observer may hold, and whose guarantee covers each.

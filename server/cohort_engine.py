@@ -28,7 +28,7 @@ from recsys_core.evaluation import metric_names
 from recsys_core.federated.aggregation import Arrays, RoundSum, UserLevelSum, add_round_sums, sum_plain_updates
 from recsys_core.federated.cohort import DeviceError, DeviceProgress, evaluate_cohort, train_cohort
 from recsys_core.federated.cohort_batch import evaluate_cohort_batched, evaluation_blockers, train_one_step_cohort
-from recsys_core.federated.cohort_state import CohortStates
+from recsys_core.federated.cohort_state import COHORT_STATES_FILE, CohortStates
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData
 from recsys_core.federated.manifest import FederationManifest
@@ -39,12 +39,12 @@ from recsys_core.training import torch_threads
 from server.round_loop import RoundCallback, RoundLoop, TrainingExchange, sum_evaluations
 from server.run_directory import RunDirectory
 
+__all__ = ["COHORT_STATES_FILE", "STREAM_CHUNK", "CohortRun"]
+
 logger = logging.getLogger("fedrec.server")
 
 #: Devices whose user-level updates are held at once before they are added to the round's sum.
 STREAM_CHUNK = 1024
-
-COHORT_STATES_FILE = "cohort-states.npz"
 
 
 class CohortRun(RoundLoop):

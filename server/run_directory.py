@@ -32,8 +32,11 @@ import numpy as np
 
 from recsys_core.audit import hash_chain
 from recsys_core.errors import FedrecError
+from recsys_core.federated.cohort_state import COHORT_STATES_FILE, CohortStates, previous_generation
 from recsys_core.federated.records import RoundRecord, round_record_from_dict
+from recsys_core.federated.state_file import read_generations
 from recsys_core.files import file_sha256, write_atomically
+from recsys_core.privacy.accountant import PrivacyAccountant
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, load_ledger
 from recsys_core.run_records import strict_json_dumps, write_json
 
@@ -268,6 +271,23 @@ class RunDirectory:
             return load_ledger(self.ledger_file), None
         except LedgerError as error:
             return None, str(error)
+
+    def device_accountants(self) -> dict[int, PrivacyAccountant] | None:
+        """What each simulated device's own accountant says it spent (its newest state in ``devices/``), or None
+        when the run directory holds no device state (deployed devices keep theirs on their own disks)."""
+        cohort = self.devices / COHORT_STATES_FILE
+        if cohort.exists() or previous_generation(cohort).exists():
+            states = CohortStates.load_newest(cohort).states
+        else:
+            files = [path for path in sorted(self.devices.glob("device-*.npz")) if ".previous" not in path.name]
+            if not files:
+                return None
+            states = {}
+            for path in files:
+                if generations := read_generations(path):
+                    states[int(path.stem.removeprefix("device-"))] = generations[-1][1]
+        return {partition: PrivacyAccountant.from_dict(state.privacy_accountant)
+                for partition, state in states.items() if state.privacy_accountant is not None}
 
     def verify_integrity(self, expected_head: str | None) -> dict[str, Any]:
         """The hash chain over config, rounds and ledger, checked against the seal (and the head kept outside)."""

@@ -26,7 +26,7 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 
 from recsys_core.federated.records import RoundRecord
-from recsys_core.privacy.accountant import ScheduleEntry
+from recsys_core.privacy.accountant import PrivacyAccountant, ScheduleEntry, compute_epsilon
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, verify
 from recsys_core.privacy.secrets import NOT_PRIVATE_WARNING
 
@@ -180,6 +180,41 @@ def _local_checks(ledger: PrivacyLedger, configured: Mapping[str, Any],
                         f"largest device epsilon {local.epsilon.maximum:.4g} against the budget "
                         f"{local.target_epsilon:g}" + (f"; {len(over)} devices over it" if over else "")))
     return checks
+
+
+DEVICE_ACCOUNTANTS_CHECK = "devices' own accountants within the ledger and the budget"
+
+
+def check_device_accountants(ledger: PrivacyLedger, accountants: Mapping[int, PrivacyAccountant]) -> Check:
+    """What each device's own accountant says it spent against the ledger's record of it and the budget.
+
+    The ledger is built from what devices reported; a device whose spend never reached the
+    server (its update left, then the server lost the round) would be under-counted there.
+    Its own accountant, read from its state, is the ground truth this check holds the ledger to.
+    """
+    assert ledger.local is not None
+    local = ledger.local
+    recorded = {device.device_id: device for device in ledger.devices}
+    epsilon_of: dict[tuple[ScheduleEntry, ...], float] = {}
+    problems = []
+    for partition, accountant in sorted(accountants.items()):
+        device = recorded.get(str(partition))
+        if device is not None and accountant.history == device.local_schedule:
+            continue  # the same spend: the ledger's own checks cover its epsilon
+        if accountant.history not in epsilon_of:
+            epsilon_of[accountant.history] = compute_epsilon(accountant.history, local.delta, accountant.name)
+        own = epsilon_of[accountant.history]
+        logged = device.local_epsilon if device is not None and device.local_epsilon is not None else 0.0
+        if own > logged * (1 + 1e-9) or own > local.target_epsilon * (1 + 1e-9):
+            problems.append(f"device {partition}: its accountant has spent epsilon {own:.4g} "
+                            f"({accountant.total_steps} steps), the ledger records {logged:.4g}, budget "
+                            f"{local.target_epsilon:g}")
+    if problems:
+        return Check(DEVICE_ACCOUNTANTS_CHECK, False, f"{len(problems)} devices spent more than the ledger says or "
+                                                      f"their budget allows, e.g. {problems[0]}")
+    return Check(DEVICE_ACCOUNTANTS_CHECK, True, f"{len(accountants)} devices' own accountants (their state in the "
+                                                 "run directory) spent no more than the ledger records, within "
+                                                 f"the budget {local.target_epsilon:g}")
 
 
 def _user_level_checks(ledger: PrivacyLedger, config: Mapping[str, Any],

@@ -22,12 +22,19 @@ import numpy as np
 
 from recsys_core.errors import FedrecError
 from recsys_core.federated.state import Arrays, DeviceState
+from recsys_core.federated.state_file import previous_generation
 from recsys_core.files import write_atomically
 
 STORE_FORMAT = 1
 ROUND_KEY = "meta/completed-round"
 FORMAT_KEY = "meta/format"
 MAX_DIMS = 4
+
+
+__all__ = ["COHORT_STATES_FILE", "CohortStates", "CohortStoreError", "previous_generation"]
+
+#: The cohort engine's one file of every device's state, in the run's devices/ folder.
+COHORT_STATES_FILE = "cohort-states.npz"
 
 
 class CohortStoreError(FedrecError):
@@ -107,17 +114,7 @@ class CohortStates:
     def load(cls, path: Path, completed_round: int) -> CohortStates:
         """The generation written after ``completed_round``; :class:`CohortStoreError` when neither has it."""
         found = []
-        for candidate in (path, previous_generation(path)):
-            if not candidate.exists():
-                continue
-            try:
-                with np.load(candidate, allow_pickle=False) as stored:
-                    arrays = {name: stored[name] for name in stored.files}
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-                raise CohortStoreError(f"{candidate}: the devices' state file is unreadable ({error})") from None
-            if int(arrays.get(FORMAT_KEY, -1)) != STORE_FORMAT or ROUND_KEY not in arrays:
-                raise CohortStoreError(f"{candidate}: not a cohort state file of format {STORE_FORMAT}")
-            tag = int(arrays[ROUND_KEY])
+        for tag, arrays, candidate in _generations(path):
             found.append(tag)
             if tag == completed_round:
                 return cls.from_arrays(arrays, str(candidate))
@@ -125,6 +122,29 @@ class CohortStates:
             f"{path}: no device states for round {completed_round} (found rounds {found or 'none'}); the devices' "
             "private state and privacy accountants cannot be restored, so the run cannot resume")
 
+    @classmethod
+    def load_newest(cls, path: Path) -> CohortStates:
+        """The newest generation on disk (what the devices last kept); empty when there is none."""
+        generations = _generations(path)
+        if not generations:
+            return cls()
+        # The current file wins a tie with its previous generation: it was written last.
+        _, arrays, source = max(generations, key=lambda generation: generation[0])
+        return cls.from_arrays(arrays, str(source))
 
-def previous_generation(path: Path) -> Path:
-    return path.with_suffix(".previous.npz")
+
+def _generations(path: Path) -> list[tuple[int, Arrays, Path]]:
+    """Each generation on disk: ``(round tag, packed arrays, file)``."""
+    found = []
+    for candidate in (path, previous_generation(path)):
+        if not candidate.exists():
+            continue
+        try:
+            with np.load(candidate, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            raise CohortStoreError(f"{candidate}: the devices' state file is unreadable ({error})") from None
+        if int(arrays.get(FORMAT_KEY, -1)) != STORE_FORMAT or ROUND_KEY not in arrays:
+            raise CohortStoreError(f"{candidate}: not a cohort state file of format {STORE_FORMAT}")
+        found.append((int(arrays[ROUND_KEY]), arrays, candidate))
+    return found

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsys_core.audit.formal import DEVICE_ACCOUNTANTS_CHECK
 from recsys_core.errors import ConfigError
 from recsys_core.federated.cohort_state import CohortStates, CohortStoreError, previous_generation
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.records import RoundRecord
+from recsys_core.privacy.accountant import PrivacyAccountant
 from server.audit import AuditOptions, audit_run
 from server.cohort_engine import COHORT_STATES_FILE
 from server.simulate import run_federated_simulation
@@ -128,6 +130,28 @@ def test_a_local_dp_cohort_run_keeps_every_accountant_and_its_ledger_verifies(tm
                if device["rounds_joined"])
     result = audit_run(directory.path, AuditOptions(expected_head=summary["record_chain_head"], item_set_devices=6))
     assert all(check["passed"] for check in result["formal"]["checks"]), result["formal"]["checks"]
+    assert DEVICE_ACCOUNTANTS_CHECK in {check["name"] for check in result["formal"]["checks"]}
+
+
+def test_the_audit_fails_a_device_that_spent_more_than_the_ledger_records(tmp_path: Path) -> None:
+    config = config_for(tmp_path, "cohort", rounds=2, privacy={
+        "local": {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 50.0, "target_delta": 1e-3}})
+    directory, summary = run_federated_simulation(config)
+    # A device took DP steps whose round the server then lost: its own accountant holds more than it reported.
+    store = directory.devices / COHORT_STATES_FILE
+    states = CohortStates.load(store, 2)
+    partition = min(states.states)
+    device = states.get(partition)
+    assert device is not None and device.privacy_accountant is not None
+    accountant = PrivacyAccountant.from_dict(device.privacy_accountant)
+    accountant.record(1.0, 1.0, steps=accountant.total_steps)
+    states.put(partition, dataclasses.replace(device, privacy_accountant=accountant.to_dict()))
+    states.save(store, 2)
+    result = audit_run(directory.path, AuditOptions(expected_head=summary["record_chain_head"], item_set_devices=6))
+    failed = [check for check in result["formal"]["checks"] if not check["passed"]]
+    assert [check["name"] for check in failed] == [DEVICE_ACCOUNTANTS_CHECK]
+    assert f"device {partition}: its accountant has spent epsilon" in failed[0]["detail"]
+    assert result["verdict"]["result"] == "FAIL"
 
 
 @pytest.mark.parametrize("privacy", [

@@ -23,7 +23,7 @@ import pytest
 
 import recsys_core.bundle
 import server.run_directory
-from recsys_core.audit.formal import check_against_log
+from recsys_core.audit.formal import check_against_log, check_device_accountants
 from recsys_core.federated.cohort_state import CohortStates
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.records import RoundRecord
@@ -177,7 +177,7 @@ def test_a_run_killed_here_resumes_to_the_uninterrupted_result(tmp_path: Path, u
         # Seeded noise is rightly flagged as not private; every other check of the ledger against the log holds.
         assert [check.name for check in checks if not check.passed] == ["DP noise from OS entropy"], checks
         accountants = device_accountants(resumed)
-        assert accountants
+        assert accountants and check_device_accountants(ledger, resumed.device_accountants() or {}).passed
         for device in ledger.devices:
             # The ledger is what each device's own accountant says it spent, and within its budget.
             assert device.local_schedule == accountants.get(int(device.device_id), ()), device.device_id
