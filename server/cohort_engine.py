@@ -33,6 +33,7 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData
 from recsys_core.federated.manifest import FederationManifest
 from recsys_core.federated.records import AccountantHistory, DeviceFailure
+from recsys_core.federated.robust import PlainUpdate, screen_updates
 from recsys_core.federated.wire import EvaluateReply, MalformedReplyError, TrainReply, update_problem
 from recsys_core.privacy.accountant import PrivacyAccountant
 from recsys_core.training import torch_threads
@@ -111,8 +112,10 @@ class CohortRun(RoundLoop):
         if self.config.privacy.user_level.enabled:
             round_sum = self.sum_user_level_updates(current, one_by_one, server_round, exchange, array_bytes)
         else:
-            updates = self.train_one_by_one(current, one_by_one, server_round, exchange, array_bytes)
-            round_sum = sum_plain_updates(self.config, current, updates)
+            updates, outlying = screen_updates(
+                self.config, current, self.train_one_by_one(current, one_by_one, server_round, exchange, array_bytes))
+            exchange.failures += outlying
+            round_sum = sum_plain_updates(self.config, current, [update[1:] for update in updates])
         exchange.round_sum = round_sum if batched_sum is None else add_round_sums(batched_sum, round_sum)
         exchange.failures.sort(key=lambda failure: failure.partition if failure.partition is not None else -1)
         exchange.joined.sort()
@@ -122,7 +125,8 @@ class CohortRun(RoundLoop):
     def accept(self, sent: TrainReply, exchange: TrainingExchange) -> TrainReply | None:
         """The server's edge, as for a Flower reply: the same parse, the same checks; None (recorded) if refused."""
         try:
-            return TrainReply.from_metrics(sent.to_metrics(), sent.to_config(), with_counts=True)
+            return TrainReply.from_metrics(sent.to_metrics(), sent.to_config(), with_counts=True,
+                                           max_examples=self.manifest.max_training_rows)
         except MalformedReplyError as error:
             exchange.failures.append(DeviceFailure(sent.partition_id, f"update rejected: {error}"))
             exchange.joined.append(sent.partition_id)
@@ -139,14 +143,14 @@ class CohortRun(RoundLoop):
         ordered = sorted(partitions)
         for start in range(0, len(ordered), STREAM_CHUNK):
             chunk = ordered[start:start + STREAM_CHUNK]
-            for arrays, _, _ in self.train_one_by_one(current, chunk, server_round, exchange, array_bytes,
-                                                      done_before=start, total=len(ordered)):
+            for _, arrays, _, _ in self.train_one_by_one(current, chunk, server_round, exchange, array_bytes,
+                                                         done_before=start, total=len(ordered)):
                 running.add(arrays)
         return running.round_sum()
 
     def train_one_by_one(self, current: Arrays, partitions: list[int], server_round: int,
                          exchange: TrainingExchange, array_bytes: int, done_before: int = 0,
-                         total: int | None = None) -> list[tuple[Arrays, int, float]]:
+                         total: int | None = None) -> list[PlainUpdate]:
         """Each device's own update (the path every config can take); fills ``exchange``'s bookkeeping.
 
         ``done_before`` and ``total`` place these devices within a larger exchange, for the progress shown.
@@ -182,7 +186,7 @@ class CohortRun(RoundLoop):
             if problem is not None:
                 exchange.failures.append(DeviceFailure(partition, f"update rejected: {problem}"))
                 continue
-            updates.append((result.payload, reply.num_examples or 0,
+            updates.append((partition, result.payload, reply.num_examples or 0,
                             reply.train_loss if reply.train_loss is not None else float("nan")))
             exchange.bytes_up += array_bytes
         return updates
@@ -207,7 +211,8 @@ class CohortRun(RoundLoop):
                                result.reason)
                 continue
             try:
-                good.append(EvaluateReply.from_metrics(EvaluateReply(partition, result).to_metrics(), names))
+                good.append(EvaluateReply.from_metrics(EvaluateReply(partition, result).to_metrics(), names,
+                                                       self.manifest.max_users))
             except MalformedReplyError as error:
                 logger.warning("round %d: partition %d sent an unusable evaluation: %s", server_round, partition,
                                error)

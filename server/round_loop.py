@@ -15,8 +15,10 @@ and :class:`server.cohort_engine.CohortRun` (in-process devices, no framework).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 from recsys_core.audit.canaries import CANARIES_FILE
 from recsys_core.bundle import ModelBundle, write_bundle
 from recsys_core.config import dataclass_to_dict
+from recsys_core.errors import FedrecError
 from recsys_core.evaluation import MetricSums
 from recsys_core.federated.aggregation import (
     Arrays,
@@ -53,6 +56,10 @@ from server.run_directory import Checkpoint, RunDirectory
 
 RoundCallback = Callable[[RoundRecord], None]
 
+
+class RunStoppedError(FedrecError):
+    """A round left the run unable to go on; its record and checkpoint are written, and the message says why."""
+
 logger = logging.getLogger("fedrec.server")
 
 
@@ -70,6 +77,12 @@ class TrainingExchange:
     local_privacy: list[AccountantHistory] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+
+
+def failures_by_reason(rounds: list[RoundRecord]) -> dict[str, int]:
+    """How many device failures of each kind the run had, most common first; numbers in a reason read N."""
+    counts = Counter(re.sub(r"-?\d[\d.e+-]*", "N", failure.reason) for record in rounds for failure in record.failures)
+    return dict(counts.most_common())
 
 
 def sum_evaluations(replies: list[EvaluateReply]) -> dict[str, float]:
@@ -179,6 +192,8 @@ class RoundLoop(ABC):
         self.run_directory.append_round(record)
         if self.on_round is not None:
             self.on_round(record)
+        if result.fatal:
+            raise RunStoppedError(result.fatal)
         return result.arrays
 
     def finish(self, shared: Arrays, initial: Any) -> dict[str, Any]:
@@ -190,6 +205,7 @@ class RoundLoop(ABC):
         rounds = self.run_directory.read_rounds()
         summary["seconds_total"] = sum(r.seconds for r in rounds)
         summary["failures_total"] = sum(len(r.failures) for r in rounds)
+        summary["failures_by_reason"] = failures_by_reason(rounds)
         summary["bytes_up_total"] = sum(r.bytes_up for r in rounds)
         summary["bytes_down_total"] = sum(r.bytes_down for r in rounds)
         if config.secure_aggregation.enabled:

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from recsys_core.evaluation import metric_names
 from recsys_core.federated.aggregation import Arrays, sum_plain_updates
 from recsys_core.federated.records import AccountantHistory, DeviceFailure
+from recsys_core.federated.robust import screen_updates
 from recsys_core.federated.secure_payload import evaluation_layout, evaluation_sums, training_layout, training_sum
 from recsys_core.federated.wire import (
     CONFIG_KEY,
@@ -28,6 +29,7 @@ from recsys_core.federated.wire import (
     PARAMETERS_RECORD,
     PUBLIC_KEY_KEY,
     ROUND_KEY,
+    SECURE_ARRAYS_RECORD,
     EvaluateReply,
     MalformedReplyError,
     TrainReply,
@@ -46,17 +48,33 @@ def _reply_failure(reply: Message, partition: int | None) -> DeviceFailure:
     return DeviceFailure(partition, short_reason(reply.error.reason), str(reply.error.reason))
 
 
-def read_train_reply(reply: Message, with_counts: bool) -> TrainReply:
-    """The typed training reply a device sent; :class:`MalformedReplyError` says what is wrong with it."""
+def read_train_reply(reply: Message, with_counts: bool, max_examples: int | None = None,
+                     partition: int | None = None) -> TrainReply:
+    """The typed training reply a device sent; :class:`MalformedReplyError` says what is wrong with it.
+
+    ``partition``: the one the sending node holds; a reply that names another is refused.
+    """
     if METRICS_RECORD not in reply.content:
         raise MalformedReplyError(f"reply lacks the {METRICS_RECORD!r} record")
+    allowed = {METRICS_RECORD, CONFIG_RECORD, PARAMETERS_RECORD if with_counts else SECURE_ARRAYS_RECORD}
+    if unexpected := sorted(set(reply.content) - allowed):
+        raise MalformedReplyError(f"unexpected record(s) {unexpected[:3]}")
     config = reply.content.get(CONFIG_RECORD)
-    return TrainReply.from_metrics(reply.content[METRICS_RECORD], config, with_counts=with_counts)
+    parsed = TrainReply.from_metrics(reply.content[METRICS_RECORD], config, with_counts=with_counts,
+                                     max_examples=max_examples)
+    if partition is not None and parsed.partition_id != partition:
+        raise MalformedReplyError(f"reply names partition {parsed.partition_id}, but its node holds partition "
+                                  f"{partition}")
+    return parsed
 
 
 def sort_replies(replies: list[Message], partitions: list[int], node_to_partition: dict[int, int],
-                 current: Arrays) -> tuple[list[tuple[int, Arrays, TrainReply]], TrainingExchange]:
-    """Splits plain replies into usable updates (in partition order) and the round's bookkeeping."""
+                 current: Arrays,
+                 max_examples: int | None = None) -> tuple[list[tuple[int, Arrays, TrainReply]], TrainingExchange]:
+    """Splits plain replies into usable updates (in partition order) and the round's bookkeeping.
+
+    ``max_examples``: the federation's public bound on one device's example count.
+    """
     exchange = TrainingExchange(round_sum=None)
     usable = []
     for reply in sorted(replies, key=lambda r: node_to_partition.get(r.metadata.src_node_id, -1)):
@@ -65,7 +83,7 @@ def sort_replies(replies: list[Message], partitions: list[int], node_to_partitio
             exchange.failures.append(_reply_failure(reply, partition))
             continue
         try:
-            parsed = read_train_reply(reply, with_counts=True)
+            parsed = read_train_reply(reply, with_counts=True, max_examples=max_examples, partition=partition)
         except MalformedReplyError as error:
             exchange.failures.append(DeviceFailure(partition, f"update rejected: {error}"))
             if partition is not None:
@@ -172,12 +190,16 @@ class FederatedRun(RoundLoop):
                 return {}, len(partitions)
             return evaluation_sums(layout, result.total).means(), len(partitions) - len(result.contributors)
         names = metric_names(self.config.evaluation)
+        node_to_partition = {self.partition_to_node[p]: p for p in partitions}
         good: list[EvaluateReply] = []
         for reply in grid.send_and_receive(messages, timeout=self.config.server.round_timeout):
             if reply.has_error():
                 continue
             try:
-                good.append(EvaluateReply.from_metrics(reply.content[METRICS_RECORD], names))
+                parsed = EvaluateReply.from_metrics(reply.content[METRICS_RECORD], names, self.manifest.max_users)
+                if parsed.partition_id != node_to_partition.get(reply.metadata.src_node_id):
+                    raise MalformedReplyError(f"reply names partition {parsed.partition_id}, not its node's")
+                good.append(parsed)
             except (KeyError, MalformedReplyError) as error:
                 logger.warning("round %d: node %s sent an unusable evaluation: %s", server_round,
                                reply.metadata.src_node_id, error)
@@ -195,12 +217,15 @@ class FederatedRun(RoundLoop):
         """Devices send their parameters in clear; the server sums them in partition order."""
         node_to_partition = {self.partition_to_node[p]: p for p in partitions}
         replies = list(self._grid().send_and_receive(messages, timeout=self.config.server.round_timeout))
-        usable, exchange = sort_replies(replies, partitions, node_to_partition, current)
-        updates = [(arrays, reply.num_examples or 0, reply.train_loss if reply.train_loss is not None
-                    else float("nan")) for _, arrays, reply in usable]
-        exchange.round_sum = sum_plain_updates(self.config, current, updates)
+        usable, exchange = sort_replies(replies, partitions, node_to_partition, current,
+                                        self.manifest.max_training_rows)
+        screened, outlying = screen_updates(self.config, current, [
+            (partition, arrays, reply.num_examples or 0, float("nan") if reply.train_loss is None else reply.train_loss)
+            for partition, arrays, reply in usable])
+        exchange.failures = sorted(exchange.failures + outlying, key=_failure_order)
+        exchange.round_sum = sum_plain_updates(self.config, current, [update[1:] for update in screened])
         exchange.bytes_down = sum(m.content[PARAMETERS_RECORD].count_bytes() for m in messages)
-        good_nodes = {self.partition_to_node[partition] for partition, _, _ in usable}
+        good_nodes = {self.partition_to_node[partition] for partition, _, _, _ in screened}
         exchange.bytes_up = sum(r.content[PARAMETERS_RECORD].count_bytes() for r in replies
                                 if r.metadata.src_node_id in good_nodes)
         return exchange
@@ -236,6 +261,10 @@ class FederatedRun(RoundLoop):
             exchange.round_sum = training_sum(layout, result.total).round_sum(current, len(result.contributors),
                                                                               reports_loss)
         return exchange
+
+
+def _failure_order(failure: DeviceFailure) -> int:
+    return failure.partition if failure.partition is not None else -1
 
 
 def _array_record(arrays: Arrays) -> ArrayRecord:

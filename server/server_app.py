@@ -85,6 +85,10 @@ def run_manifest(run_directory: RunDirectory, given: str | None) -> FederationMa
     return read_manifest(kept)
 
 
+#: In ``make_server_app``'s results: the FedrecError that stopped the run.
+RUN_ERROR_KEY = "_run_error"
+
+
 def make_server_app(config: FederatedConfig, run_directory: RunDirectory, resume: bool = False,
                     on_round: RoundCallback | None = None, results: dict[str, Any] | None = None) -> ServerApp:
     """A ServerApp bound to a resolved config and the run directory's manifest; the summary goes in ``results``."""
@@ -93,7 +97,13 @@ def make_server_app(config: FederatedConfig, run_directory: RunDirectory, resume
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         manifest = run_manifest(run_directory, None)
-        summary = FederatedRun(config, run_directory, manifest, on_round).run(grid, resume=resume)
+        try:
+            summary = FederatedRun(config, run_directory, manifest, on_round).run(grid, resume=resume)
+        except FedrecError as error:
+            if results is None:
+                raise
+            # Handed to the launcher, which raises it once Flower has stopped, instead of a traceback here.
+            summary = {RUN_ERROR_KEY: error}
         if results is not None:
             results.update(summary)
 

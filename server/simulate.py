@@ -28,7 +28,7 @@ from recsys_core.training import popularity_test_metrics
 from server import message_delivery
 from server.rounds import RoundCallback
 from server.run_directory import RunDirectory
-from server.server_app import make_server_app, prepare_run_directory, run_manifest
+from server.server_app import RUN_ERROR_KEY, make_server_app, prepare_run_directory, run_manifest
 
 CLIENT_APP_REFERENCE = "client.client_app:app"
 
@@ -140,6 +140,8 @@ def run_federated_simulation(
                    backend_config=backend_config(config), verbose_logging=verbose)
     if not results:
         raise RuntimeError(f"the simulation ended without a result; see the log above and {directory.path}")
+    if RUN_ERROR_KEY in results:
+        raise results[RUN_ERROR_KEY]
     return directory, with_popularity_reference(config, directory, data, results)
 
 

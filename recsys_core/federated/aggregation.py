@@ -18,6 +18,7 @@ import numpy as np
 
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.records import RoundStatus, UserLevelEvidence
+from recsys_core.federated.robust import robust_mean_update
 from recsys_core.privacy.user_level import central_noise, clip_update
 
 Arrays = dict[str, np.ndarray]
@@ -63,6 +64,8 @@ def sum_plain_updates(config: FederatedConfig, current: Arrays,
     inside the updates, which must then not be clipped again (that would shrink the noise).
     """
     if not config.privacy.user_level.enabled:
+        if config.server.aggregation != "mean":
+            return _robust_sum(config, current, updates)
         return _weighted_sum(current, updates)
     running = UserLevelSum(config, current)
     for arrays, _, _ in updates:
@@ -122,6 +125,17 @@ def _weighted_sum(current: Arrays, updates: Sequence[tuple[Arrays, int, float]])
     reported = [(float(n), loss) for _, n, loss in updates if math.isfinite(loss)]  # under DP no loss is reported
     return RoundSum(total, float(weight_sum), len(updates), sum(n * loss for n, loss in reported),
                     sum(n for n, _ in reported))
+
+
+def _robust_sum(config: FederatedConfig, current: Arrays, updates: Sequence[tuple[Arrays, int, float]]) -> RoundSum:
+    """``server.aggregation = "median"`` or ``"trimmed_mean"``: the robust mean update, times the weight sum
+    (which :func:`apply_round` divides by again), so the server step is the same as for FedAvg's mean."""
+    weighted = _weighted_sum(current, updates)  # the weights and losses, as FedAvg reports them
+    if not updates or weighted.weight_sum <= 0:
+        return weighted
+    mean = robust_mean_update(current, [arrays for arrays, _, _ in updates], config.server.aggregation,
+                              config.server.trim_fraction)
+    return replace(weighted, update_sum={name: value * weighted.weight_sum for name, value in mean.items()})
 
 
 @dataclass
@@ -211,6 +225,8 @@ class RoundResult:
     train_loss: float | None = None
     user_level: UserLevelEvidence | None = None
     clipped_coordinates: int | None = None
+    #: Set when the run cannot go on (the server step gave a non-finite model): what to tell the user.
+    fatal: str = ""
 
 
 def round_gate(config: FederatedConfig, contributions: int) -> tuple[RoundStatus, str] | None:
@@ -268,7 +284,18 @@ def apply_round(config: FederatedConfig, current: Arrays, round_sum: RoundSum, o
             return RoundResult(current, "skipped", "the updates' weights sum to zero")
         mean = {name: value / round_sum.weight_sum for name, value in round_sum.update_sum.items()}
         train_loss = round_sum.loss_sum / round_sum.loss_weight if round_sum.loss_weight > 0 else None
-    updated = optimizer.step(current, {name: mean[name].reshape(np.shape(value)) for name, value in current.items()},
-                             server_round, config.server.learning_rate_at(server_round))
+    before = optimizer.state()
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught below, and the round refused
+        updated = optimizer.step(current, {name: mean[name].reshape(np.shape(value))
+                                           for name, value in current.items()},
+                                 server_round, config.server.learning_rate_at(server_round))
+    # The moments count too: FedAdam's v_t can overflow while the step it gives stays finite.
+    if broken := [name for name, value in {**updated, **optimizer.state()}.items() if not np.all(np.isfinite(value))]:
+        # Never published: the model and the optimiser's moments stay as they were before this round.
+        optimizer.restore(before)
+        reason = f"the server step gave NaN or infinite values in {broken[:3]}; the model was not updated"
+        return RoundResult(current, "failed", reason, user_level=evidence, fatal=(
+            f"round {server_round}: {reason}. The run stops here; checkpoint/ holds the last finite model. Lower "
+            "server.server_learning_rate, or see this round's failures in rounds.jsonl, then resume with --resume"))
     return RoundResult(updated, "aggregated", train_loss=train_loss, user_level=evidence,
                        clipped_coordinates=round_sum.clipped_coordinates)

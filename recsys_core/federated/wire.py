@@ -123,8 +123,13 @@ class TrainReply:
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any], config: Mapping[str, Any] | None = None,
-                     with_counts: bool = True) -> TrainReply:
-        """Parses and checks a device's training reply; ``with_counts``: the plain protocol's count and loss."""
+                     with_counts: bool = True, max_examples: int | None = None) -> TrainReply:
+        """Parses and checks a device's training reply; ``with_counts``: the plain protocol's count and loss.
+
+        ``max_examples`` is the public bound on one device's example count (the federation manifest's
+        ``max_training_rows``): FedAvg weighs an update by its count, so an unbounded count would hand a
+        device the whole aggregate.
+        """
         _check_keys(metrics, {PARTITION_KEY, DECLINED_KEY, NUM_EXAMPLES_KEY, TRAIN_LOSS_KEY, EPSILON_KEY})
         declined = _count(metrics, DECLINED_KEY) if DECLINED_KEY in metrics else 0
         if declined > 1:
@@ -134,6 +139,11 @@ class TrainReply:
             if NUM_EXAMPLES_KEY in metrics and _number(metrics, NUM_EXAMPLES_KEY) < 0:
                 raise MalformedReplyError(f"metric {NUM_EXAMPLES_KEY!r} is negative ({metrics[NUM_EXAMPLES_KEY]})")
             num_examples = _count(metrics, NUM_EXAMPLES_KEY)
+            if num_examples == 0:
+                raise MalformedReplyError(f"metric {NUM_EXAMPLES_KEY!r} is 0: an update trained on nothing")
+            if max_examples is not None and num_examples > max_examples:
+                raise MalformedReplyError(f"metric {NUM_EXAMPLES_KEY!r} = {num_examples} is above the federation's "
+                                          f"bound of {max_examples} training rows per device")
             train_loss = _number(metrics, TRAIN_LOSS_KEY)
             if math.isinf(train_loss):
                 raise MalformedReplyError(f"metric {TRAIN_LOSS_KEY!r} is infinite")
@@ -165,16 +175,22 @@ class EvaluateReply:
         return metrics
 
     @classmethod
-    def from_metrics(cls, metrics: Mapping[str, Any], metric_names: list[str] | None = None) -> EvaluateReply:
+    def from_metrics(cls, metrics: Mapping[str, Any], metric_names: list[str] | None = None,
+                     max_users: int | None = None) -> EvaluateReply:
         """Parses and checks an evaluation reply; ``metric_names``: the sums the plain protocol must carry.
 
-        Each metric of one user lies in [0, 1], so a device's sum lies in [0, its users].
+        Each metric of one user lies in [0, 1], so a device's sum lies in [0, its users], and its
+        users are at most ``max_users`` (the federation manifest's public bound): a device cannot
+        outweigh the others by claiming more users than any device holds.
         """
         _check_keys(metrics, {PARTITION_KEY, USERS_KEY})
         partition = _count(metrics, PARTITION_KEY)
         if metric_names is None:
             return cls(partition)
         users = _count(metrics, USERS_KEY)
+        if max_users is not None and users > max_users:
+            raise MalformedReplyError(f"metric {USERS_KEY!r} = {users} is above the federation's bound of "
+                                      f"{max_users} users per device")
         names = {key.removeprefix(SUM_PREFIX) for key in metrics if key.startswith(SUM_PREFIX)}
         if names != set(metric_names):
             missing, extra = sorted(set(metric_names) - names), sorted(names - set(metric_names))

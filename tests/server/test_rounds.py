@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from server.rounds import sort_replies
 
@@ -28,13 +28,16 @@ GOOD_METRICS = {"partition-id": 0, "num-examples": 10, "train-loss": 0.5, "decli
 
 def test_each_bad_reply_is_set_aside_with_a_reason_naming_it_and_the_rest_are_used() -> None:
     node_to_partition = {100 + p: p for p in range(8)}
+    def good(partition: int, **changes) -> dict:
+        return {**GOOD_METRICS, "partition-id": partition, **changes}
+
     replies = [
-        reply(100, CURRENT, GOOD_METRICS),
-        reply(101, {"item.weight": np.zeros((5, 2), dtype=np.float32)}, GOOD_METRICS),  # wrong shape
-        reply(102, {"item.weight": np.full((4, 2), np.nan, dtype=np.float32)}, GOOD_METRICS),  # NaN
-        reply(103, CURRENT, {**GOOD_METRICS, "num-examples": -3}),  # negative weight
+        reply(100, CURRENT, good(0)),
+        reply(101, {"item.weight": np.zeros((5, 2), dtype=np.float32)}, good(1)),  # wrong shape
+        reply(102, {"item.weight": np.full((4, 2), np.nan, dtype=np.float32)}, good(2)),  # NaN
+        reply(103, CURRENT, good(3, **{"num-examples": -3})),  # negative weight
         reply(104, CURRENT, {"partition-id": 4, "train-loss": 0.1}),  # no count
-        reply(105, CURRENT, {**GOOD_METRICS, "declined": 1}),  # out of privacy budget
+        reply(105, CURRENT, good(5, declined=1)),  # out of privacy budget
         reply(106, error="Traceback ...\nValueError: boom"),  # the client raised
         # partition 7 never replied
     ]
@@ -67,3 +70,111 @@ def test_a_hostile_reply_is_rejected_alone_with_the_reason(metrics: dict, words:
     assert [partition for partition, _, _ in usable] == [0]
     assert [failure.partition for failure in exchange.failures] == [1]
     assert words in exchange.failures[0].reason
+
+
+# -- the hostile-reply matrix: every harmful reply is set aside alone, and the model is the honest devices' --------
+
+HONEST = 4
+BOUND = 100  # the federation's public bound on one device's training rows
+
+
+def honest_arrays(partition: int) -> dict[str, np.ndarray]:
+    generator = np.random.default_rng(partition)
+    return {"item.weight": (CURRENT["item.weight"] + generator.normal(0, 0.1, (4, 2))).astype(np.float32)}
+
+
+def honest_reply(partition: int):
+    return reply(100 + partition, honest_arrays(partition), {**GOOD_METRICS, "partition-id": partition,
+                                                              "num-examples": 10 + partition})
+
+
+def with_records(**records):
+    """A reply from the hostile node (partition HONEST) with the given records."""
+    hostile = reply(100 + HONEST, honest_arrays(HONEST), {**GOOD_METRICS, "partition-id": HONEST})
+    for name, record in records.items():
+        if record is None:
+            del hostile.content[name]
+        else:
+            hostile.content[name] = record
+    return hostile
+
+
+def with_metrics(**changes):
+    metrics = {**GOOD_METRICS, "partition-id": HONEST, **changes}
+    return reply(100 + HONEST, honest_arrays(HONEST), {k: v for k, v in metrics.items() if v is not None})
+
+
+def with_arrays(arrays):
+    return reply(100 + HONEST, arrays, {**GOOD_METRICS, "partition-id": HONEST})
+
+
+def scaled(factor: float) -> dict[str, np.ndarray]:
+    return {"item.weight": (honest_arrays(HONEST)["item.weight"] * factor).astype(np.float32)}
+
+
+HOSTILE = {
+    "no metrics record": lambda: with_records(metrics=None),
+    "no arrays record": lambda: with_records(arrays=None),
+    "a second ArrayRecord": lambda: with_records(extra=ArrayRecord({"x": Array(np.zeros(2))})),
+    "a second MetricRecord": lambda: with_records(more=MetricRecord({"x": 1.0})),
+    "garbage accountant": lambda: with_records(config=ConfigRecord({"privacy-accountant": "{not json"})),
+    "no partition-id": lambda: with_metrics(**{"partition-id": None}),
+    "another device's partition-id": lambda: with_metrics(**{"partition-id": 0}),
+    "negative partition-id": lambda: with_metrics(**{"partition-id": -1}),
+    "fractional partition-id": lambda: with_metrics(**{"partition-id": 1.5}),
+    "no num-examples": lambda: with_metrics(**{"num-examples": None}),
+    "zero num-examples": lambda: with_metrics(**{"num-examples": 0}),
+    "negative num-examples": lambda: with_metrics(**{"num-examples": -3}),
+    "infinite num-examples": lambda: with_metrics(**{"num-examples": float("inf")}),
+    "NaN num-examples": lambda: with_metrics(**{"num-examples": float("nan")}),
+    "num-examples 1e9": lambda: with_metrics(**{"num-examples": 1e9}),
+    "fractional num-examples": lambda: with_metrics(**{"num-examples": 2.5}),
+    "infinite train-loss": lambda: with_metrics(**{"train-loss": float("inf")}),
+    "no train-loss": lambda: with_metrics(**{"train-loss": None}),
+    "declined = 7": lambda: with_metrics(declined=7),
+    "an extra metric": lambda: with_metrics(extra=1.0),
+    "an array missing": lambda: with_arrays({}),
+    "an extra array": lambda: with_arrays({**honest_arrays(HONEST), "bias": np.zeros(3, dtype=np.float32)}),
+    "a wrong shape": lambda: with_arrays({"item.weight": np.zeros((5, 2), dtype=np.float32)}),
+    "integer arrays": lambda: with_arrays({"item.weight": np.zeros((4, 2), dtype=np.int64)}),
+    "NaN values": lambda: with_arrays({"item.weight": np.full((4, 2), np.nan, dtype=np.float32)}),
+    "infinite values": lambda: with_arrays({"item.weight": np.full((4, 2), np.inf, dtype=np.float32)}),
+    "update norm 1e6": lambda: with_arrays(scaled(1e6)),
+    "values near float32's largest": lambda: with_arrays({"item.weight": np.full((4, 2), 3e38, dtype=np.float32)}),
+    "a client error": lambda: reply(100 + HONEST, error="Traceback ...\nRuntimeError: hostile"),
+}
+
+
+def aggregate(replies, strategy: str) -> tuple[dict[str, np.ndarray], list]:
+    """What the server does with a plain round's replies: sort, screen, sum, step (FederatedRun.plain_exchange)."""
+    from recsys_core.federated.aggregation import apply_round, server_optimizer, sum_plain_updates
+    from recsys_core.federated.config import FederatedConfig
+    from recsys_core.federated.robust import screen_updates
+
+    config = FederatedConfig.from_dict({"server": {"strategy": strategy, "devices_per_round": HONEST + 1},
+                                        "private": False})
+    partitions = list(range(HONEST + 1))
+    usable, exchange = sort_replies(replies, partitions, {100 + p: p for p in partitions}, CURRENT, BOUND)
+    kept, outlying = screen_updates(config, CURRENT, [(p, arrays, parsed.num_examples or 0, parsed.train_loss or 0.0)
+                                                      for p, arrays, parsed in usable])
+    round_sum = sum_plain_updates(config, CURRENT, [update[1:] for update in kept])
+    result = apply_round(config, CURRENT, round_sum, server_optimizer(config), 1)
+    assert result.status == "aggregated" and not result.fatal
+    return result.arrays, exchange.failures + outlying
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedprox"])
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_reply_is_rejected_and_the_model_is_the_honest_devices_alone(case: str, strategy: str) -> None:
+    honest = [honest_reply(p) for p in range(HONEST)]
+    expected, _ = aggregate(honest, strategy)
+    measured, failures = aggregate([*honest, HOSTILE[case]()], strategy)
+    assert [failure.partition for failure in failures] == [HONEST]
+    assert failures[0].reason, case
+    for name, value in expected.items():
+        assert np.all(np.isfinite(measured[name]))
+        np.testing.assert_array_equal(measured[name], value, err_msg=case)
+
+
+def test_the_hostile_matrix_covers_twenty_nine_kinds_of_reply() -> None:
+    assert len(HOSTILE) == 29

@@ -15,6 +15,7 @@ from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.manifest import MANIFEST_FILE, read_manifest
 from recsys_core.federated.records import RoundRecord
 from server.cli import main
+from server.round_loop import RunStoppedError
 from server.rounds import FederatedRun
 from server.run_directory import RunDirectory
 from server.server_app import prepare_run_directory
@@ -110,7 +111,7 @@ def test_run_directory_holds_records_plots_and_model(recorded_run) -> None:
 
 
 def test_a_failing_client_is_counted_and_the_round_proceeds(recorded_run) -> None:
-    _, directory, _, _ = recorded_run
+    _, directory, _, summary = recorded_run
     rounds = directory.read_rounds()
     failed = [record for record in rounds if record.failures]
     assert failed, "partition 3 was never sampled; pick another seed"
@@ -119,6 +120,9 @@ def test_a_failing_client_is_counted_and_the_round_proceeds(recorded_run) -> Non
         assert "configured to fail" in record.failures[0].reason
         assert record.participants == record.sampled - 1
         assert record.status == "aggregated"
+    # The summary counts failures by kind, numbers aside.
+    assert summary["failures_by_reason"] == {
+        "partition N is configured to fail (simulation.failing_partitions)": len(failed)}
 
 
 def test_private_parameters_never_leave_the_device(recorded_run) -> None:
@@ -314,3 +318,23 @@ def test_the_private_main_job_runs_end_to_end_small(tmp_path: Path) -> None:
     exact.fit_statistics_round(data.split.train, 1)
     residual = counts - exact.item_counts.numpy()
     assert 0.4 < float(np.std(residual)) < 1.4
+
+
+@pytest.mark.parametrize("engine", ["flower", "cohort"])
+def test_a_step_that_would_publish_a_non_finite_model_stops_the_run_with_its_record_kept(tmp_path: Path,
+                                                                                        engine: str) -> None:
+    values = json.loads(tiny_config(tmp_path, rounds=3).to_json())
+    # A server learning rate no honest update survives: the first step overflows float32.
+    values["server"].update({"server_learning_rate": 1e300, "evaluate_every": 0})
+    values["simulation"]["engine"] = engine
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunStoppedError, match=r"round 1: the server step gave NaN or infinite values in .*The run "
+                                              r"stops here; checkpoint/ holds the last finite model"):
+        run_federated_simulation(FederatedConfig.from_dict(values), run_dir=str(run_dir))
+    directory = RunDirectory(run_dir)
+    [record] = directory.read_rounds()
+    assert record.status == "failed" and "NaN or infinite" in record.status_reason
+    checkpoint = directory.read_checkpoint()
+    assert checkpoint is not None and checkpoint.completed_round == 1
+    assert all(np.all(np.isfinite(value)) for value in checkpoint.shared_parameters.values())
+    assert not (run_dir / "final-model").exists() and not (run_dir / "summary.json").exists()

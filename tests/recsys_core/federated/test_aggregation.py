@@ -194,3 +194,41 @@ def test_a_counting_models_round_changes_only_what_it_releases_whatever_a_device
     assert not np.allclose(result.arrays["cooccurrence"], 0)
     if placement == "central":
         assert result.user_level is not None and result.user_level.noise_coordinates == 9
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_a_step_that_overflows_is_never_published_and_the_optimiser_state_is_kept(strategy: str) -> None:
+    run = config(server={"strategy": strategy, "server_learning_rate": 10.0})
+    current = {"w": np.ones(2, dtype=np.float32)}
+    optimizer = server_optimizer(run)
+    apply_round(run, current, sum_plain_updates(run, current, [({"w": np.full(2, 2.0, np.float32)}, 1, 0.1)]),
+                optimizer, 1)
+    moments = {name: value.copy() for name, value in optimizer.state().items()}
+    huge = sum_plain_updates(run, current, [({"w": np.full(2, 3e38, np.float32)}, 1, 0.1)] * 2)
+    result = apply_round(run, current, huge, optimizer, 2)
+    assert result.status == "failed" and result.arrays is current
+    assert "NaN or infinite values in [" in result.status_reason
+    assert "The run stops here; checkpoint/ holds the last finite model" in result.fatal
+    assert optimizer.state().keys() == moments.keys()
+    for name, value in moments.items():
+        np.testing.assert_array_equal(optimizer.state()[name], value)
+
+
+@pytest.mark.parametrize("method", ["median", "trimmed_mean"])
+def test_a_robust_aggregate_bounds_what_one_hostile_update_can_do(method: str) -> None:
+    run = config(server={"aggregation": method, "trim_fraction": 0.2, "server_learning_rate": 1.0,
+                         "update_norm_ratio": 0.0})
+    current = {"w": np.zeros(3, dtype=np.float32)}
+    honest = [({"w": np.array([1.0, 2.0, 3.0], dtype=np.float32) + shift}, 10, 0.1) for shift in (-0.1, 0.0, 0.1, 0.2)]
+    hostile = ({"w": np.full(3, 1e6, dtype=np.float32)}, 10, 0.1)
+    result = apply_round(run, current, sum_plain_updates(run, current, [*honest, hostile]), server_optimizer(run), 1)
+    # The median of five (or the mean of the middle three) lies among the honest values.
+    assert np.all(result.arrays["w"] >= np.array([0.9, 1.9, 2.9])) and np.all(result.arrays["w"] <= [1.2, 2.2, 3.2])
+    mean = config(server={"server_learning_rate": 1.0, "update_norm_ratio": 0.0})
+    pulled = apply_round(mean, current, sum_plain_updates(mean, current, [*honest, hostile]), server_optimizer(mean), 1)
+    assert np.all(pulled.arrays["w"] > 1e5)  # FedAvg's mean follows the one hostile device
+
+
+def test_a_robust_aggregate_needs_each_update_in_clear() -> None:
+    with pytest.raises(ConfigError, match="server.aggregation = 'median' needs each device's update in clear"):
+        config(server={"aggregation": "median"}, secure_aggregation={"enabled": True}).validate()
