@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,14 @@ import numpy as np
 from recsys_core.audit.hash_chain import canonical_json
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.errors import FedrecError
-from recsys_core.files import file_sha256, previous_folder, replace_folder, staging_folder, write_atomically
+from recsys_core.files import (
+    DAMAGED_FILE_ERRORS,
+    file_sha256,
+    previous_folder,
+    replace_folder,
+    staging_folder,
+    write_atomically,
+)
 from recsys_core.models.base import training_counts
 from recsys_core.run_records import strict_json_dumps
 
@@ -157,5 +163,5 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except DAMAGED_FILE_ERRORS as error:
         raise BundleError(f"{path}: unreadable ({error})") from None

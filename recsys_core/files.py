@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +35,12 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], object], keep
         raise
     # The rename is durable only once the folder's entry is.
     _fsync_folder(path.parent)
+
+
+#: What reading a damaged ``.npz`` (or the JSON inside a state) can raise: numpy and zipfile report a flipped
+#: byte as any of these (a bad CRC, a truncated member, an unknown compression method, a mangled header).
+DAMAGED_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, KeyError, TypeError, EOFError, UnicodeDecodeError, NotImplementedError, zipfile.BadZipFile)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from recsys_core.errors import FedrecError
 from recsys_core.federated.cohort_state import COHORT_STATES_FILE, CohortStates, previous_generation
 from recsys_core.federated.records import RoundRecord, round_record_from_dict
 from recsys_core.federated.state_file import read_generations
-from recsys_core.files import file_sha256, write_atomically
+from recsys_core.files import DAMAGED_FILE_ERRORS, file_sha256, write_atomically
 from recsys_core.privacy.accountant import PrivacyAccountant
 from recsys_core.privacy.ledger import LedgerError, PrivacyLedger, load_ledger
 from recsys_core.run_records import strict_json_dumps, write_json
@@ -347,8 +346,7 @@ class RunDirectory:
             record = manifest.get("record")
             if not isinstance(completed_round, int) or not (record is None or isinstance(record, dict)):
                 raise FedrecError(f"{damaged} (latest.json: bad completed_round or record); {advice}")
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, EOFError,
-                zipfile.BadZipFile) as error:
+        except DAMAGED_FILE_ERRORS as error:
             raise FedrecError(f"{damaged} ({type(error).__name__}: {error}); {advice}") from None
         return Checkpoint(
             completed_round=completed_round,

@@ -15,7 +15,6 @@ states and writing the checkpoint resumes from the generation that matches the c
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 from recsys_core.errors import FedrecError
 from recsys_core.federated.state import Arrays, DeviceState
 from recsys_core.federated.state_file import previous_generation
-from recsys_core.files import write_atomically
+from recsys_core.files import DAMAGED_FILE_ERRORS, write_atomically
 
 STORE_FORMAT = 1
 ROUND_KEY = "meta/completed-round"
@@ -142,7 +141,7 @@ def _generations(path: Path) -> list[tuple[int, Arrays, Path]]:
         try:
             with np.load(candidate, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        except DAMAGED_FILE_ERRORS as error:
             raise CohortStoreError(f"{candidate}: the devices' state file is unreadable ({error})") from None
         if int(arrays.get(FORMAT_KEY, -1)) != STORE_FORMAT or ROUND_KEY not in arrays:
             raise CohortStoreError(f"{candidate}: not a cohort state file of format {STORE_FORMAT}")

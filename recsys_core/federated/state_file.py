@@ -8,14 +8,13 @@ leaves at least one whole generation.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from recsys_core.errors import FedrecError
 from recsys_core.federated.state import DeviceState
-from recsys_core.files import write_atomically
+from recsys_core.files import DAMAGED_FILE_ERRORS, write_atomically
 
 ROUND_TAG = "meta/written-in-round"
 
@@ -73,7 +72,7 @@ def _read_generation(path: Path) -> tuple[int, DeviceState]:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
         return int(arrays.pop(ROUND_TAG)), DeviceState.from_arrays(arrays)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as error:
+    except DAMAGED_FILE_ERRORS as error:
         raise DeviceStateError(f"{path}: this device's state file is damaged ({type(error).__name__}: {error}); "
                                "the device will not train until it is restored from a backup (deleting it would "
                                "forget the privacy budget it has spent)") from None
