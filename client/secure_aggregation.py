@@ -3,7 +3,11 @@
 The long-term X25519 key pair lives in ``Context.state`` (generated on first use); the
 server registers the public half when it discovers the node. The round's settings and
 neighbour keys are kept in ``Context.state`` between the masking and unmasking steps,
-so the device answers the unmask request from its own copy, not the server's.
+so the device answers the unmask request from its own copy, not the server's, and
+erased when it has answered: it answers once per contribution. It never masks twice
+under one label (exchange id and round). These live in ``Context.state``, which a node
+restart clears; the server's exchange id carries a fresh nonce per server process, so an
+honest server never repeats a label across restarts (a lying one could, to a restarted device).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from recsys_core.secure_aggregation.wire import (
 KEYS_STATE = "fedrec.secure-aggregation-key"
 ROUND_STATE = "fedrec.secure-aggregation-round"
 ROUND_NEIGHBOURS_STATE = "fedrec.secure-aggregation-neighbours"
+#: Exchange id -> the last round this device masked under it.
+LABELS_STATE = "fedrec.secure-aggregation-labels"
 
 
 class KeyChangedError(RuntimeError):
@@ -70,12 +76,28 @@ def masked_record(message: Message, context: Context, values: dict[str, np.ndarr
         raise KeyChangedError("the server holds another public key for this device")
     neighbours = decode_neighbours(record_arrays(message.content.array_records[SECURE_ARRAYS_RECORD]))
     setup = RoundSetup(settings.exchange_id, settings.server_round, context.node_id, neighbours, settings.threshold)
+    claim_label(context, settings.exchange_id, settings.server_round)
     codec = settings.layout.codec(settings.max_devices, settings.modulus_bits)
     contribution = mask_contribution(keys, setup, settings.layout.pack(values), codec)
     context.state[ROUND_STATE] = ConfigRecord({"exchange-id": settings.exchange_id, "round": settings.server_round,
                                                "threshold": settings.threshold})
     context.state[ROUND_NEIGHBOURS_STATE] = array_record(encode_neighbours(neighbours))
     return array_record(encode_contribution(contribution))
+
+
+def claim_label(context: Context, exchange_id: str, server_round: int) -> None:
+    """Records that this device masks under ``(exchange_id, server_round)``; refuses a label it has used.
+
+    The label keys every pairwise keystream: masking two vectors under one label would let the
+    server subtract them and learn their difference. Rounds of an exchange must increase.
+    """
+    used = context.state.config_records.get(LABELS_STATE, ConfigRecord())
+    last = cast("int | None", used.get(exchange_id))
+    if last is not None and server_round <= last:
+        raise ValueError(f"refusing to mask for {exchange_id!r} round {server_round}: this device already masked "
+                         f"for round {last} of it (a reused label would reveal the difference of two updates)")
+    used[exchange_id] = server_round
+    context.state[LABELS_STATE] = used
 
 
 def add_masked(reply: RecordDict, message: Message, context: Context, values: dict[str, np.ndarray]) -> None:
@@ -100,5 +122,9 @@ def unmask_record(message: Message, context: Context) -> ArrayRecord:
     setup = RoundSetup(str(stored["exchange-id"]), cast(int, stored["round"]), context.node_id, neighbours,
                        cast(int, stored["threshold"]))
     request = decode_unmask_request(record_arrays(message.content.array_records[SECURE_ARRAYS_RECORD]))
+    # Answered once: a second request for the same contribution (say "T survived", then "T dropped")
+    # would give the server both halves of a neighbour's masks.
+    del context.state[ROUND_STATE]
+    del context.state[ROUND_NEIGHBOURS_STATE]
     response = answer_unmask(device_keys(context), setup, request)
     return array_record(encode_unmask_response(response))

@@ -39,7 +39,7 @@ from recsys_core.federated.aggregation import (
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.manifest import FederationManifest
-from recsys_core.federated.records import AccountantHistory, DeviceFailure, RoundRecord
+from recsys_core.federated.records import AccountantHistory, DeviceFailure, RoundRecord, RoundStatus
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from recsys_core.federated.state import state_to_arrays
 from recsys_core.federated.wire import EvaluateReply
@@ -70,6 +70,8 @@ class TrainingExchange:
     #: None when the exchange gave no sum (secure aggregation failed); ``failure`` says why.
     round_sum: RoundSum | None
     failure: str = ""
+    #: Secure aggregation: the round's gate, checked on the contributions before anything was unmasked.
+    gate: tuple[RoundStatus, str] | None = None
     declined: list[int | None] = field(default_factory=list)
     failures: list[DeviceFailure] = field(default_factory=list)
     #: Partitions whose update left the device (used or rejected): the privacy ledger counts them.
@@ -157,7 +159,9 @@ class RoundLoop(ABC):
         started = time.perf_counter()
         partitions = self.sample(server_round, config.server.devices_per_round, TRAINING)
         exchange = self.training_exchange(current, partitions, server_round)
-        if exchange.round_sum is None:
+        if exchange.gate is not None:
+            result = RoundResult(current, *exchange.gate)
+        elif exchange.round_sum is None:
             result = RoundResult(current, "failed", f"secure aggregation: {exchange.failure}")
         else:
             noise = secret_generator(config.privacy.noise_source, config.seed, server_round, SERVER_PARTY,

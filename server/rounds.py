@@ -17,7 +17,7 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
 from recsys_core.evaluation import metric_names
-from recsys_core.federated.aggregation import Arrays, sum_plain_updates
+from recsys_core.federated.aggregation import Arrays, round_gate, sum_plain_updates
 from recsys_core.federated.records import AccountantHistory, DeviceFailure
 from recsys_core.federated.robust import screen_updates
 from recsys_core.federated.secure_payload import evaluation_layout, evaluation_sums, training_layout, training_sum
@@ -236,9 +236,10 @@ class FederatedRun(RoundLoop):
         node_to_partition = {node: partition for partition, node in self.partition_to_node.items()}
         layout = training_layout(self.config, current)
         result = self.secure.exchange(self._grid(), messages, layout, "train", server_round,
-                                      weight_scale=float(self.most_training_rows))
+                                      weight_scale=float(self.most_training_rows),
+                                      gate=lambda contributions: round_gate(self.config, contributions))
         exchange = TrainingExchange(
-            round_sum=None, failure=result.failure or "",
+            round_sum=None, failure=result.failure or "", gate=result.gate,
             declined=[node_to_partition.get(node) for node in result.declined],
             failures=[DeviceFailure(node_to_partition.get(f["node"]), f["reason"]) for f in result.failures],
             bytes_up=result.bytes_up, bytes_down=result.bytes_down)

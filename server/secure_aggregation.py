@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.federated.records import RoundStatus
 from recsys_core.federated.wire import (
     CONFIG_RECORD,
     METRICS_RECORD,
@@ -99,6 +101,8 @@ class ExchangeResult:
     bytes_down: int = 0
     #: Node ids of devices that declined with a normal reply (no contribution, not a failure).
     declined: list[int] = field(default_factory=list)
+    #: Set when the contributions were too few to release (the caller's gate): status and reason.
+    gate: tuple[RoundStatus, str] | None = None
 
 
 @dataclass
@@ -118,8 +122,14 @@ class SecureAggregator:
             logger.warning("node %s sent no valid public key; it cannot take part in secure aggregation", node_id)
 
     def exchange(self, grid: Grid, messages: list[Message], layout: VectorLayout, purpose: str,
-                 server_round: int, weight_scale: float = 1.0) -> ExchangeResult:
-        """Sends ``messages`` (one per device) with the protocol's setup, then unmasks the sum of the replies."""
+                 server_round: int, weight_scale: float = 1.0,
+                 gate: Callable[[int], tuple[RoundStatus, str] | None] | None = None) -> ExchangeResult:
+        """Sends ``messages`` (one per device) with the protocol's setup, then unmasks the sum of the replies.
+
+        ``gate`` says, from the number of contributions alone, why their sum must not be released
+        (too few updates, too few noise shares): it is asked before any unmask request, so a sum that
+        would be discarded is never unmasked at all.
+        """
         secure = self.config.secure_aggregation
         exchange_id = f"{self.run_name}/{self.session}/{purpose}"
         nodes = [message.metadata.dst_node_id for message in messages]
@@ -171,6 +181,9 @@ class SecureAggregator:
         result.contributors = sorted(contributions)
         if not contributions:
             result.failure = "no masked contribution arrived"
+            return result
+        if gate is not None and (refused := gate(len(contributions))) is not None:
+            result.gate, result.failure = refused, f"{refused[1]}; nothing was unmasked"
             return result
         responses = self._unmask(grid, contributions, graph, server_round, exchange_id, result)
         try:

@@ -7,13 +7,19 @@ instead, so a DP run can be replayed exactly, for instance to check that two eng
 the same thing. Such a run is **not private** against anyone who knows the seed; the summary,
 the progress display and ``fedrec audit`` (which fails it) all say so. Opacus makes the same
 choice with ``secure_mode``.
+
+OS-entropy secrets come from ChaCha20 (20 rounds, 256-bit key from ``os.urandom``) driving
+numpy's samplers, as Opacus's ``secure_mode`` uses a cryptographic generator: a statistical
+generator such as PCG64 has a state that enough of its output can reveal.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Literal, get_args
 
 import numpy as np
+from randomgen import ChaCha
 
 NoiseSource = Literal["os_entropy", "run_seed"]
 NOISE_SOURCES: tuple[str, ...] = get_args(NoiseSource)
@@ -35,5 +41,5 @@ def secret_generator(source: NoiseSource, run_seed: int, server_round: int, part
                      purpose: int) -> np.random.Generator:
     """The generator of one secret: OS entropy, or under ``run_seed`` one derived from the public run seed."""
     if source == "os_entropy":
-        return np.random.default_rng()
+        return np.random.Generator(ChaCha(key=int.from_bytes(os.urandom(32), "little"), counter=0, rounds=20))
     return np.random.default_rng(np.random.SeedSequence([run_seed, server_round, party, purpose]))

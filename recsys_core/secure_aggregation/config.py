@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from recsys_core.errors import ConfigError
+from recsys_core.secure_aggregation.fixed_point import EXACT_FLOAT_BITS
 
 SECTION = "secure_aggregation"
 #: Server strategies whose step needs only the sum of the updates (the server never sees one update).
@@ -41,6 +42,8 @@ class SecureAggregationConfig:
             value = getattr(self, key)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{SECTION}.{key}: must be positive and finite, got {value}")
-        if not 16 <= self.modulus_bits <= 64:
-            raise ConfigError(f"{SECTION}.modulus_bits: must be between 16 and 64, got {self.modulus_bits}")
+        if not 16 <= self.modulus_bits <= EXACT_FLOAT_BITS:
+            raise ConfigError(f"{SECTION}.modulus_bits: must be between 16 and {EXACT_FLOAT_BITS}, got "
+                              f"{self.modulus_bits} (above 53 bits the float64 fixed-point arithmetic is no longer "
+                              "exact and a sum could wrap around)")
         return self

@@ -15,6 +15,9 @@ import numpy as np
 
 from recsys_core.secure_aggregation.masks import modulus_dtype
 
+#: float64 represents every integer up to 2^53 exactly: the encoding and decoding stay exact below it.
+EXACT_FLOAT_BITS = 53
+
 
 class OutOfRangeSumError(ValueError):
     """The unmasked sum exceeds what in-range clients can produce: some client cheated or a share was wrong."""
@@ -33,6 +36,9 @@ class FixedPointCodec:
         if ranges.ndim != 1 or not np.all(np.isfinite(ranges)) or np.any(ranges <= 0):
             raise ValueError("clip_ranges must be a 1-D array of positive, finite ranges")
         modulus_dtype(self.modulus_bits)
+        if self.modulus_bits > EXACT_FLOAT_BITS:
+            raise ValueError(f"modulus_bits = {self.modulus_bits}: above {EXACT_FLOAT_BITS} the float64 encoding "
+                             "rounds integers and a sum can wrap around")
         if self.max_devices < 1 or self.levels < 1:
             raise ValueError(f"{self.max_devices} clients do not fit a {self.modulus_bits}-bit modulus")
         object.__setattr__(self, "clip_ranges", ranges)

@@ -72,9 +72,12 @@ class RoundSetup:
     def __post_init__(self) -> None:
         if self.node_id in self.neighbour_keys:
             raise ValueError("a device cannot be its own neighbour")
-        if not 1 <= self.threshold <= len(self.neighbour_keys):
-            raise ValueError(f"threshold must be between 1 and the {len(self.neighbour_keys)} neighbours, "
-                             f"got {self.threshold}")
+        if not len(self.neighbour_keys) // 2 < self.threshold <= len(self.neighbour_keys):
+            # A majority: two disjoint sets of neighbours could otherwise each rebuild the self mask, one
+            # told the device survived and the other that it dropped.
+            raise ValueError(f"threshold must be a majority of the {len(self.neighbour_keys)} neighbours (above "
+                             f"{len(self.neighbour_keys) // 2}, at most {len(self.neighbour_keys)}), got "
+                             f"{self.threshold}")
 
     @property
     def neighbours(self) -> tuple[int, ...]:
@@ -167,6 +170,11 @@ def answer_unmask(keys: DeviceKeys, setup: RoundSetup, request: UnmaskRequest) -
     strangers = (survivors | dropped) - set(setup.neighbours)
     if strangers:
         raise ValueError(f"the server asks about {sorted(strangers)}, which are not this device's neighbours")
+    if len(survivors) < setup.threshold:
+        # With fewer than t survivors no round can be unmasked honestly; a server that claims so is
+        # after the pairwise seeds, which with a self mask would expose a neighbour's update.
+        raise ValueError(f"the server names {len(survivors)} surviving neighbours, fewer than the threshold "
+                         f"{setup.threshold}; refusing to reveal anything")
     self_mask_shares: dict[int, bytes] = {}
     rejected: dict[int, str] = {}
     for sender in sorted(survivors):

@@ -42,6 +42,12 @@ class Device:
         self.context = Context(run_id=1, node_id=self.node_id, node_config={}, state=RecordDict(), run_config={})
 
     def answer(self, message: Message):
+        try:
+            return self.handle(message)
+        except Exception as error:  # as a ClientApp's exception comes back: an error reply naming it
+            return reply(self.node_id, error=f"Traceback...\n{type(error).__name__}: {error}")
+
+    def handle(self, message: Message):
         if message.metadata.message_type == UNMASK_MESSAGE_TYPE:
             if self.behaviour == "drops-while-unmasking":
                 return reply(self.node_id, error="ConnectionError: gone")
@@ -76,8 +82,11 @@ class FakeGrid:
     def __init__(self, devices: list[Device]) -> None:
         self.devices = {device.node_id: device for device in devices}
         self.received: list = []
+        self.sent: list = []
 
     def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        self.sent += messages
         replies = [self.devices[m.metadata.dst_node_id].answer(m) for m in messages]
         self.received += replies
         return replies
@@ -171,10 +180,47 @@ def test_a_device_with_a_new_key_registers_again_and_joins_the_next_round() -> N
 
 
 def test_an_unmask_request_for_another_exchange_is_refused() -> None:
-    devices, aggregator, grid = federation()
+    devices, aggregator, grid = federation(d0="drops-while-unmasking")  # device 0 still holds its round state
     aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 1)
     stale = Message(RecordDict({"secure-aggregation-config": ConfigRecord({"exchange-id": "another"}),
                                 SECURE_ARRAYS_RECORD: ArrayRecord()}),
                     dst_node_id=devices[0].node_id, message_type=UNMASK_MESSAGE_TYPE)
     with pytest.raises(ValueError, match="unmask request for exchange 'another'"):
         unmask_record(stale, devices[0].context)
+
+
+# -- a lying server (issue 23): each refusal below is the device's, whatever the server asks ----------------------
+
+def unmask_messages(grid: FakeGrid) -> list[Message]:
+    return [m for m in grid.sent if m.metadata.message_type == UNMASK_MESSAGE_TYPE]
+
+
+def test_a_repeated_unmask_request_is_refused() -> None:
+    devices, aggregator, grid = federation()
+    assert aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 1).failure is None
+    # The server asks device 0 again about the same contribution (say with another survivor set).
+    again = unmask_messages(grid)[0]
+    target = next(d for d in devices if d.node_id == again.metadata.dst_node_id)
+    with pytest.raises(RuntimeError, match="sent no masked contribution"):
+        unmask_record(again, target.context)
+
+
+def test_a_reused_label_is_refused_so_no_keystream_masks_two_updates() -> None:
+    devices, aggregator, grid = federation()
+    assert aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 2).failure is None
+    for server_round in (2, 1):  # the same label again, then an older one
+        result = aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", server_round)
+        assert result.failure == "no masked contribution arrived" and not result.contributors
+        assert all("refusing to mask for" in failure["reason"] for failure in result.failures)
+    # A fresh label is fine.
+    assert aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 3).failure is None
+
+
+def test_too_few_contributions_are_never_unmasked() -> None:
+    devices, aggregator, grid = federation(d2="drops")
+    result = aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 1,
+                                 gate=lambda count: ("discarded", f"{count} updates, fewer than 10")
+                                 if count < 10 else None)
+    assert result.gate == ("discarded", "9 updates, fewer than 10") and result.total is None
+    assert result.failure == "9 updates, fewer than 10; nothing was unmasked"
+    assert not unmask_messages(grid)  # no device was asked to reveal anything

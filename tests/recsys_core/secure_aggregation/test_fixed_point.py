@@ -54,3 +54,13 @@ def test_wrong_length_and_non_finite_values_are_refused() -> None:
         codec.encode(np.zeros(4))
     with pytest.raises(ValueError, match="finite"):
         codec.encode(np.array([0.0, np.nan, 0.0]))
+
+
+def test_the_largest_exact_modulus_sums_without_wrapping_and_above_it_is_refused() -> None:
+    # At 64 bits two devices each sending +10 decoded to -20: float64 rounded the encoded integers.
+    codec = FixedPointCodec(np.full(3, 10.0), max_devices=2, modulus_bits=53)
+    total = codec.encode(np.full(3, 10.0)) + codec.encode(np.full(3, 10.0))
+    np.testing.assert_allclose(codec.decode_sum(total, 2), np.full(3, 20.0), atol=codec.max_error(2).max())
+    for bits in (54, 64):
+        with pytest.raises(ValueError, match=f"modulus_bits = {bits}: above 53"):
+            FixedPointCodec(np.full(3, 10.0), max_devices=2, modulus_bits=bits)

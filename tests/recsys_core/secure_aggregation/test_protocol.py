@@ -206,3 +206,18 @@ def test_a_wrong_revealed_share_is_caught_by_the_commitment() -> None:
     with pytest.raises(SecureAggregationError, match="does not match its commitment"):
         unmask_sum(transcript.contributions, federation.graph, transcript.responses, federation.threshold,
                    federation.codec)
+
+
+def test_a_device_refuses_to_reveal_when_fewer_than_threshold_survivors_are_named() -> None:
+    keys = {node: DeviceKeys.generate() for node in (1, 2, 3, 4, 5)}
+    setup = RoundSetup("run", 1, 1, {node: keys[node].public_key for node in (2, 3, 4, 5)}, threshold=3)
+    # Told that three of its four neighbours dropped, it would hand over three pairwise seeds.
+    with pytest.raises(ValueError, match="names 1 surviving neighbours, fewer than the threshold 3"):
+        answer_unmask(keys[1], setup, UnmaskRequest(1, (2,), (3, 4, 5), {}))
+
+
+@pytest.mark.parametrize("threshold", [1, 2])
+def test_a_threshold_below_a_majority_of_neighbours_is_refused(threshold: int) -> None:
+    keys = {node: DeviceKeys.generate() for node in (1, 2, 3, 4, 5)}
+    with pytest.raises(ValueError, match="threshold must be a majority of the 4 neighbours"):
+        RoundSetup("run", 1, 1, {node: keys[node].public_key for node in (2, 3, 4, 5)}, threshold=threshold)
