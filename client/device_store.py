@@ -10,7 +10,9 @@ the app's ``recommend`` finds the user embedding federated training fitted:
 
 ``store-key-file`` holds the store's 32-byte key as 64 hex digits (from the OS keystore);
 ``store-passphrase-env`` names an environment variable holding a passphrase instead.
-``bundle-path`` is the global model bundle the app uses (its catalogue maps item ids).
+``bundle-path`` is the global model bundle the app uses (its catalogue maps item ids);
+``bundle-public-key`` (``bundle-signing.pub`` from ``fedrec deploy certs``) pins the key that
+must have signed it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from client.sdk.device import Device
 from client.sdk.store import KeySource
+from recsys_core.bundle_signing import load_public_key
 from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
@@ -33,6 +36,8 @@ STORE_PATH_KEY = "store-path"
 STORE_KEY_FILE_KEY = "store-key-file"
 STORE_PASSPHRASE_ENV_KEY = "store-passphrase-env"
 BUNDLE_PATH_KEY = "bundle-path"
+#: ``bundle-signing.pub`` from ``fedrec deploy certs``: the node loads only bundles signed by its key.
+BUNDLE_PUBLIC_KEY_KEY = "bundle-public-key"
 
 
 def key_source_from_node_config(node_config: Mapping[str, object]) -> KeySource:
@@ -72,7 +77,11 @@ class StoreBackedDevice:
         if BUNDLE_PATH_KEY not in node_config:
             raise FedrecError(f"node config {STORE_PATH_KEY} needs {BUNDLE_PATH_KEY}: the global model bundle whose "
                               "catalogue names the items the app records")
-        device = Device.open(str(node_config[STORE_PATH_KEY]), key_source_from_node_config(node_config))
+        trusted = None
+        if BUNDLE_PUBLIC_KEY_KEY in node_config:  # the deployment's bundle-signing key, pinned
+            trusted = [load_public_key(str(node_config[BUNDLE_PUBLIC_KEY_KEY]))]
+        device = Device.open(str(node_config[STORE_PATH_KEY]), key_source_from_node_config(node_config),
+                             trusted_bundle_keys=trusted)
         device.load_bundle(str(node_config[BUNDLE_PATH_KEY]))
         return cls(device)
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recsys_core.audit.hash_chain import canonical_json
+from recsys_core.bundle_signing import SIGNATURE_KEY, sign, signature_problem, signed_body
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.errors import FedrecError
 from recsys_core.files import (
@@ -79,9 +82,10 @@ def bundle_catalog(train: InteractionLog) -> dict[str, np.ndarray]:
     return catalog
 
 
-def write_bundle(folder: str | Path, bundle: ModelBundle) -> Path:
+def write_bundle(folder: str | Path, bundle: ModelBundle, signing_key: Ed25519PrivateKey | None = None) -> Path:
     """Writes ``bundle`` as ``folder``: into a new folder first (parameters, catalogue, then the manifest
-    that vouches for them), which then replaces the old one."""
+    that vouches for them), which then replaces the old one. With ``signing_key`` the manifest, and so
+    every file's digest, is signed (:mod:`recsys_core.bundle_signing`)."""
     folder = Path(folder)
     staging = staging_folder(folder)
     try:
@@ -98,6 +102,8 @@ def write_bundle(folder: str | Path, bundle: ModelBundle) -> Path:
             _save_arrays(staging / "catalog.npz", bundle.catalog)
             manifest["catalog_sha256"] = file_sha256(staging / "catalog.npz")
         manifest = json.loads(strict_json_dumps(manifest, staging / "manifest.json"))
+        if signing_key is not None:
+            manifest[SIGNATURE_KEY] = sign(signed_body(manifest, (MANIFEST_DIGEST_KEY,)), signing_key)
         manifest[MANIFEST_DIGEST_KEY] = _content_sha256(manifest)
         text = strict_json_dumps(manifest, staging / "manifest.json", indent=2, sort_keys=True) + "\n"
         write_atomically(staging / "manifest.json", lambda stream: stream.write(text.encode("utf-8")))
@@ -112,8 +118,12 @@ def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_atomically(path, lambda stream: np.savez(stream, **arrays))  # type: ignore[arg-type]
 
 
-def read_bundle(folder: str | Path) -> ModelBundle:
-    """Reads and verifies a bundle; raises :class:`BundleError` naming what is wrong."""
+def read_bundle(folder: str | Path, trusted_keys: Sequence[bytes] | None = None) -> ModelBundle:
+    """Reads and verifies a bundle; raises :class:`BundleError` naming what is wrong.
+
+    ``trusted_keys``: the raw Ed25519 public keys the reader pins; then the bundle must be signed
+    by one of them. None reads unsigned bundles (simulations, tests).
+    """
     folder = Path(folder)
     manifest_path, parameters = folder / "manifest.json", folder / "parameters.npz"
     if not folder.exists() and previous_folder(folder).exists():
@@ -126,6 +136,10 @@ def read_bundle(folder: str | Path) -> ModelBundle:
     if manifest.get(MANIFEST_DIGEST_KEY) != _content_sha256(manifest):
         raise BundleError(f"{manifest_path}: its content does not match its {MANIFEST_DIGEST_KEY} (damaged or "
                           "edited); keep using the previous bundle")
+    if trusted_keys is not None and (problem := signature_problem(
+            signed_body(manifest, (MANIFEST_DIGEST_KEY,)), manifest.get(SIGNATURE_KEY), list(trusted_keys))):
+        raise BundleError(f"{folder}: refused: {problem}; load only bundles the deployment's bundle-signing key "
+                          "signed (fedrec deploy certs makes it)")
     if not parameters.exists() or file_sha256(parameters) != manifest.get("parameters_sha256"):
         raise BundleError(f"{parameters}: missing or its sha256 does not match the manifest "
                           "(truncated or tampered); keep using the previous bundle")

@@ -7,7 +7,9 @@
   CA, with a subjectAltName for every host given (IP addresses and DNS names);
 * ``supernode-N`` / ``supernode-N.pub``: each SuperNode's authentication key pair, EC
   P-384 in OpenSSH format (the format Flower's node authentication reads; PKCS#8 PEM is
-  refused by ``flower-supernode``).
+  refused by ``flower-supernode``);
+* ``bundle-signing.key`` / ``bundle-signing.pub``: the Ed25519 key pair that signs the
+  model bundles devices load (:mod:`recsys_core.bundle_signing`); apps pin the public half.
 
 Private keys are written with mode 0600. Existing files are never overwritten: a
 deployment's CA or node keys are not recreated by accident.
@@ -27,9 +29,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from recsys_core.bundle_signing import generate_signing_key, private_key_bytes, public_key_text
 from recsys_core.errors import FedrecError
 
 CA_DAYS = 3650
+BUNDLE_SIGNING_KEY = "bundle-signing.key"
+BUNDLE_PUBLIC_KEY = "bundle-signing.pub"
 SERVER_DAYS = 825
 
 
@@ -42,6 +47,8 @@ class DeploymentCredentials:
     superlink_key: Path
     supernode_private_keys: tuple[Path, ...]
     supernode_public_keys: tuple[Path, ...]
+    bundle_signing_key: Path
+    bundle_public_key: Path
 
 
 def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: int) -> DeploymentCredentials:
@@ -51,7 +58,7 @@ def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: i
     if supernodes < 0:
         raise FedrecError(f"deploy certs: --supernodes must not be negative, got {supernodes}")
     folder = Path(output_dir)
-    names = ["ca.crt", "ca.key", "superlink.crt", "superlink.key"]
+    names = ["ca.crt", "ca.key", "superlink.crt", "superlink.key", BUNDLE_SIGNING_KEY, BUNDLE_PUBLIC_KEY]
     names += [name for i in range(supernodes) for name in (f"supernode-{i}", f"supernode-{i}.pub")]
     existing = [name for name in names if (folder / name).exists()]
     if existing:
@@ -90,6 +97,9 @@ def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: i
     _write(folder / "ca.key", _pem_private(ca_key), private=True)
     _write(folder / "superlink.crt", server_certificate.public_bytes(serialization.Encoding.PEM))
     _write(folder / "superlink.key", _pem_private(server_key), private=True)
+    signing_key = generate_signing_key()
+    _write(folder / BUNDLE_SIGNING_KEY, private_key_bytes(signing_key), private=True)
+    _write(folder / BUNDLE_PUBLIC_KEY, public_key_text(signing_key).encode("ascii"))
     private_keys, public_keys = [], []
     for index in range(supernodes):
         node_key = ec.generate_private_key(ec.SECP384R1())
@@ -101,7 +111,8 @@ def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: i
         private_keys.append(private_path)
         public_keys.append(public_path)
     return DeploymentCredentials(folder / "ca.crt", folder / "superlink.crt", folder / "superlink.key",
-                                 tuple(private_keys), tuple(public_keys))
+                                 tuple(private_keys), tuple(public_keys), folder / BUNDLE_SIGNING_KEY,
+                                 folder / BUNDLE_PUBLIC_KEY)
 
 
 def _subject_alternative_name(host: str) -> x509.GeneralName:

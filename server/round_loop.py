@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from recsys_core.audit.canaries import CANARIES_FILE
 from recsys_core.bundle import ModelBundle, write_bundle
 from recsys_core.config import dataclass_to_dict
@@ -109,6 +111,8 @@ class RoundLoop(ABC):
     run_directory: RunDirectory
     manifest: FederationManifest
     on_round: RoundCallback | None = None
+    #: Signs the final model bundle (a deployment's ``bundle-signing.key``), so devices that pin its key load it.
+    bundle_signing_key: Ed25519PrivateKey | None = None
     #: The partitions that answered :meth:`connect`, sorted.
     partitions: list[int] = field(default_factory=list, init=False)
 
@@ -219,7 +223,7 @@ class RoundLoop(ABC):
         write_bundle(self.run_directory.path / "final-model", ModelBundle(
             config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,
             {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset},
-            self.manifest.bundle_catalog()))
+            self.manifest.bundle_catalog()), signing_key=self.bundle_signing_key)
         ledger = run_ledger(config, self.manifest.num_partitions, rounds)
         ledger_path = None
         if ledger is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from recsys_core.bundle_signing import load_signing_key
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
@@ -26,7 +27,9 @@ from recsys_core.run_records import environment_record, new_run_directory, write
 from server.rounds import FederatedRun, RoundCallback
 from server.run_directory import NothingToResumeError, RunDirectory, open_run_directory
 
-RESERVED_KEYS = ("config", "run-dir", "resume", "manifest")
+#: Run config key: the deployment's ``bundle-signing.key``, to sign ``final-model/`` for devices that pin its key.
+BUNDLE_SIGNING_KEY_RUN_CONFIG = "bundle-signing-key"
+RESERVED_KEYS = ("config", "run-dir", "resume", "manifest", BUNDLE_SIGNING_KEY_RUN_CONFIG)
 logger = logging.getLogger("fedrec.server")
 
 
@@ -124,4 +127,6 @@ def main(grid: Grid, context: Context) -> None:
         logger.warning("%s", complete)
         return
     manifest = run_manifest(directory, str(run_config.get("manifest") or "") or None)
-    FederatedRun(config, directory, manifest).run(grid, resume=resume)
+    signing_key_path = str(run_config.get(BUNDLE_SIGNING_KEY_RUN_CONFIG) or "")
+    signing_key = load_signing_key(signing_key_path) if signing_key_path else None
+    FederatedRun(config, directory, manifest, bundle_signing_key=signing_key).run(grid, resume=resume)

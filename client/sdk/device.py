@@ -13,7 +13,7 @@ keeps between rounds. Only a global model comes in; nothing goes out from here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +60,18 @@ class Device:
 
     def __init__(self, store: EncryptedStore, weights: FeedbackWeights | None = None, seed: int = 0,
                  personalisation: PersonalisationConfig | None = None,
-                 model_overrides: Mapping[str, object] | None = None) -> None:
+                 model_overrides: Mapping[str, object] | None = None,
+                 trusted_bundle_keys: Sequence[bytes] | None = None) -> None:
         """``model_overrides`` replace options of every loaded bundle's model, for on-device
         inference settings such as ``{"ranking_dtype": "float16"}`` (Mult-DAE/VAE); one that
-        changes a weight's shape makes :meth:`load_bundle` refuse the bundle."""
+        changes a weight's shape makes :meth:`load_bundle` refuse the bundle.
+
+        ``trusted_bundle_keys``: the deployment's bundle-signing public keys (raw 32 bytes, as
+        :func:`~recsys_core.bundle_signing.load_public_key` reads ``bundle-signing.pub``) the app pins;
+        then :meth:`load_bundle` refuses a bundle not signed by one of them. An app in production
+        should always pin one."""
         self.store = store
+        self.trusted_bundle_keys = None if trusted_bundle_keys is None else list(trusted_bundle_keys)
         self.model_overrides = dict(model_overrides or {})
         self.weights = weights or FeedbackWeights()
         self.personalisation = personalisation or PersonalisationConfig()
@@ -82,7 +89,7 @@ class Device:
     # -- the global model ----------------------------------------------------------------------
     def load_bundle(self, folder: str | Path) -> None:
         """Loads a global model bundle; a damaged or mismatched one raises and the previous one stays."""
-        bundle = read_bundle(folder)
+        bundle = read_bundle(folder, self.trusted_bundle_keys)
         if "item_ids" not in bundle.catalog or len(bundle.catalog["item_ids"]) != bundle.n_items:
             raise BundleError(f"{folder}: the bundle has no item ids for its {bundle.n_items} items; a device "
                               "cannot name what it recommends")

@@ -38,6 +38,7 @@ import numpy as np
 from client.sdk.device import Device
 from client.sdk.store import KeySource
 from recsys_core.bundle import ModelBundle, bundle_catalog, read_bundle, write_bundle
+from recsys_core.bundle_signing import load_public_key, load_signing_key
 from recsys_core.data.config import DataConfig
 from recsys_core.data.partitions import PartitionConfig
 from recsys_core.data.synthetic import SyntheticConfig
@@ -143,8 +144,10 @@ class LocalDeployment:
 
     def run(self, run_config: Path, manifest: Path, run_dir: Path,
             timeout: float = 420) -> subprocess.CompletedProcess:
+        """``flwr run`` of the app; the server signs the final model with the deployment's bundle-signing key."""
         return self.flwr("run", str(ROOT), CONNECTION, "--stream", "--run-config",
-                         f"config='{run_config}' manifest='{manifest}' run-dir='{run_dir}'", timeout=timeout)
+                         f"config='{run_config}' manifest='{manifest}' run-dir='{run_dir}' "
+                         f"bundle-signing-key='{self.credentials.bundle_signing_key}'", timeout=timeout)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -201,15 +204,17 @@ target_delta = 0.01
     return path
 
 
-def initial_bundle(folder: Path) -> Path:
-    """The global model the app ships with before any federated round: initial weights, the catalogue."""
+def initial_bundle(folder: Path, signing_key: Path | None = None) -> Path:
+    """The global model the app ships with before any federated round: initial weights, the catalogue;
+    signed with the deployment's ``bundle-signing.key`` when given."""
     # The catalogue exactly as the server will build it (preprocessed and split the same way).
     train = load_federated_data(DataConfig(synthetic=SyntheticConfig(**SYNTHETIC)), PartitionConfig()).split.train
     with seeded(0):
         model = build_model("neumf", CatalogInfo(1, train.n_items), MODEL_OPTIONS)
     return write_bundle(folder, ModelBundle("neumf", MODEL_OPTIONS, train.n_items,
                                             state_to_arrays(model.shared_state()), {"rounds": 0},
-                                            bundle_catalog(train)))
+                                            bundle_catalog(train)),
+                        None if signing_key is None else load_signing_key(signing_key))
 
 
 def federation_manifest(folder: Path, bundle: Path, devices: int) -> Path:
@@ -219,16 +224,22 @@ def federation_manifest(folder: Path, bundle: Path, devices: int) -> Path:
     return manifest.write(folder / MANIFEST_FILE)
 
 
-def app_device(folder: Path, index: int, bundle: Path, rng: np.random.Generator) -> dict[str, str]:
-    """An app's device: its key (as the OS keystore would hold it), its store with recorded purchases."""
+def app_device(folder: Path, index: int, bundle: Path, rng: np.random.Generator,
+               bundle_public_key: Path | None = None) -> dict[str, str]:
+    """An app's device: its key (as the OS keystore would hold it), its store with recorded purchases; with
+    ``bundle_public_key`` it pins the deployment's bundle-signing key (its node loads only signed bundles)."""
     key = os.urandom(32)
     (folder / f"device-{index}.key").write_text(key.hex())
-    device = Device.open(folder / f"device-{index}.store", KeySource.from_app_key(key))
+    pinned = None if bundle_public_key is None else [load_public_key(bundle_public_key)]
+    device = Device.open(folder / f"device-{index}.store", KeySource.from_app_key(key), trusted_bundle_keys=pinned)
     device.load_bundle(bundle)
     for step, item in enumerate(rng.choice(SYNTHETIC["n_items"], 8, replace=False)):
         device.record(str(item), "purchase", timestamp=step)
-    return {"store-path": str(folder / f"device-{index}.store"), "store-key-file": str(folder / f"device-{index}.key"),
-            "bundle-path": str(bundle)}
+    settings = {"store-path": str(folder / f"device-{index}.store"),
+                "store-key-file": str(folder / f"device-{index}.key"), "bundle-path": str(bundle)}
+    if bundle_public_key is not None:
+        settings["bundle-public-key"] = str(bundle_public_key)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         for public_key in deployment.credentials.supernode_public_keys:
             deployment.register(public_key)
         print(f"3. registered {devices} SuperNodes")
-        bundle = initial_bundle(folder / "initial-model")
+        credentials = deployment.credentials
+        bundle = initial_bundle(folder / "initial-model", credentials.bundle_signing_key)
         rng = np.random.default_rng(0)
         for index in range(devices):
-            settings = app_device(folder, index, bundle, rng)
+            settings = app_device(folder, index, bundle, rng, credentials.bundle_public_key)
             node_config = " ".join([f"partition-id={index} num-partitions={devices}",
                                     *(f'{key}="{value}"' for key, value in settings.items())])
             deployment.supernode(f"supernode-{index}", deployment.credentials.supernode_private_keys[index],
@@ -264,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"6. flwr run finished: {run_dir}")
         key = bytes.fromhex((folder / "device-0.key").read_text())
-        device = Device.open(folder / "device-0.store", KeySource.from_app_key(key))
-        device.load_bundle(run_dir / "final-model")
+        device = Device.open(folder / "device-0.store", KeySource.from_app_key(key),
+                             trusted_bundle_keys=[load_public_key(credentials.bundle_public_key)])
+        device.load_bundle(run_dir / "final-model")  # signed by the server with the deployment's key
         print("device 0 personalises its own embedding offline, final loss:", device.personalise())
         print("device 0 recommends, on the device:", [r.item for r in device.recommend(k=5)])
         print(f"logs: {folder}/*.log")

@@ -21,6 +21,8 @@ import pytest
 
 from client.sdk.device import Device
 from client.sdk.store import KeySource
+from recsys_core.bundle import BundleError, read_bundle, write_bundle
+from recsys_core.bundle_signing import load_public_key
 from simulations.examples.local_deployment import (
     LocalDeployment,
     app_device,
@@ -48,10 +50,11 @@ def test_a_tls_deployment_with_authenticated_app_devices_runs_secure_aggregation
     deployment.start_superlink()
     for public_key in credentials.supernode_public_keys[:NODES]:
         deployment.register(public_key)
-    bundle = initial_bundle(folder / "initial-model")
+    # The app ships a bundle signed with the deployment's key, and every node pins that key.
+    bundle = initial_bundle(folder / "initial-model", credentials.bundle_signing_key)
     rng = np.random.default_rng(0)
     for index in range(NODES):
-        settings = app_device(folder, index, bundle, rng)
+        settings = app_device(folder, index, bundle, rng, credentials.bundle_public_key)
         node_config = " ".join([f"partition-id={index} num-partitions={NODES}",
                                 *(f'{key}="{value}"' for key, value in settings.items())])
         deployment.supernode(f"supernode-{index}", credentials.supernode_private_keys[index], node_config)
@@ -79,10 +82,14 @@ def test_a_tls_deployment_with_authenticated_app_devices_runs_secure_aggregation
     assert summary["secure_aggregation"]["rounds_failed"] == 0 and 0 <= summary["test"]["full/ndcg@10"] <= 1
     # The device trained on its store: its private parameters are there now, and it ranks with the new model.
     device = Device.open(folder / "device-0.store", KeySource.from_app_key(bytes.fromhex(
-        (folder / "device-0.key").read_text())))
+        (folder / "device-0.key").read_text())), trusted_bundle_keys=[load_public_key(credentials.bundle_public_key)])
     assert not before and any(name.startswith("private/") for name in device.training_state())
-    device.load_bundle(run_dir / "final-model")
+    device.load_bundle(run_dir / "final-model")  # the server signed it with the deployment's key
     assert len(device.recommend(k=5)) == 5
+    # A bundle rewritten without that key (its digests all fixed) is refused by the pinning device.
+    forged = write_bundle(folder / "forged", read_bundle(run_dir / "final-model"))
+    with pytest.raises(BundleError, match="refused: it is not signed"):
+        device.load_bundle(forged)
 
     # A node whose key was never registered: refused at activation, exits by itself.
     stranger = deployment.supernode("unregistered", credentials.supernode_private_keys[NODES], "partition-id=0")

@@ -164,3 +164,17 @@ def test_an_autoencoder_can_rank_in_half_precision_and_shape_changing_overrides_
     resized = Device.open(tmp_path / "resized.store", KEY, model_overrides={"hidden_dims": [12, 8]})
     with pytest.raises(BundleError, match="do not fit model mult_dae"):
         resized.load_bundle(bundle)
+
+
+def test_an_app_that_pins_the_bundle_key_loads_only_signed_bundles(tmp_path: Path) -> None:
+    from recsys_core.bundle import read_bundle
+    from recsys_core.bundle_signing import generate_signing_key, public_key_text
+
+    operator = generate_signing_key()
+    device = Device.open(tmp_path / "user.store", KEY, trusted_bundle_keys=[bytes.fromhex(public_key_text(operator))])
+    unsigned = make_bundle(tmp_path / "unsigned")
+    with pytest.raises(BundleError, match="refused: it is not signed"):
+        device.load_bundle(unsigned)
+    signed = write_bundle(tmp_path / "signed", read_bundle(unsigned), operator)
+    device.load_bundle(signed)
+    assert [r.item for r in device.recommend(k=3)] == ["sku-0", "sku-1", "sku-2"]
