@@ -82,9 +82,15 @@ class Device:
         self._item_index: dict[str, int] = {}
 
     @classmethod
-    def open(cls, path: str | Path, key_source: KeySource, **options: object) -> Device:
-        """Opens (or, on first use, creates) the device's store at ``path``."""
-        return cls(EncryptedStore(path, key_source), **options)  # type: ignore[arg-type]
+    def open(cls, path: str | Path, key_source: KeySource, identity: str = "", min_counter: int = 0,
+             **options: object) -> Device:
+        """Opens (or, on first use, creates) the device's store at ``path``.
+
+        ``identity`` (whose store: a user or install id) and ``min_counter`` (the store's write counter the
+        app last kept in its keystore) let the store refuse another user's file or an older copy of its own
+        (:class:`~client.sdk.store.EncryptedStore`).
+        """
+        return cls(EncryptedStore(path, key_source, identity, min_counter), **options)  # type: ignore[arg-type]
 
     # -- the global model ----------------------------------------------------------------------
     def load_bundle(self, folder: str | Path) -> None:

@@ -8,15 +8,26 @@ File layout::
 
     b"FEDRECSTORE" version(1 byte) header_length(4 bytes, big endian) header(JSON) nonce(12) ciphertext
 
-The header names the key source (``scrypt`` with its salt and cost, or ``app-key``) and
-a key check value; the whole header is authenticated as AES-GCM's associated data. So:
+The header names the key source (``scrypt`` with its salt and cost, or ``app-key``), a
+key check value, the store's identity (a random id made at creation and the identity the
+app gives, say its user or install id) and a write counter; the whole header is
+authenticated as AES-GCM's associated data. So:
 
 * a wrong passphrase or key is reported as such (the check value differs), never as
   garbage data;
 * a flipped byte anywhere else fails authentication and is reported as tampering or
   corruption, naming the file;
 * a write goes to a temporary file in the same folder, is fsynced and renamed over the
-  old one, so a process killed mid-write leaves the previous version intact.
+  old one, so a process killed mid-write leaves the previous version intact;
+* another user's store, copied over this one under a shared app key, is refused: its
+  identity differs from the one the app opens it with;
+* an older copy of the store (a rollback, which would restore a spent privacy budget) is
+  refused when its write counter is below the last one this store object saw, or below
+  ``min_counter``. Across restarts that needs the app to keep :attr:`EncryptedStore.counter`
+  somewhere the attacker cannot roll back (the OS keystore, beside the key); a device
+  cannot detect a rollback of everything it stores by itself.
+* the scrypt cost read from a header is bounded (n from 2^17, OWASP's minimum, to 2^20),
+  so a crafted header cannot make opening take minutes or gigabytes, nor weaken the key.
 """
 
 from __future__ import annotations
@@ -40,11 +51,16 @@ from recsys_core.errors import FedrecError
 from recsys_core.files import write_atomically
 
 MAGIC = b"FEDRECSTORE"
-VERSION = 1
+#: 2: the header carries the store's identity and a write counter.
+VERSION = 2
 KEY_BYTES = 32
 NONCE_BYTES = 12
-#: scrypt cost: 2^15 x 8 x 1 takes about 0.1 s and 32 MiB, once per opening.
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1
+#: scrypt cost: 2^17 x 8 x 1 (OWASP's minimum) takes about 0.4 s and 128 MiB, once per opening.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 17, 8, 1
+#: What a header may ask of scrypt: below these the key is too cheap to guess, above them opening is a denial of
+#: service.
+SCRYPT_N_RANGE, SCRYPT_R_RANGE, SCRYPT_P_RANGE = (1 << 17, 1 << 20), (8, 32), (1, 16)
+MIN_SALT_BYTES = 16
 
 Arrays = dict[str, np.ndarray]
 
@@ -96,8 +112,14 @@ class KeySource:
             if self.passphrase is None:
                 raise WrongKeyError("this store is opened with a passphrase, not an app key")
             salt = base64.b64decode(str(header["salt"]))
-            return Scrypt(salt=salt, length=KEY_BYTES, n=int(str(header["n"])), r=int(str(header["r"])),
-                          p=int(str(header["p"]))).derive(self.passphrase.encode())
+            n, r, p = (int(str(header[name])) for name in ("n", "r", "p"))
+            for name, value, (low, high) in (("n", n, SCRYPT_N_RANGE), ("r", r, SCRYPT_R_RANGE),
+                                             ("p", p, SCRYPT_P_RANGE)):
+                if not low <= value <= high:
+                    raise StoreError(f"scrypt {name} = {value} is outside [{low}, {high}]")
+            if len(salt) < MIN_SALT_BYTES:
+                raise StoreError(f"the scrypt salt is {len(salt)} bytes, fewer than {MIN_SALT_BYTES}")
+            return Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(self.passphrase.encode())
         raise StoreError(f"unknown key derivation {kdf!r}")
 
 
@@ -110,9 +132,15 @@ def _check_value(key: bytes) -> str:
 class EncryptedStore:
     """One encrypted file holding named arrays; :meth:`save` replaces the whole content atomically."""
 
-    def __init__(self, path: str | Path, key_source: KeySource) -> None:
+    def __init__(self, path: str | Path, key_source: KeySource, identity: str = "", min_counter: int = 0) -> None:
+        """``identity``: whose store this is (a user or install id the app knows); a store made for another
+        identity is refused. ``min_counter``: the write counter the app last kept in its keystore; an
+        older store is a rollback and is refused."""
         self.path = Path(path)
         self.key_source = key_source
+        self.identity = identity
+        #: The write counter of the last version this object read or wrote (0: none yet).
+        self.counter = min_counter
         self._key: bytes | None = None
         self._header: dict[str, object] | None = None
 
@@ -134,7 +162,9 @@ class EncryptedStore:
             key = self.key_source.derive(header)
         except WrongKeyError as error:
             raise WrongKeyError(f"{self.path}: {error}") from None
-        except (StoreError, KeyError, ValueError, TypeError):
+        except StoreError as error:
+            raise StoreError(f"{self.path}: its header is refused ({error}); tampered or damaged") from None
+        except (KeyError, ValueError, TypeError):
             raise StoreError(f"{self.path}: its header is corrupt (tampered or damaged)") from None
         if not hmac.compare_digest(_check_value(key), str(header.get("key_check", ""))):
             raise WrongKeyError(f"{self.path}: the passphrase or key is wrong (or the store's header was altered)")
@@ -143,7 +173,16 @@ class EncryptedStore:
         except InvalidTag:
             raise StoreError(f"{self.path}: authentication failed: the file was tampered with or is corrupt; "
                              "restore it from a backup or start a new store") from None
-        self._key, self._header = key, header
+        if header.get("identity") != self.identity:
+            raise StoreError(f"{self.path}: this store belongs to identity {header.get('identity')!r}, not "
+                             f"{self.identity!r}: another user's store was put in its place; restore this user's "
+                             "own store")
+        counter = header.get("counter")
+        if not isinstance(counter, int) or counter < self.counter:
+            raise StoreError(f"{self.path}: write counter {counter}, but this store was already at {self.counter}: an "
+                             "older copy was put back (a rollback, which would restore a spent privacy budget); "
+                             "restore the latest store")
+        self._key, self._header, self.counter = key, header, counter
         with np.load(io.BytesIO(plaintext), allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
 
@@ -155,9 +194,10 @@ class EncryptedStore:
             else:
                 header = self.key_source.new_header()
                 key = self.key_source.derive(header)
-                header["key_check"] = _check_value(key)
+                header.update(key_check=_check_value(key), store_id=os.urandom(16).hex(), identity=self.identity)
                 self._key, self._header = key, header
         assert self._key is not None and self._header is not None
+        self._header["counter"] = self.counter + 1
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         header_bytes = json.dumps(self._header, sort_keys=True).encode()
@@ -165,6 +205,7 @@ class EncryptedStore:
         ciphertext = AESGCM(self._key).encrypt(nonce, buffer.getvalue(), header_bytes)
         payload = MAGIC + bytes([VERSION]) + len(header_bytes).to_bytes(4, "big") + header_bytes + nonce + ciphertext
         write_atomically(self.path, lambda stream: stream.write(payload))
+        self.counter += 1
 
     def _split(self, data: bytes) -> tuple[bytes, bytes, bytes]:
         fixed = len(MAGIC) + 1 + 4

@@ -92,3 +92,44 @@ def test_a_process_killed_mid_write_loses_at_most_the_write_in_flight(tmp_path: 
     assert committed >= 5
     version = int(EncryptedStore(path, KEY).load()["version"][0])
     assert version in (committed, committed + 1)
+
+
+def test_another_users_store_under_a_shared_app_key_is_refused(tmp_path: Path) -> None:
+    EncryptedStore(tmp_path / "alice.store", KEY, identity="alice").save({"budget": np.array([7.5])})
+    EncryptedStore(tmp_path / "bob.store", KEY, identity="bob").save({"budget": np.array([0.5])})
+    (tmp_path / "alice.store").write_bytes((tmp_path / "bob.store").read_bytes())  # swapped in
+    with pytest.raises(StoreError, match="belongs to identity 'bob', not 'alice': another user's store"):
+        EncryptedStore(tmp_path / "alice.store", KEY, identity="alice").load()
+
+
+def test_an_older_copy_of_the_store_is_refused_as_a_rollback(tmp_path: Path) -> None:
+    path = tmp_path / "device.store"
+    store = EncryptedStore(path, KEY)
+    store.save({"spent": np.array([1.0])})
+    old = path.read_bytes()
+    store.save({"spent": np.array([7.9])})
+    assert store.counter == 2
+    path.write_bytes(old)  # the privacy accountant rolled back to before the last round
+    with pytest.raises(StoreError, match="write counter 1, but this store was already at 2: an older copy"):
+        store.load()
+    # After a restart the store object is new: the app passes the counter it kept in its keystore.
+    with pytest.raises(StoreError, match="rollback"):
+        EncryptedStore(path, KEY, min_counter=2).load()
+    assert EncryptedStore(path, KEY).load()["spent"][0] == 1.0  # with nothing kept, a device cannot tell
+
+
+@pytest.mark.parametrize(("field", "value"), [("n", 1 << 10), ("n", 1 << 30), ("r", 1), ("p", 1000)])
+def test_scrypt_costs_outside_their_bounds_are_refused_before_any_work(tmp_path: Path, field: str,
+                                                                       value: int) -> None:
+    import json
+
+    path = tmp_path / "device.store"
+    EncryptedStore(path, KeySource.from_passphrase("pw")).save({"x": np.ones(2)})
+    data = path.read_bytes()
+    length = int.from_bytes(data[12:16], "big")
+    header = json.loads(data[16:16 + length])
+    header[field] = value
+    forged = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(data[:12] + len(forged).to_bytes(4, "big") + forged + data[16 + length:])
+    with pytest.raises(StoreError, match=f"scrypt {field} = {value} is outside"):
+        EncryptedStore(path, KeySource.from_passphrase("pw")).load()
