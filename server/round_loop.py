@@ -134,9 +134,14 @@ class RoundLoop(ABC):
         round; nothing here, where devices keep their own state (Flower nodes)."""
         return None
 
+    def online_partitions(self) -> list[int]:
+        """The partitions whose devices can be reached now: every one here (simulated devices never go away)."""
+        return self.partitions
+
     def sample(self, server_round: int, count: int, purpose: int) -> list[int]:
-        """Sorted partition ids for this round; the same for any run with the same seed."""
-        return sample_partitions(self.config.seed, server_round, purpose, self.partitions, count)
+        """Sorted partition ids for this round, among those online; the same for any run with the same seed
+        and the same devices online."""
+        return sample_partitions(self.config.seed, server_round, purpose, self.online_partitions(), count)
 
     def run_rounds(self, resume: bool = False) -> dict[str, Any]:
         """Every round from the first (or the one after the checkpoint) to ``server.rounds``, then the summary."""
@@ -208,7 +213,7 @@ class RoundLoop(ABC):
         config = self.config
         summary: dict[str, Any] = {"rounds": config.server.rounds}
         if config.server.final_evaluation:
-            summary["test"], summary["test_failures"] = self.evaluate(shared, self.partitions, "test",
+            summary["test"], summary["test_failures"] = self.evaluate(shared, self.online_partitions(), "test",
                                                                       config.server.rounds)
         rounds = self.run_directory.read_rounds()
         summary["seconds_total"] = sum(r.seconds for r in rounds)

@@ -37,7 +37,17 @@ from recsys_core.federated.wire import (
     update_problem,
 )
 from server.round_loop import RoundCallback, RoundLoop, TrainingExchange, sum_evaluations
-from server.secure_aggregation import SecureAggregator, record_arrays, short_reason
+from server.secure_aggregation import (
+    NO_REPLY,
+    SecureAggregator,
+    record_arrays,
+    reply_node,
+    sent_nodes,
+    short_reason,
+)
+
+#: Seconds a held-out device has to answer the probe that brings it back into the rounds.
+PROBE_TIMEOUT = 10.0
 
 __all__ = ["FederatedRun", "RoundCallback", "TrainingExchange", "read_train_reply", "sort_replies"]
 
@@ -68,17 +78,25 @@ def read_train_reply(reply: Message, with_counts: bool, max_examples: int | None
     return parsed
 
 
-def sort_replies(replies: list[Message], partitions: list[int], node_to_partition: dict[int, int],
-                 current: Arrays,
-                 max_examples: int | None = None) -> tuple[list[tuple[int, Arrays, TrainReply]], TrainingExchange]:
+def sort_replies(
+    replies: list[Message], partitions: list[int], node_to_partition: dict[int, int], current: Arrays,
+    max_examples: int | None = None, sent_to: dict[str, int] | None = None,
+) -> tuple[list[tuple[int, Arrays, TrainReply]], TrainingExchange]:
     """Splits plain replies into usable updates (in partition order) and the round's bookkeeping.
 
-    ``max_examples``: the federation's public bound on one device's example count.
+    ``max_examples``: the federation's public bound on one device's example count. ``sent_to``
+    (:func:`sent_nodes`) places error replies the SuperLink wrote on their node, so a dead node's
+    round counts one failure.
     """
     exchange = TrainingExchange(round_sum=None)
     usable = []
-    for reply in sorted(replies, key=lambda r: node_to_partition.get(r.metadata.src_node_id, -1)):
-        partition = node_to_partition.get(reply.metadata.src_node_id)
+    sent_to = sent_to or {}
+
+    def partition_of(reply: Message) -> int | None:
+        return node_to_partition.get(reply_node(reply, sent_to))
+
+    for reply in sorted(replies, key=lambda r: (p if (p := partition_of(r)) is not None else -1)):
+        partition = partition_of(reply)
         if reply.has_error():
             exchange.failures.append(_reply_failure(reply, partition))
             continue
@@ -105,9 +123,8 @@ def sort_replies(replies: list[Message], partitions: list[int], node_to_partitio
             exchange.failures.append(DeviceFailure(partition, f"update rejected: {problem or 'unknown sender'}"))
             continue
         usable.append((partition, arrays, parsed))
-    answered = {node_to_partition.get(reply.metadata.src_node_id) for reply in replies}
-    exchange.failures += [DeviceFailure(p, "no reply before the round timeout")
-                          for p in sorted(set(partitions) - answered)]
+    answered = {partition_of(reply) for reply in replies}
+    exchange.failures += [DeviceFailure(p, NO_REPLY) for p in sorted(set(partitions) - answered)]
     return usable, exchange
 
 
@@ -122,6 +139,24 @@ class FederatedRun(RoundLoop):
     #: Secure aggregation: the most training rows and users of any partition (example weights, metric ranges).
     most_training_rows: int = 1
     most_users: int = 1
+    #: Partitions whose node was offline at the last look (:meth:`online_partitions`).
+    offline: set[int] = field(default_factory=set)
+    #: Partitions that did not answer a training exchange (timeout, or the SuperLink's "Node Unavailable"):
+    #: held out of sampling until they answer a probe, as the SuperLink may list a dead node as online for a while.
+    unreachable: set[int] = field(default_factory=set)
+
+    def online_partitions(self) -> list[int]:
+        """The partitions whose node the SuperLink lists as online (it stops listing a node that misses its
+        heartbeats); a node that went away is left out of sampling, said once, and back when it returns."""
+        online = set(self._grid().get_node_ids())
+        partitions = [p for p in self.partitions if self.partition_to_node[p] in online and p not in self.unreachable]
+        offline = set(self.partitions) - set(partitions)
+        for partition in sorted(offline - self.offline):
+            logger.warning("partition %d: its node is offline; left out of the rounds until it returns", partition)
+        for partition in sorted(self.offline - offline):
+            logger.warning("partition %d: its node is back online", partition)
+        self.offline = offline
+        return partitions
 
     def run(self, grid: Grid, resume: bool = False) -> dict[str, Any]:
         """The whole run over ``grid``; returns the summary."""
@@ -160,9 +195,14 @@ class FederatedRun(RoundLoop):
             raise RuntimeError(f"only {len(node_ids)} nodes connected, fewer than server.min_devices")
         if len(node_ids) < expected:
             logger.warning("%d of %d clients connected; continuing with those", len(node_ids), expected)
+        self.describe(grid, node_ids, self.config.server.round_timeout)
+
+    def describe(self, grid: Grid, node_ids: list[int], timeout: float) -> set[int]:
+        """Asks ``node_ids`` which partition each holds (and its public key); returns the partitions that answered."""
         messages = [Message(RecordDict({CONFIG_RECORD: ConfigRecord({"request": "partition"})}),
                             dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
-        for reply in grid.send_and_receive(messages, timeout=self.config.server.round_timeout):
+        answered = set()
+        for reply in grid.send_and_receive(messages, timeout=timeout):
             if reply.has_error():
                 logger.warning("node %s did not describe itself: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue
@@ -172,8 +212,10 @@ class FederatedRun(RoundLoop):
                 logger.warning("node %s described itself wrongly: %s", reply.metadata.src_node_id, error)
                 continue
             self.partition_to_node[partition] = reply.metadata.src_node_id
+            answered.add(partition)
             if self.secure is not None:
                 self.secure.register(reply.metadata.src_node_id, reply.content[CONFIG_RECORD].get(PUBLIC_KEY_KEY))
+        return answered
 
     def evaluate(self, shared: Arrays, partitions: list[int], part: str,
                  server_round: int) -> tuple[dict[str, float], int]:
@@ -210,15 +252,29 @@ class FederatedRun(RoundLoop):
                               CONFIG_RECORD: self.message_config(server_round)})
         messages = self.messages(content, partitions, MessageType.TRAIN)
         if self.secure is not None:
-            return self.secure_exchange(messages, current, server_round)
-        return self.plain_exchange(messages, current, partitions)
+            exchange = self.secure_exchange(messages, current, server_round)
+        else:
+            exchange = self.plain_exchange(messages, current, partitions)
+        unanswered = {failure.partition for failure in exchange.failures if failure.partition is not None
+                      and (failure.reason == NO_REPLY or "Node Unavailable" in failure.reason)}
+        for partition in sorted(unanswered - self.unreachable):
+            logger.warning("round %d: partition %d did not answer; held out until it answers a probe", server_round,
+                           partition)
+        # Those held out from before are probed (a short describe query): one that answers is back.
+        waiting = sorted(self.unreachable - set(partitions))
+        back = self.describe(self._grid(), [self.partition_to_node[p] for p in waiting], PROBE_TIMEOUT) \
+            if waiting else set()
+        for partition in sorted(back):
+            logger.warning("round %d: partition %d answers again; back in the rounds", server_round, partition)
+        self.unreachable = (self.unreachable - set(partitions) - back) | unanswered
+        return exchange
 
     def plain_exchange(self, messages: list[Message], current: Arrays, partitions: list[int]) -> TrainingExchange:
         """Devices send their parameters in clear; the server sums them in partition order."""
         node_to_partition = {self.partition_to_node[p]: p for p in partitions}
         replies = list(self._grid().send_and_receive(messages, timeout=self.config.server.round_timeout))
         usable, exchange = sort_replies(replies, partitions, node_to_partition, current,
-                                        self.manifest.max_training_rows)
+                                        self.manifest.max_training_rows, sent_nodes(messages))
         screened, outlying = screen_updates(self.config, current, [
             (partition, arrays, reply.num_examples or 0, float("nan") if reply.train_loss is None else reply.train_loss)
             for partition, arrays, reply in usable])

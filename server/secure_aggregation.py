@@ -61,11 +61,28 @@ from recsys_core.secure_aggregation.wire import (
 logger = logging.getLogger("fedrec.server")
 
 
+#: A sampled device's failure when nothing came back in time.
+NO_REPLY = "no reply before the round timeout"
+
+
 def short_reason(reason: str | None) -> str:
     """The last meaningful line of a client error (Ray wraps it in several lines of traceback)."""
     lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
     last = lines[-1] if lines else "unknown error"
     return last.split("Message: ", 1)[-1].rstrip("'>")
+
+
+def reply_node(reply: Message, sent_to: dict[str, int]) -> int:
+    """The node a reply is about: its sender, or, for an error the SuperLink wrote itself (a node that
+    stopped reporting a heartbeat is "Node Unavailable"), the node the answered message went to."""
+    return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id) \
+        if reply.has_error() else reply.metadata.src_node_id
+
+
+def sent_nodes(messages: list[Message]) -> dict[str, int]:
+    """Message id -> destination node, for messages the grid has sent (it sets their ids)."""
+    return {message.metadata.message_id: message.metadata.dst_node_id for message in messages
+            if message.metadata.message_id}
 
 
 def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -155,12 +172,13 @@ class SecureAggregator:
             sent.append(Message(content, dst_node_id=node, message_type=message.metadata.message_type))
         timeout = self.config.server.round_timeout
         replies = list(grid.send_and_receive(sent, timeout=timeout))
+        sent_to = sent_nodes(sent)
         result = ExchangeResult(None, replies, [], failures,
                                 bytes_down=sum(_content_bytes(m.content) for m in sent))
         codec = layout.codec(len(nodes), secure.modulus_bits)
         contributions: dict[int, MaskedContribution] = {}
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = reply_node(reply, sent_to)
             problem = self._reply_problem(reply)
             if problem == "declined":
                 result.declined.append(node)
@@ -175,8 +193,8 @@ class SecureAggregator:
                 except (ValueError, InvalidContributionError) as error:
                     problem = f"contribution rejected: {error}"
             failures.append({"node": node, "reason": problem})
-        answered = {reply.metadata.src_node_id for reply in replies}
-        failures += [{"node": node, "reason": "no reply before the round timeout"}
+        answered = {reply_node(reply, sent_to) for reply in replies}
+        failures += [{"node": node, "reason": NO_REPLY}
                      for node in nodes if node not in answered]
         result.contributors = sorted(contributions)
         if not contributions:

@@ -129,4 +129,8 @@ def main(grid: Grid, context: Context) -> None:
     manifest = run_manifest(directory, str(run_config.get("manifest") or "") or None)
     signing_key_path = str(run_config.get(BUNDLE_SIGNING_KEY_RUN_CONFIG) or "")
     signing_key = load_signing_key(signing_key_path) if signing_key_path else None
-    FederatedRun(config, directory, manifest, bundle_signing_key=signing_key).run(grid, resume=resume)
+    summary = FederatedRun(config, directory, manifest, bundle_signing_key=signing_key).run(grid, resume=resume)
+    if config.server.final_evaluation and not summary.get("test"):
+        # Flower then marks the run failed (`flwr ls`), so a deployment that lost its devices is not a success.
+        raise FedrecError(f"{directory.path}: the run ended without test metrics (the final evaluation got no "
+                          f"usable sum; failures: {summary.get('failures_by_reason')}); see rounds.jsonl")

@@ -21,6 +21,7 @@ Every process is stopped (by process tree) when it ends, also on errors.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -99,9 +100,10 @@ class LocalDeployment:
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(home),
                     "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+    def start(self, name: str, command: list[str], cwd: Path | None = None) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                   cwd=cwd or self.folder)
         self.processes.append(process)
         return process
 
@@ -142,12 +144,20 @@ class LocalDeployment:
                         "--auth-supernode-private-key", str(key)]
         return self.start(name, command)
 
+    def run_arguments(self, run_config: Path, manifest: Path, run_dir: Path) -> list[str]:
+        """``flwr run`` of the app; the server signs the final model with the deployment's bundle-signing key."""
+        return ["run", str(ROOT), CONNECTION, "--stream", "--run-config",
+                f"config='{run_config}' manifest='{manifest}' run-dir='{run_dir}' "
+                f"bundle-signing-key='{self.credentials.bundle_signing_key}'"]
+
     def run(self, run_config: Path, manifest: Path, run_dir: Path,
             timeout: float = 420) -> subprocess.CompletedProcess:
-        """``flwr run`` of the app; the server signs the final model with the deployment's bundle-signing key."""
-        return self.flwr("run", str(ROOT), CONNECTION, "--stream", "--run-config",
-                         f"config='{run_config}' manifest='{manifest}' run-dir='{run_dir}' "
-                         f"bundle-signing-key='{self.credentials.bundle_signing_key}'", timeout=timeout)
+        return self.flwr(*self.run_arguments(run_config, manifest, run_dir), timeout=timeout)
+
+    def start_run(self, run_config: Path, manifest: Path, run_dir: Path) -> subprocess.Popen:
+        """The same run, in the background (stopped with the deployment); its output goes to ``flwr-run.log``."""
+        return self.start("flwr-run", [str(BIN / "flwr"), *self.run_arguments(run_config, manifest, run_dir)],
+                          cwd=ROOT)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -270,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = folder / "run"
         manifest = federation_manifest(folder, bundle, devices)
         result = deployment.run(run_config(folder, args.rounds, devices), manifest, run_dir)
-        if result.returncode != 0 or not (run_dir / "summary.json").exists():
+        # `flwr run --stream` exits 0 whatever the ServerApp did; the run directory says whether it succeeded.
+        summary_file = run_dir / "summary.json"
+        if result.returncode != 0 or not summary_file.exists() or not json.loads(summary_file.read_text()).get("test"):
             print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
             print(f"the run did not finish; see the logs in {folder}", file=sys.stderr)
             return 1

@@ -13,6 +13,7 @@ process tree.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from simulations.examples.local_deployment import (
     app_device,
     federation_manifest,
     initial_bundle,
+    kill_tree,
     run_config,
 )
 
@@ -99,3 +101,39 @@ def test_a_tls_deployment_with_authenticated_app_devices_runs_secure_aggregation
     plaintext = deployment.supernode("plaintext", None, "partition-id=0", "--insecure", "--max-retries", "3")
     assert plaintext.wait(timeout=90) != 0
     assert "Giving up reconnection" in deployment.log("plaintext")
+
+
+def test_a_dead_supernode_is_counted_once_left_out_and_the_secure_rounds_go_on(deployment) -> None:
+    """A node killed after round 1: its round fails (3 devices cannot lose one and unmask), then the run
+    goes on with the two that answer, counts the dead one once, and ends with test metrics."""
+    credentials, folder = deployment.credentials, deployment.folder
+    deployment.start_superlink()
+    for public_key in credentials.supernode_public_keys[:NODES]:
+        deployment.register(public_key)
+    bundle = initial_bundle(folder / "initial-model", credentials.bundle_signing_key)
+    rng = np.random.default_rng(0)
+    nodes = []
+    for index in range(NODES):
+        settings = app_device(folder, index, bundle, rng, credentials.bundle_public_key)
+        node_config = " ".join([f"partition-id={index} num-partitions={NODES}",
+                                *(f'{key}="{value}"' for key, value in settings.items())])
+        nodes.append(deployment.supernode(f"supernode-{index}", credentials.supernode_private_keys[index],
+                                          node_config))
+    config = run_config(folder, rounds=4, clients=NODES)
+    config.write_text(config.read_text().replace("round_timeout = 120", "round_timeout = 30"))
+    run_dir = folder / "run"
+    run = deployment.start_run(config, federation_manifest(folder, bundle, NODES), run_dir)
+    deadline = time.monotonic() + 240
+    while not ((run_dir / "rounds.jsonl").exists() and (run_dir / "rounds.jsonl").read_text().strip()):
+        assert time.monotonic() < deadline and run.poll() is None, deployment.log("flwr-run")[-3000:]
+        time.sleep(0.5)
+    kill_tree(nodes[2].pid)
+    run.wait(timeout=400)
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [record["status"] for record in rounds] == ["aggregated", "failed", "aggregated", "aggregated"], rounds
+    assert [record["participants"] for record in rounds] == [NODES, 0, NODES - 1, NODES - 1]
+    # Counted once, in the round it died in; then held out of sampling.
+    assert [[failure["partition"] for failure in record["failures"]] for record in rounds] == [[], [2], [], []]
+    assert [record["sampled"] for record in rounds] == [NODES, NODES, NODES - 1, NODES - 1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test"] and summary["failures_total"] == 1

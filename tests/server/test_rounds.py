@@ -19,7 +19,7 @@ def reply(node: int, arrays: dict | None = None, metrics: dict | None = None, er
         content["arrays"] = ArrayRecord({name: Array(value) for name, value in arrays.items()})
     if metrics is not None:
         content["metrics"] = MetricRecord(metrics)
-    return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node),
+    return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node, reply_to_message_id=""),
                            has_error=lambda: error is not None, error=SimpleNamespace(reason=error))
 
 
@@ -178,3 +178,79 @@ def test_a_hostile_reply_is_rejected_and_the_model_is_the_honest_devices_alone(c
 
 def test_the_hostile_matrix_covers_twenty_nine_kinds_of_reply() -> None:
     assert len(HOSTILE) == 29
+
+
+# -- a device that goes away: counted once, held out, probed, back when it answers ----------------------------------
+
+def test_an_error_the_superlink_wrote_for_a_dead_node_is_counted_once_on_its_partition() -> None:
+    unavailable = reply(0, error="Error: Node Unavailable — The destination node failed to report a heartbeat")
+    unavailable.metadata.reply_to_message_id = "message-to-1"
+    usable, exchange = sort_replies([reply(100, CURRENT, GOOD_METRICS), unavailable], [0, 1], {100: 0, 101: 1},
+                                    CURRENT, BOUND, {"message-to-0": 100, "message-to-1": 101})
+    assert [partition for partition, _, _ in usable] == [0]
+    assert [(failure.partition, failure.reason) for failure in exchange.failures] == [
+        (1, "Error: Node Unavailable — The destination node failed to report a heartbeat")]
+
+
+class FlakyGrid:
+    """Four nodes (100 + partition); ``alive`` answer, the rest stay silent; ``listed`` is what the SuperLink lists."""
+
+    def __init__(self) -> None:
+        self.alive = {100, 101, 102, 103}
+        self.listed = {100, 101, 102, 103}
+        self.asked: list[int] = []
+
+    def get_node_ids(self):
+        return sorted(self.listed)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            self.asked.append(node)
+            if node not in self.alive:
+                continue
+            answer = honest_reply(node - 100)
+            if message.metadata.message_type == "query":
+                answer = reply(node, metrics={"partition-id": node - 100})
+                answer.content["config"] = ConfigRecord({})
+            replies.append(answer)
+        return replies
+
+
+def flaky_run(tmp_path):
+    from recsys_core.federated.config import FederatedConfig
+    from recsys_core.federated.manifest import FederationManifest
+    from server.rounds import FederatedRun
+    from server.run_directory import RunDirectory
+
+    config = FederatedConfig.from_dict({"server": {"devices_per_round": 4, "min_devices": 1}, "private": False})
+    manifest = FederationManifest.from_bundle_catalog("test", {"item_ids": np.array(["a", "b", "c", "d"])}, 4, BOUND)
+    run = FederatedRun(config, RunDirectory(tmp_path / "run"), manifest)
+    run.grid = FlakyGrid()
+    run.partitions = [0, 1, 2, 3]
+    run.partition_to_node = {p: 100 + p for p in run.partitions}
+    return run
+
+
+def test_a_device_that_stops_answering_is_held_out_until_it_answers_a_probe(tmp_path, monkeypatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_node_id", "_task_id"):  # Flower stamps these on every Message it builds
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+    run = flaky_run(tmp_path)
+    grid = run.grid
+    grid.alive.discard(103)  # the device died; the SuperLink still lists it
+    exchange = run.training_exchange(CURRENT, run.sample(1, 4, 1), 1)
+    assert [failure.partition for failure in exchange.failures] == [3]
+    assert run.online_partitions() == [0, 1, 2]  # held out although listed
+    grid.asked.clear()
+    exchange = run.training_exchange(CURRENT, run.sample(2, 4, 1), 2)
+    assert not exchange.failures and grid.asked.count(103) == 1  # only the probe went to it, unanswered
+    assert run.online_partitions() == [0, 1, 2]
+    grid.listed.discard(103)  # the SuperLink noticed: it is offline
+    assert run.online_partitions() == [0, 1, 2] and run.offline == {3}
+    grid.alive.add(103)
+    grid.listed.add(103)  # it came back
+    run.training_exchange(CURRENT, run.sample(3, 4, 1), 3)  # the probe after this round finds it
+    assert run.online_partitions() == [0, 1, 2, 3] and not run.offline

@@ -72,8 +72,8 @@ class Device:
 
 def reply(node: int, content: RecordDict | None = None, error: str | None = None):
     return SimpleNamespace(content=content if content is not None else RecordDict(),
-                           metadata=SimpleNamespace(src_node_id=node), has_error=lambda: error is not None,
-                           error=SimpleNamespace(reason=error))
+                           metadata=SimpleNamespace(src_node_id=node, reply_to_message_id=""),
+                           has_error=lambda: error is not None, error=SimpleNamespace(reason=error))
 
 
 class FakeGrid:
