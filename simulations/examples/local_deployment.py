@@ -252,6 +252,19 @@ def app_device(folder: Path, index: int, bundle: Path, rng: np.random.Generator,
     return settings
 
 
+def start_app_supernodes(deployment: LocalDeployment, bundle: Path, count: int) -> list[subprocess.Popen]:
+    """``count`` app devices (encrypted stores, the signed ``bundle``, the bundle key pinned), each a SuperNode."""
+    credentials, rng = deployment.credentials, np.random.default_rng(0)
+    nodes = []
+    for index in range(count):
+        settings = app_device(deployment.folder, index, bundle, rng, credentials.bundle_public_key)
+        node_config = " ".join([f"partition-id={index} num-partitions={count}",
+                                *(f'{key}="{value}"' for key, value in settings.items())])
+        nodes.append(deployment.supernode(f"supernode-{index}", credentials.supernode_private_keys[index],
+                                          node_config))
+    return nodes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", help="folder for credentials, stores and logs (default: a new temp folder)")
@@ -269,13 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"3. registered {devices} SuperNodes")
         credentials = deployment.credentials
         bundle = initial_bundle(folder / "initial-model", credentials.bundle_signing_key)
-        rng = np.random.default_rng(0)
-        for index in range(devices):
-            settings = app_device(folder, index, bundle, rng, credentials.bundle_public_key)
-            node_config = " ".join([f"partition-id={index} num-partitions={devices}",
-                                    *(f'{key}="{value}"' for key, value in settings.items())])
-            deployment.supernode(f"supernode-{index}", deployment.credentials.supernode_private_keys[index],
-                                 node_config)
+        start_app_supernodes(deployment, bundle, devices)
         print(f"4-5. {devices} app devices with encrypted stores joined as SuperNodes")
         run_dir = folder / "run"
         manifest = federation_manifest(folder, bundle, devices)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from client.sdk.device import Device
@@ -26,11 +25,11 @@ from recsys_core.bundle import BundleError, read_bundle, write_bundle
 from recsys_core.bundle_signing import load_public_key
 from simulations.examples.local_deployment import (
     LocalDeployment,
-    app_device,
     federation_manifest,
     initial_bundle,
     kill_tree,
     run_config,
+    start_app_supernodes,
 )
 
 NODES = 3
@@ -54,12 +53,7 @@ def test_a_tls_deployment_with_authenticated_app_devices_runs_secure_aggregation
         deployment.register(public_key)
     # The app ships a bundle signed with the deployment's key, and every node pins that key.
     bundle = initial_bundle(folder / "initial-model", credentials.bundle_signing_key)
-    rng = np.random.default_rng(0)
-    for index in range(NODES):
-        settings = app_device(folder, index, bundle, rng, credentials.bundle_public_key)
-        node_config = " ".join([f"partition-id={index} num-partitions={NODES}",
-                                *(f'{key}="{value}"' for key, value in settings.items())])
-        deployment.supernode(f"supernode-{index}", credentials.supernode_private_keys[index], node_config)
+    start_app_supernodes(deployment, bundle, NODES)
     before = Device.open(folder / "device-0.store", KeySource.from_app_key(bytes.fromhex(
         (folder / "device-0.key").read_text()))).training_state()
 
@@ -111,14 +105,7 @@ def test_a_dead_supernode_is_counted_once_left_out_and_the_secure_rounds_go_on(d
     for public_key in credentials.supernode_public_keys[:NODES]:
         deployment.register(public_key)
     bundle = initial_bundle(folder / "initial-model", credentials.bundle_signing_key)
-    rng = np.random.default_rng(0)
-    nodes = []
-    for index in range(NODES):
-        settings = app_device(folder, index, bundle, rng, credentials.bundle_public_key)
-        node_config = " ".join([f"partition-id={index} num-partitions={NODES}",
-                                *(f'{key}="{value}"' for key, value in settings.items())])
-        nodes.append(deployment.supernode(f"supernode-{index}", credentials.supernode_private_keys[index],
-                                          node_config))
+    nodes = start_app_supernodes(deployment, bundle, NODES)
     config = run_config(folder, rounds=4, clients=NODES)
     config.write_text(config.read_text().replace("round_timeout = 120", "round_timeout = 30"))
     run_dir = folder / "run"
