@@ -140,7 +140,9 @@ def train(message: Message, context: Context) -> Message:
         partition_id, outcome.declined,
         num_examples=None if secure else outcome.num_examples,
         train_loss=None if secure else outcome.train_loss,
-        privacy_epsilon=outcome.privacy_epsilon,
+        # Under secure aggregation nothing per device travels in clear beyond what the threat model lists: the
+        # accountant's history (the ledger needs it); its epsilon, which the history determines, stays home.
+        privacy_epsilon=None if secure else outcome.privacy_epsilon,
         # The accountant's history (mechanism, sampling rate, steps): what the run's privacy ledger needs.
         accountant=None if accountant is None else PrivacyAccountant.from_dict(accountant))
     metrics = MetricRecord(train_reply.to_metrics())

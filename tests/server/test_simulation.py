@@ -263,7 +263,12 @@ def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path, secure: boo
                        "noise_placement": "distributed", "min_surviving_devices": 6},
     }
     config = FederatedConfig.from_dict(values)
-    directory, summary = run_federated_simulation(config)
+    directory, recorder, summary = run_recorded(config)
+    # Under secure aggregation a device's epsilon stays home (its accountant history, which the ledger needs
+    # and the threat model lists, is what travels); in a plain run it is reported beside the update.
+    reported = [reply for reply in recorder.received if not reply.has_error()
+                and "privacy-epsilon" in reply.content.metric_records.get("metrics", {})]
+    assert bool(reported) is not secure
     rounds = directory.read_rounds()
     ledger = verify(load_ledger(directory.path / "privacy-ledger.json"))
     written = load_ledger(directory.path / "privacy-ledger.json")
