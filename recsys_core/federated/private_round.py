@@ -74,7 +74,7 @@ def train_with_local_dp(
     # OS entropy, unknown to the server (unless the config asks for a replayable run that is not private).
     secret = secret_generator(config.privacy.noise_source, config.seed, server_round, partition_id + 1,
                               LOCAL_DP_SECRET)
-    noise_generator = torch.Generator().manual_seed(int(secret.integers(2**63 - 1)))
+    noise_generator = secret  # ChaCha20 from OS entropy: the noise and the Poisson batches, one secret stream
     dp_optimizer = engine.optimizer(optimizer, noise_multiplier=privacy.noise_multiplier,
                                     clip_norm=privacy.per_sample_clip_norm, schedule=schedule,
                                     noise_generator=noise_generator)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.validators import ModuleValidator
 
@@ -127,15 +128,17 @@ class PrivateEngine:
         noise_multiplier: float,
         clip_norm: float,
         schedule: PoissonSchedule,
-        noise_generator: torch.Generator,
+        noise_generator: np.random.Generator,
     ) -> DPOptimizer:
-        """Wraps ``inner`` (over the per-sample parameters) in the DP optimiser of this engine's mode."""
-        kind = DPOptimizerFastGradientClipping if self.mode == "ghost" else DPOptimizer
+        """Wraps ``inner`` (over the per-sample parameters) in the DP optimiser of this engine's mode, drawing
+        its noise from ``noise_generator`` (a secret: ChaCha20 from OS entropy, :func:`secret_generator`)."""
+        kind: type[DPOptimizer] = SecretNoiseFastGradientClipping if self.mode == "ghost" else SecretNoiseDPOptimizer
         if self.mode == "ghost":
             self.wrapped.max_grad_norm = clip_norm
-        return kind(inner, noise_multiplier=noise_multiplier, max_grad_norm=clip_norm,
-                    expected_batch_size=schedule.expected_batch_size, loss_reduction="mean",
-                    generator=noise_generator)
+        optimizer = kind(inner, noise_multiplier=noise_multiplier, max_grad_norm=clip_norm,
+                         expected_batch_size=schedule.expected_batch_size, loss_reduction="mean")
+        optimizer.noise_source = noise_generator
+        return optimizer
 
     def step(self, optimizer: DPOptimizer, batch: Batch) -> torch.Tensor:
         """One clipped and noised step on a non-empty batch; returns the per-sample losses (detached)."""
@@ -150,17 +153,55 @@ class PrivateEngine:
         return losses.detach()
 
     @staticmethod
-    def noise_only_step(optimizer: DPOptimizer, generator: torch.Generator) -> None:
+    def noise_only_step(optimizer: DPOptimizer, generator: np.random.Generator) -> None:
         """The step of an empty Poisson batch: the clipped sum is zero, the noise is not.
 
         Done by hand because Opacus's ghost clipping fails on empty batches.
         """
         standard_deviation = optimizer.noise_multiplier * optimizer.max_grad_norm
         for parameter in optimizer.params:
-            noise = torch.normal(0.0, standard_deviation, size=parameter.shape, generator=generator)
-            parameter.grad = noise.to(parameter.dtype) / optimizer.expected_batch_size
+            noise = secret_noise(generator, standard_deviation, parameter)
+            parameter.grad = noise / optimizer.expected_batch_size
         optimizer.original_optimizer.step()
         optimizer.original_optimizer.zero_grad(set_to_none=True)
+
+
+def secret_noise(generator: np.random.Generator, standard_deviation: float, like: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise shaped like ``like``, drawn from ``generator`` (not torch's statistical Mersenne Twister)."""
+    values = generator.normal(0.0, standard_deviation, size=tuple(like.shape)) if standard_deviation > 0 \
+        else np.zeros(tuple(like.shape))
+    return torch.from_numpy(values).to(dtype=like.dtype, device=like.device)
+
+
+class _SecretNoise:
+    """Opacus's ``add_noise``, with the noise drawn from a numpy generator the device holds secret.
+
+    Opacus draws DP-SGD's noise from a ``torch.Generator`` (Mersenne Twister, whose state its output
+    reveals); its ``secure_mode`` needs torchcsprng, which is no longer maintained. Here the noise comes
+    from the device's secret generator: ChaCha20 keyed from OS entropy (:mod:`recsys_core.privacy.secrets`).
+    """
+
+    noise_source: np.random.Generator
+    params: list[torch.nn.Parameter]
+    noise_multiplier: float
+    max_grad_norm: float
+
+    def add_noise(self) -> None:
+        multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+        for parameter in self.params:
+            _check_processed_flag(parameter.summed_grad)  # type: ignore[attr-defined]
+            noise = secret_noise(self.noise_source, multiplier * self.max_grad_norm,
+                                 parameter.summed_grad)  # type: ignore[attr-defined]
+            parameter.grad = (parameter.summed_grad + noise).view_as(parameter)  # type: ignore[attr-defined]
+            _mark_as_processed(parameter.summed_grad)  # type: ignore[attr-defined]
+
+
+class SecretNoiseDPOptimizer(_SecretNoise, DPOptimizer):
+    """Opacus's DP optimiser (per-sample gradients from hooks) with secret noise."""
+
+
+class SecretNoiseFastGradientClipping(_SecretNoise, DPOptimizerFastGradientClipping):
+    """Opacus's ghost-clipping DP optimiser with secret noise."""
 
 
 def _per_sample_module(model: Recommender) -> torch.nn.Module:
@@ -211,7 +252,7 @@ def run_private_epochs(
     schedule: PoissonSchedule,
     sample_generator: np.random.Generator,
     secret_generator: np.random.Generator,
-    noise_generator: torch.Generator,
+    noise_generator: np.random.Generator,
     first_epoch: Batch | None = None,
 ) -> list[float]:
     """DP-SGD for ``epochs`` epochs of ``schedule.steps_per_epoch`` Poisson-sampled steps each.

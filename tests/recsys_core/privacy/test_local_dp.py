@@ -141,7 +141,7 @@ def test_each_sample_gradient_is_clipped_to_the_clip_norm(name: str) -> None:
         parameters = engine.model.per_sample_parameters()
         before = [parameter.detach().clone() for parameter in parameters]
         optimizer = engine.optimizer(torch.optim.SGD(parameters, lr=1.0), noise_multiplier=0.0, clip_norm=clip,
-                                     schedule=PoissonSchedule(1, 1), noise_generator=torch.Generator())
+                                     schedule=PoissonSchedule(1, 1), noise_generator=np.random.default_rng(0))
         engine.step(optimizer, {key: value[index : index + 1] for key, value in samples.items()})
         moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(parameters, before)])
         norms.append(float(moved.norm()))
@@ -162,14 +162,14 @@ def test_empty_poisson_batches_take_a_noise_only_step() -> None:
     assert ((draws < schedule.sampling_rate).sum(axis=1) == 0).any(), "the seed must give an empty batch"
     parameters = engine.model.per_sample_parameters()
     optimizer = engine.optimizer(torch.optim.SGD(parameters, lr=0.1), noise_multiplier=1.0, clip_norm=1.0,
-                                 schedule=schedule, noise_generator=torch.Generator().manual_seed(0))
+                                 schedule=schedule, noise_generator=np.random.default_rng(0))
     losses = local_dp.run_private_epochs(engine, split.train, optimizer, [], 1, schedule,
                                          np.random.default_rng(0), np.random.default_rng(11),
-                                         torch.Generator().manual_seed(0), samples)
+                                         np.random.default_rng(0), samples)
     assert np.isfinite(losses).all()
     # Directly: an empty batch's step is pure noise of the declared scale.
     before = [parameter.detach().clone() for parameter in parameters]
-    PrivateEngine.noise_only_step(optimizer, torch.Generator().manual_seed(1))
+    PrivateEngine.noise_only_step(optimizer, np.random.default_rng(1))
     moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(parameters, before)])
     assert moved.abs().max() > 0
     expected_std = 0.1 * 1.0 * 1.0 / schedule.expected_batch_size
@@ -247,3 +247,24 @@ def test_privacy_off_changes_nothing_in_the_device_outcome() -> None:
     assert actual.train_loss == expected.train_loss and not np.isnan(actual.train_loss)
     assert not actual.declined and actual.privacy_epsilon is None
     assert ACCOUNTANT_KEY not in actual.device_state.to_arrays()
+
+
+def test_dp_sgd_noise_is_drawn_from_the_devices_secret_generator_not_torchs() -> None:
+    cfg = config()
+    data = load_federated_data(cfg.data, cfg.partition)
+    split = data.device_split(PARTITION)
+    engine = private_engine(build_device_model(cfg, CatalogInfo.from_log(split.train), 1, PARTITION))
+    parameters = engine.model.per_sample_parameters()
+    samples = engine.model.training_samples(split.train, np.random.default_rng(0))
+    schedule = PoissonSchedule(local_dp.samples_count(samples), 1)
+
+    def noisy_gradients(seed: int) -> list[torch.Tensor]:
+        optimizer = engine.optimizer(torch.optim.SGD(parameters, lr=0.0), noise_multiplier=1.0, clip_norm=1.0,
+                                     schedule=schedule, noise_generator=np.random.default_rng(seed))
+        torch.manual_seed(0)  # torch's own generator is the same every time: it must not be the noise's source
+        engine.step(optimizer, {key: value[:4] for key, value in samples.items()})
+        return [parameter.grad.clone() for parameter in parameters if parameter.grad is not None]
+
+    first, again, other = noisy_gradients(1), noisy_gradients(1), noisy_gradients(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert any(not torch.equal(a, b) for a, b in zip(first, other))
