@@ -32,12 +32,15 @@ from recsys_core.data.movielens import (
     load_movielens_100k,
     load_movielens_csv,
 )
+from recsys_core.data.spotify import load_spotify_mpd, slice_files
 from recsys_core.errors import ConfigError, DataFormatError, DatasetNotFoundError
 from recsys_core.files import file_sha256
 
 DATA_DIR_ENV = "FEDREC_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/fedrec/datasets")
 _GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+#: The slice every MPD copy has; the loader reads every slice beside it.
+MPD_FIRST_SLICE = "mpd.slice.0-999.json"
 _logger = logging.getLogger(__name__)
 
 Loader = Callable[[Path], InteractionLog]
@@ -77,6 +80,10 @@ def _load_amazon_beauty(folder: Path) -> InteractionLog:
 
 def _load_amazon_sports(folder: Path) -> InteractionLog:
     return load_amazon_sequences(folder / "Sports_and_Outdoors.txt", name="amazon-sports")
+
+
+def _load_spotify_mpd(folder: Path) -> InteractionLog:
+    return load_spotify_mpd(slice_files(folder), name="spotify-mpd")
 
 
 def _load_synthetic(folder: Path) -> InteractionLog:
@@ -209,6 +216,19 @@ _SPECS = (
         source="Derived, like amazon-beauty, from the 2014 Amazon review data "
         "(http://jmcauley.ucsd.edu/data/amazon/), in the preprocessed sequence form of "
         "sequential-recommendation benchmarks such as S3-Rec and ICLRec.",
+    ),
+    DatasetSpec(
+        name="spotify-mpd",
+        description="Spotify Million Playlist Dataset: playlists as users, tracks as items, a track's "
+        "position as its order; every slice in the folder is read (the full set is 66M rows "
+        "by 1M playlists: copy a few slices to work with fewer).",
+        folder="spotify-mpd",
+        files=(MPD_FIRST_SLICE,),
+        loader=_load_spotify_mpd,
+        license="Spotify's MPD terms (AIcrowd challenge page): non-commercial research only; no "
+        "redistribution; cite Chen et al., Recsys Challenge 2018.",
+        source="The MPD needs a free AIcrowd account (https://www.aicrowd.com/challenges/"
+        "spotify-million-playlist-dataset-challenge); download it and copy the data/ slices you want.",
     ),
     DatasetSpec(
         name="synthetic",

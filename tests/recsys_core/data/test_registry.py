@@ -32,6 +32,7 @@ NAMES = [
     "ml-latest",
     "amazon-beauty",
     "amazon-sports",
+    "spotify-mpd",
     "synthetic",
 ]
 # A tiny stand-in for ml-100k.zip, written by the tests (never the real files).
