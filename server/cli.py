@@ -223,7 +223,12 @@ def command_simulate(args: argparse.Namespace) -> int:
         devices = progress.add_task("devices", total=None, status="", visible=False)
         exchange_names = {"train": "training", "valid": "validation", "test": "final test"}
 
+        started: list[bool] = []
+
         def on_device(exchange: str, done: int, total: int) -> None:
+            if not started:  # the devices are up: the first exchange has begun
+                started.append(True)
+                progress.update(task, status="devices up, round 1 running")
             progress.update(devices, description=exchange_names.get(exchange, exchange), completed=done,
                             total=total, visible=done < total)
 
@@ -243,7 +248,7 @@ def command_simulate(args: argparse.Namespace) -> int:
 
         directory, summary = run_federated_simulation(config, run_dir=args.resume, resume=bool(args.resume),
                                                       on_round=on_round, verbose=args.verbose,
-                                                      on_device=on_device if cohort else None)
+                                                      on_device=on_device)
     if summary.get("test"):
         not_private = summary.get("not_private")
         console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from recsys_core.evaluation import metric_names
 from recsys_core.federated.aggregation import Arrays, round_gate, sum_plain_updates
+from recsys_core.federated.cohort import DeviceProgress
 from recsys_core.federated.records import AccountantHistory, DeviceFailure
 from recsys_core.federated.robust import screen_updates
 from recsys_core.federated.secure_payload import evaluation_layout, evaluation_sums, training_layout, training_sum
@@ -139,6 +140,9 @@ class FederatedRun(RoundLoop):
     #: Secure aggregation: the most training rows and users of any partition (example weights, metric ranges).
     most_training_rows: int = 1
     most_users: int = 1
+    #: Called as each exchange starts and ends, with (exchange, devices answered so far, devices asked): a
+    #: Flower exchange is one wait for every reply, so it reports 0 then all (progress for long phases).
+    on_device: DeviceProgress | None = None
     #: Partitions whose node was offline at the last look (:meth:`online_partitions`).
     offline: set[int] = field(default_factory=set)
     #: Partitions that did not answer a training exchange (timeout, or the SuperLink's "Node Unavailable"):
@@ -217,9 +221,21 @@ class FederatedRun(RoundLoop):
                 self.secure.register(reply.metadata.src_node_id, reply.content[CONFIG_RECORD].get(PUBLIC_KEY_KEY))
         return answered
 
+    def report(self, exchange: str, done: int, total: int) -> None:
+        if self.on_device is not None:
+            self.on_device(exchange, done, total)
+
     def evaluate(self, shared: Arrays, partitions: list[int], part: str,
                  server_round: int) -> tuple[dict[str, float], int]:
         """Federated evaluation: devices rank their own held-out items and send metric sums."""
+        self.report(part, 0, len(partitions))
+        try:
+            return self.evaluate_on_grid(shared, partitions, part, server_round)
+        finally:
+            self.report(part, len(partitions), len(partitions))
+
+    def evaluate_on_grid(self, shared: Arrays, partitions: list[int], part: str,
+                         server_round: int) -> tuple[dict[str, float], int]:
         grid = self._grid()
         record = RecordDict({PARAMETERS_RECORD: _array_record(shared),
                              CONFIG_RECORD: self.message_config(server_round, **{EVALUATION_PART_KEY: part})})
@@ -251,10 +267,12 @@ class FederatedRun(RoundLoop):
         content = RecordDict({PARAMETERS_RECORD: _array_record(current),
                               CONFIG_RECORD: self.message_config(server_round)})
         messages = self.messages(content, partitions, MessageType.TRAIN)
+        self.report("train", 0, len(partitions))
         if self.secure is not None:
             exchange = self.secure_exchange(messages, current, server_round)
         else:
             exchange = self.plain_exchange(messages, current, partitions)
+        self.report("train", len(partitions), len(partitions))
         unanswered = {failure.partition for failure in exchange.failures if failure.partition is not None
                       and (failure.reason == NO_REPLY or "Node Unavailable" in failure.reason)}
         for partition in sorted(unanswered - self.unreachable):

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from recsys_core.bundle_signing import load_signing_key
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.errors import FedrecError
+from recsys_core.federated.cohort import DeviceProgress
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.manifest import MANIFEST_FILE, FederationManifest, ManifestError, read_manifest
 from recsys_core.run_records import environment_record, new_run_directory, write_json
@@ -93,7 +94,8 @@ RUN_ERROR_KEY = "_run_error"
 
 
 def make_server_app(config: FederatedConfig, run_directory: RunDirectory, resume: bool = False,
-                    on_round: RoundCallback | None = None, results: dict[str, Any] | None = None) -> ServerApp:
+                    on_round: RoundCallback | None = None, results: dict[str, Any] | None = None,
+                    on_device: DeviceProgress | None = None) -> ServerApp:
     """A ServerApp bound to a resolved config and the run directory's manifest; the summary goes in ``results``."""
     server_app = ServerApp()
 
@@ -101,7 +103,8 @@ def make_server_app(config: FederatedConfig, run_directory: RunDirectory, resume
     def main(grid: Grid, context: Context) -> None:
         manifest = run_manifest(run_directory, None)
         try:
-            summary = FederatedRun(config, run_directory, manifest, on_round).run(grid, resume=resume)
+            summary = FederatedRun(config, run_directory, manifest, on_round, on_device=on_device).run(
+                grid, resume=resume)
         except FedrecError as error:
             if results is None:
                 raise

@@ -114,8 +114,9 @@ def run_federated_simulation(
 ) -> tuple[RunDirectory, dict[str, Any]]:
     """Runs a whole simulation; returns the run directory and the final summary.
 
-    ``on_device`` (cohort engine only) is called after each device's update or evaluation with the
-    count done so far in that exchange, for progress within long rounds and the final test.
+    ``on_device`` is called with the count of devices done so far in an exchange, for progress within long
+    rounds and the final test: after each device under the cohort engine, as each exchange starts and ends
+    under Flower's (one wait for every reply).
     """
     data = validate_before_start(config)
     directory = prepare_run_directory(config, run_dir, resume)
@@ -124,7 +125,8 @@ def run_federated_simulation(
         summary = run_cohort_simulation(config, directory, data, resume, on_round, on_device)
         return directory, with_popularity_reference(config, directory, data, summary)
     results: dict[str, Any] = {}
-    server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results)
+    server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results,
+                                 on_device=on_device)
     keep_ray_on_loopback()
     message_delivery.install()
     from flwr.common.logger import FLOWER_LOGGER

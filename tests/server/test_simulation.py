@@ -241,7 +241,11 @@ def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -
     values["privacy"] = {"local": {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 0.01,
                                    "target_delta": 1e-3}}
     values["server"]["evaluate_every"] = 0
-    directory, _ = run_federated_simulation(FederatedConfig.from_dict(values))
+    progress: list[tuple[str, int, int]] = []
+    directory, _ = run_federated_simulation(FederatedConfig.from_dict(values),
+                                            on_device=lambda *call: progress.append(call))
+    # Flower's engine reports each exchange as it starts and ends, for the progress display.
+    assert progress == [("train", 0, 6), ("train", 6, 6)] * 2 + [("test", 0, N_USERS), ("test", N_USERS, N_USERS)]
     for record in directory.read_rounds():
         assert record.declined and len(record.declined) == record.sampled
         assert record.participants == 0 and not record.failures
