@@ -52,10 +52,11 @@ def screen_updates(config: FederatedConfig, current: Arrays,
 
     Plain (non-DP) rounds only; under user-level DP every update is returned as it came.
     """
-    if config.privacy.user_level.enabled:
-        return list(updates), []
+    server = config.server
+    if config.privacy.user_level.enabled or (server.update_norm_ratio == 0 and server.max_update_norm == 0):
+        return list(updates), []  # nothing to screen: no norm is worth computing
     norms = [update_norm(current, arrays) for _, arrays, _, _ in updates]
-    rejected = outlying_norms(config.server, norms)
+    rejected = outlying_norms(server, norms)
     kept = [update for index, update in enumerate(updates) if index not in rejected]
     failures = [DeviceFailure(updates[index][0], f"update rejected: {reason}") for index, reason in
                 sorted(rejected.items())]
