@@ -38,9 +38,9 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData
 from recsys_core.federated.device import inject_faults
 from recsys_core.federated.device_model import (
-    build_device_model,
     device_seed,
     fresh_device_model,
+    initial_private_parameters,
     load_device_model,
 )
 from recsys_core.federated.state import Arrays, DeviceState, state_to_arrays
@@ -144,8 +144,7 @@ def _prepare(config: FederatedConfig, data: FederatedData, partitions: Sequence[
         if template.private_modules:
             state = states.get(partition)
             private = dict(state.private_parameters) if state is not None else state_to_arrays(
-                build_device_model(config, CatalogInfo.from_log(split.train), split.train.n_users,
-                                   partition).private_state())
+                initial_private_parameters(config, template, split.train.n_users, partition))
         devices.append(_Device(partition, samples, size, template.example_count(split.train), private,
                                split.train.n_users))
     return devices, one_by_one, failed

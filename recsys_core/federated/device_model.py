@@ -30,7 +30,21 @@ def build_device_model(config: FederatedConfig, catalog: CatalogInfo, n_local_us
     """The model a device runs, sized for its own users; private parameters start from a seed."""
     local_catalog = replace(catalog, n_users=n_local_users)
     with seeded(device_seed(config.seed, 0, partition_id)):
-        return build_model(config.model.name, local_catalog, config.model.options)
+        model = build_model(config.model.name, local_catalog, config.model.options)
+    if model.private_modules:
+        model.load_state_dict(initial_private_parameters(config, model, n_local_users, partition_id), strict=False)
+    return model
+
+
+def initial_private_parameters(config: FederatedConfig, model: Recommender, n_local_users: int,
+                               partition_id: int) -> dict[str, torch.Tensor]:
+    """A device's initial private parameters: drawn from its own round-0 seed alone.
+
+    ``model`` only gives their shapes and scale (any model of the run's family will do), so
+    the cohort engine draws a new device's rows without building the device's whole model.
+    """
+    generator = torch.Generator().manual_seed(device_seed(config.seed, 0, partition_id))
+    return model.initial_private_state(n_local_users, generator)
 
 
 def fresh_device_model(config: FederatedConfig, catalog: CatalogInfo, n_local_users: int,

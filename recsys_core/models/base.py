@@ -129,6 +129,22 @@ class Recommender(nn.Module, ABC):
         """Parameters and buffers that never leave the device."""
         return {k: v for k, v in self.state_dict().items() if self.is_private(k)}
 
+    @property
+    def private_init_std(self) -> float:
+        """The standard deviation of a private parameter's initial normal draw (models with private modules)."""
+        raise NotImplementedError(f"{type(self).__name__} has no private parameters")
+
+    def initial_private_state(self, n_users: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Fresh private parameters for ``n_users`` users, drawn from ``generator`` alone.
+
+        A device's initial private rows then depend on its own seed and nothing else: not on
+        building the whole model (the item tables' draws come first), so a simulation can
+        draw 1,000 new devices' rows without building 1,000 models.
+        """
+        shapes = {name: tuple(value.shape[1:]) for name, value in self.private_state().items()}
+        return {name: torch.randn((n_users, *shapes[name]), generator=generator) * self.private_init_std
+                for name in sorted(shapes)}
+
     def example_count(self, log: InteractionLog) -> int:
         """How many examples a device holding ``log`` trains on, in :attr:`example_unit`."""
         if self.example_unit == "user":

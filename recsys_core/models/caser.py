@@ -78,10 +78,14 @@ class Caser(Recommender):
         # Output side: one 2d-vector and one bias per item, scored against [z; user embedding].
         self.output_embedding = nn.Embedding(catalog.n_items, 2 * dim)
         self.output_bias = nn.Embedding(catalog.n_items, 1)
-        nn.init.normal_(self.user_embedding.weight, std=1.0 / dim)
+        nn.init.normal_(self.user_embedding.weight, std=self.private_init_std)
         nn.init.normal_(self.item_embedding.weight, std=1.0 / dim)
         nn.init.normal_(self.output_embedding.weight, std=1.0 / (2 * dim))
         nn.init.zeros_(self.output_bias.weight)
+
+    @property
+    def private_init_std(self) -> float:
+        return 1.0 / self.config.embedding_dim
 
     def user_state(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """``[z; user embedding]`` for ``[B, 1]`` users and ``[B, L]`` left-padded sequences; ``[B, 2d]``."""

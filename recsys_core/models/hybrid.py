@@ -81,9 +81,13 @@ class Hybrid(Recommender):
         self.item_bias = nn.Embedding(catalog.n_items, 1)
         self.content_tower = tower(n_features, config.hidden_dims, dim + 1)
         self.profile_tower = tower(n_features, config.hidden_dims, dim)
-        nn.init.normal_(self.user_embedding.weight, std=0.01)
+        nn.init.normal_(self.user_embedding.weight, std=self.private_init_std)
         nn.init.normal_(self.item_embedding.weight, std=0.01)
         nn.init.zeros_(self.item_bias.weight)
+
+    @property
+    def private_init_std(self) -> float:
+        return 0.01
 
     def _users(self, users: torch.Tensor, profiles: torch.Tensor) -> torch.Tensor:
         """``[B, d]`` representations of ``[B, 1]`` user ids with ``[B, n_features]`` profiles."""

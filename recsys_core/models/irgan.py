@@ -73,6 +73,9 @@ from recsys_core.models.base import Batch, CatalogInfo, ModelConfig, Recommender
 # Bounds the [users x items] probability block drawn from at once (elements).
 _SAMPLING_BLOCK = 1 << 22
 
+#: Both players' initial embedding draws.
+EMBEDDING_STD = 0.1
+
 
 @dataclass(frozen=True)
 class IRGANConfig(ModelConfig):
@@ -106,8 +109,8 @@ class MatrixFactorization(nn.Module):
         self.user_embedding = nn.Embedding(n_users, dim)
         self.item_embedding = nn.Embedding(n_items, dim)
         self.item_bias = nn.Embedding(n_items, 1)
-        nn.init.normal_(self.user_embedding.weight, std=0.1)
-        nn.init.normal_(self.item_embedding.weight, std=0.1)
+        nn.init.normal_(self.user_embedding.weight, std=EMBEDDING_STD)
+        nn.init.normal_(self.item_embedding.weight, std=EMBEDDING_STD)
         nn.init.zeros_(self.item_bias.weight)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -129,6 +132,10 @@ class IRGAN(Recommender):
     private_modules = ("discriminator.user_embedding", "generator.user_embedding")
     per_sample_modules = ("discriminator",)
     has_auxiliary_phase = True
+
+    @property
+    def private_init_std(self) -> float:
+        return EMBEDDING_STD
 
     def __init__(self, catalog: CatalogInfo, config: IRGANConfig) -> None:
         super().__init__(catalog, config)

@@ -22,6 +22,9 @@ from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.sampling import SeenItems, sample_unseen_items
 from recsys_core.models.base import Batch, CatalogInfo, ModelConfig, Recommender
 
+#: Every embedding's initial normal draw (He et al.).
+EMBEDDING_STD = 0.01
+
 
 @dataclass(frozen=True)
 class NeuMFConfig(ModelConfig):
@@ -54,7 +57,11 @@ class NeuMF(Recommender):
         self.output = nn.Linear(config.gmf_dim + config.mlp_layers[-1], 1)
         for embedding in (self.gmf_user_embedding, self.gmf_item_embedding,
                           self.mlp_user_embedding, self.mlp_item_embedding):
-            nn.init.normal_(embedding.weight, std=0.01)
+            nn.init.normal_(embedding.weight, std=EMBEDDING_STD)
+
+    @property
+    def private_init_std(self) -> float:
+        return EMBEDDING_STD
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``[B, L]`` for ``users`` ``[B, 1]`` against ``items`` ``[B, L]``.

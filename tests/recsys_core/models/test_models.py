@@ -75,6 +75,29 @@ def test_private_modules_are_exactly_the_user_tables(name: str, log) -> None:
     assert set(private) == user_tables
 
 
+PRIVATE_MODELS = [name for name, cls in MODELS.items() if cls.private_modules]
+
+
+@pytest.mark.parametrize("name", PRIVATE_MODELS)
+def test_fresh_private_state_has_the_shapes_and_scale_of_the_models_own_draw(name: str) -> None:
+    big = generate_synthetic(SyntheticConfig(n_users=2000, n_items=150, seed=2))
+    model = make(name, big)
+    fresh = model.initial_private_state(2000, torch.Generator().manual_seed(1))
+    assert list(fresh) == sorted(model.private_state())
+    for key, built in model.private_state().items():
+        assert fresh[key].shape == built.shape and fresh[key].dtype == built.dtype
+        assert float(fresh[key].std()) == pytest.approx(float(built.std()), rel=0.05), key
+    again = model.initial_private_state(2000, torch.Generator().manual_seed(1))
+    assert all(torch.equal(fresh[key], again[key]) for key in fresh)
+
+
+def test_a_model_without_private_parameters_has_no_private_draw(log) -> None:
+    model = make("sasrec", log)
+    assert model.initial_private_state(5, torch.Generator()) == {}
+    with pytest.raises(NotImplementedError, match="no private parameters"):
+        _ = model.private_init_std
+
+
 @pytest.mark.parametrize("name", GRADIENT_MODELS)
 def test_training_is_deterministic_under_a_seed(name: str, log) -> None:
     def trained_state() -> dict[str, torch.Tensor]:
