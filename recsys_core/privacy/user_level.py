@@ -70,7 +70,9 @@ def clip_update(update: Mapping[str, np.ndarray], clip_norm: float) -> tuple[dic
 def _scaled(update: Mapping[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
     if scale == 1.0:
         return {name: np.array(array, copy=True) for name, array in update.items()}
-    return {name: (np.asarray(array, dtype=np.float64) * scale).astype(np.asarray(array).dtype)
+    # np.asarray, not .astype: a 0-d array times a float is a numpy scalar (a VAE's step counter would leave
+    # the device as something Flower's Array refuses).
+    return {name: np.asarray(np.asarray(array, dtype=np.float64) * scale, dtype=np.asarray(array).dtype)
             for name, array in update.items()}
 
 
@@ -138,8 +140,10 @@ def privatize_update(
     clipped, _ = clip_update(update, clip_norm)
     if noise_std is None:
         return clipped
-    return {name: (np.asarray(array, dtype=np.float64) + generator.normal(0.0, noise_std, size=np.shape(array)))
-            .astype(np.asarray(array).dtype) for name, array in clipped.items()}
+    # np.asarray, not .astype: arithmetic on a 0-d array gives a numpy scalar, which no wire format takes.
+    return {name: np.asarray(np.asarray(array, dtype=np.float64) + generator.normal(0.0, noise_std,
+                                                                                   size=np.shape(array)),
+                             dtype=np.asarray(array).dtype) for name, array in clipped.items()}
 
 
 def noisy_mean_update(

@@ -71,6 +71,18 @@ def test_update_below_the_clip_norm_is_unchanged():
         assert clipped[name] is not update[name]
 
 
+@pytest.mark.parametrize("noise_std", [None, 0.1])
+def test_a_scalar_array_stays_an_array_after_clipping_and_noise(noise_std: float | None):
+    # A 0-d float buffer (Mult-VAE's annealing step) in an update that clipping scales: numpy arithmetic on
+    # 0-d arrays returns scalars, which Flower's Array refuses (every Mult-VAE device failed under DP).
+    update = {"step": np.array(3.0, dtype=np.float32), "weights": np.full(4, 10.0, dtype=np.float32)}
+    sent = privatize_update(update, CLIP, noise_std, np.random.default_rng(0))
+    for name, value in update.items():
+        assert isinstance(sent[name], np.ndarray) and sent[name].shape == value.shape, name
+        assert sent[name].dtype == value.dtype, name
+    assert joint_norm(sent) <= CLIP * 1.000001 or noise_std is not None
+
+
 def test_clipping_is_joint_not_per_array():
     # Each array has norm 0.8 <= 1, but together sqrt(2) * 0.8 > 1: the update must be clipped.
     update = {"a": np.array([0.8, 0.0]), "b": np.array([0.0, 0.8])}
