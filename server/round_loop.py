@@ -55,6 +55,7 @@ from recsys_core.privacy.secrets import (
 from recsys_core.run_records import write_json
 from server.privacy import privacy_summary, run_ledger
 from server.run_directory import Checkpoint, RunDirectory
+from server.secure_aggregation import NO_REPLY
 
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -83,10 +84,33 @@ class TrainingExchange:
     bytes_down: int = 0
 
 
+def failure_kind(reason: str) -> str:
+    """A failure's reason with its numbers read N: one kind for the same error on different devices."""
+    return re.sub(r"-?\d[\d.e+-]*", "N", reason)
+
+
 def failures_by_reason(rounds: list[RoundRecord]) -> dict[str, int]:
-    """How many device failures of each kind the run had, most common first; numbers in a reason read N."""
-    counts = Counter(re.sub(r"-?\d[\d.e+-]*", "N", failure.reason) for record in rounds for failure in record.failures)
+    """How many device failures of each kind the run had, most common first."""
+    counts = Counter(failure_kind(failure.reason) for record in rounds for failure in record.failures)
     return dict(counts.most_common())
+
+
+#: Rounds in a row in which every sampled device fails with the same error before the run stops.
+SAME_FAILURE_ROUNDS = 3
+
+
+def common_failure(config: FederatedConfig, record: RoundRecord) -> str | None:
+    """The one kind of error every sampled device of the round failed with, if so; None otherwise.
+
+    Devices that did not answer do not count (a network outage passes), nor do the faults a
+    simulation injects on purpose (``simulation.failing_partitions``, ``failure_probability``).
+    """
+    if record.participants or not record.failures or len(record.failures) < record.sampled:
+        return None
+    if config.simulation.failing_partitions or config.simulation.failure_probability > 0:
+        return None
+    kinds = {failure_kind(failure.reason) for failure in record.failures}
+    return kinds.pop() if len(kinds) == 1 and NO_REPLY not in kinds else None
 
 
 def sum_evaluations(replies: list[EvaluateReply]) -> dict[str, float]:
@@ -115,6 +139,9 @@ class RoundLoop(ABC):
     bundle_signing_key: Ed25519PrivateKey | None = None
     #: The partitions that answered :meth:`connect`, sorted.
     partitions: list[int] = field(default_factory=list, init=False)
+    #: The rounds in a row, up to now, in which every device failed with the same kind of error, and that kind.
+    repeated_failures: list[int] = field(default_factory=list, init=False)
+    repeated_kind: str | None = field(default=None, init=False)
 
     @abstractmethod
     def connect(self) -> list[int]:
@@ -207,7 +234,30 @@ class RoundLoop(ABC):
             self.on_round(record)
         if result.fatal:
             raise RunStoppedError(result.fatal)
+        self.stop_on_repeated_failure(record)
         return result.arrays
+
+    def stop_on_repeated_failure(self, record: RoundRecord) -> None:
+        """Stops a run whose every device has failed the same way for :data:`SAME_FAILURE_ROUNDS` rounds.
+
+        That is the device code or the config failing, not devices: going on would spend the
+        remaining rounds on an unchanged model.
+        """
+        kind = common_failure(self.config, record)
+        if kind is None or kind != self.repeated_kind:
+            self.repeated_failures = []
+        self.repeated_kind = kind
+        if kind is not None:
+            self.repeated_failures.append(record.round)
+        if len(self.repeated_failures) >= SAME_FAILURE_ROUNDS:
+            detail = record.failures[0].detail or record.failures[0].reason
+            logger.error("every device failed in rounds %d-%d with:\n%s", self.repeated_failures[0], record.round,
+                         detail)
+            raise RunStoppedError(
+                f"every sampled device failed in rounds {self.repeated_failures[0]}-{record.round} with the same "
+                f"error: {record.failures[0].reason}. This is the device code or the config failing, not devices; "
+                "the traceback is in the log above and in rounds.jsonl (failures[].detail). Fix the cause, then "
+                "continue with fedrec simulate --resume RUN_DIR")
 
     def finish(self, shared: Arrays, initial: Any) -> dict[str, Any]:
         config = self.config

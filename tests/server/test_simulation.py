@@ -347,3 +347,48 @@ def test_a_step_that_would_publish_a_non_finite_model_stops_the_run_with_its_rec
     assert checkpoint is not None and checkpoint.completed_round == 1
     assert all(np.all(np.isfinite(value)) for value in checkpoint.shared_parameters.values())
     assert not (run_dir / "final-model").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_a_run_whose_every_device_fails_the_same_way_stops_after_three_rounds_and_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys_core.federated import cohort
+
+    values = json.loads(tiny_config(tmp_path, rounds=5).to_json())
+    values["simulation"].update({"engine": "cohort", "failing_partitions": []})
+    values["server"]["evaluate_every"] = 0
+    config = FederatedConfig.from_dict(values)
+    run_dir = tmp_path / "run"
+    working = cohort.train_on_device
+
+    def broken(*args, **kwargs):
+        raise TypeError(f"Invalid arguments for Array (partition {args[-1]})")
+
+    monkeypatch.setattr(cohort, "train_on_device", broken)
+    with pytest.raises(RunStoppedError, match=r"every sampled device failed in rounds 1-3 with the same error: "
+                                              r"TypeError: Invalid arguments for Array .*--resume"):
+        run_federated_simulation(config, run_dir=str(run_dir))
+    assert [record.participants for record in RunDirectory(run_dir).read_rounds()] == [0, 0, 0]
+    # Once the cause is fixed the run goes on from where it stopped.
+    monkeypatch.setattr(cohort, "train_on_device", working)
+    directory, _ = run_federated_simulation(config, run_dir=str(run_dir), resume=True)
+    assert [record.participants > 0 for record in directory.read_rounds()] == [False, False, False, True, True]
+
+
+def test_only_one_error_on_every_device_counts_as_a_repeated_failure() -> None:
+    from recsys_core.federated.records import DeviceFailure
+    from server.round_loop import common_failure
+    from server.secure_aggregation import NO_REPLY
+
+    config = FederatedConfig.from_dict({"private": False})
+
+    def record(*reasons: str, sampled: int = 2, participants: int = 0) -> RoundRecord:
+        return RoundRecord(round=1, sampled=sampled, secure_aggregation=False, status="aggregated",
+                           participants=participants,
+                           failures=tuple(DeviceFailure(p, reason) for p, reason in enumerate(reasons)))
+
+    assert common_failure(config, record("ValueError: row 3", "ValueError: row 12")) == "ValueError: row N"
+    assert common_failure(config, record("ValueError: row 3", "KeyError: 'x'")) is None
+    assert common_failure(config, record("ValueError: row 3", sampled=2, participants=1)) is None
+    assert common_failure(config, record(NO_REPLY, NO_REPLY)) is None  # an outage, not a bug
+    faulty = FederatedConfig.from_dict({"private": False, "simulation": {"failure_probability": 0.5}})
+    assert common_failure(faulty, record("ValueError: row 3", "ValueError: row 12")) is None
