@@ -80,6 +80,8 @@ class DeviceData:
         return read_device_state(context, _device_state_file(context, self.partition_id), server_round)
 
     def write_state(self, context: Context, state: DeviceState, server_round: int) -> None:
+        if state.is_empty:
+            return  # nothing to remember (a model without private parameters, no local DP): no file per round
         if self.store is not None:
             self.store.write_state(state)
         else:

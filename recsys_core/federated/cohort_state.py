@@ -51,10 +51,10 @@ class CohortStates:
 
     def put(self, partition: int, state: DeviceState) -> None:
         """Keeps ``state``; an empty state is dropped (the device has nothing to remember)."""
-        if state.private_parameters or state.optimizer_state or state.privacy_accountant is not None:
-            self.states[partition] = state
-        else:
+        if state.is_empty:
             self.states.pop(partition, None)
+        else:
+            self.states[partition] = state
 
     def __len__(self) -> int:
         return len(self.states)

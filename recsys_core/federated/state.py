@@ -33,6 +33,11 @@ class DeviceState:
     optimizer_state: Arrays
     privacy_accountant: dict[str, Any] | None = None
 
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to remember: no private parameters, no optimiser state, no accountant."""
+        return not self.private_parameters and not self.optimizer_state and self.privacy_accountant is None
+
     def to_arrays(self) -> Arrays:
         """Flat arrays for storage (Flower ``Context.state`` or a file)."""
         flat = {f"private/{name}": value for name, value in self.private_parameters.items()}

@@ -91,6 +91,8 @@ class Recommender(nn.Module, ABC):
     #: The entries of a training batch that hold (local) user ids, which index the private
     #: modules' first dimension: the cohort engine's batched round offsets them to stack devices.
     user_id_keys: ClassVar[tuple[str, ...]] = ()
+    #: True for models built from the catalogue's item features (content-based, hybrid).
+    uses_item_features: ClassVar[bool] = False
     #: False for count-based models (Popularity) that are fitted by :meth:`fit_statistics`.
     trains_with_gradients: ClassVar[bool] = True
     #: Count-based models: how many federated rounds release their statistics, one part per round.

@@ -141,6 +141,7 @@ class ContentBased(Recommender):
     """Two towers over item features: the user's recent-profile tower and the item tower."""
 
     name = "content"
+    uses_item_features = True
     config_class = ContentConfig
     content_features: torch.Tensor
 

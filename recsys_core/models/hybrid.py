@@ -65,6 +65,7 @@ class Hybrid(Recommender):
     """Matrix factorisation whose item and user vectors each add a content tower's output."""
 
     name = "hybrid"
+    uses_item_features = True
     config_class = HybridConfig
     private_modules = ("user_embedding",)
     user_id_keys = ("users",)

@@ -112,3 +112,19 @@ def test_after_a_replayed_round_the_next_one_counts_on_top_of_the_replay(tmp_pat
     assert spent(train(train_message(config, 1), restarted_device(tmp_path)))[0] == 2 * first
     # Round 2 counts on top of the replay (the current file), not of the first run (the previous generation).
     assert spent(train(train_message(config, 2), restarted_device(tmp_path)))[0] == 3 * first
+
+
+@pytest.mark.parametrize(("model", "keeps_state"), [("sasrec", False), ("neumf", True)])
+def test_a_device_writes_state_only_when_it_has_some_to_keep(tmp_path: Path, model: str, keeps_state: bool) -> None:
+    options = {"sasrec": {"hidden_dim": 8, "max_length": 5, "num_blocks": 1}, "neumf": {"gmf_dim": 4,
+                                                                                       "mlp_layers": [8, 4]}}[model]
+    config = FederatedConfig.from_dict({
+        "data": {"synthetic": {"n_users": N_DEVICES, "n_items": 30, "seed": 3}},
+        "model": {"name": model, "options": options}, "local": {"epochs": 1},
+        "server": {"rounds": 2, "devices_per_round": N_DEVICES, "min_devices": 1}, "private": False})
+    context = restarted_device(tmp_path)
+    reply = train(train_message(config, 1), context)
+    assert not reply.has_error() and int(reply.content["metrics"]["num-examples"]) > 0
+    # SASRec keeps nothing between rounds (no private parameters, plain SGD, no accountant): no file per round.
+    assert (tmp_path / "devices" / "device-0.npz").exists() is keeps_state
+    assert bool(context.state.array_records) is keeps_state
