@@ -39,12 +39,12 @@ def one_step_config(model: str, options: dict, **local: object) -> FederatedConf
     }).validate()
 
 
-@pytest.mark.parametrize("chunk_samples", [65536, 3], ids=["one pass", "chunks"])
+@pytest.mark.parametrize("chunk_bytes", [1 << 22, 3], ids=["one pass", "chunks"])
 @pytest.mark.parametrize("model", sorted(DETERMINISTIC))
-def test_one_batched_gradient_is_the_sum_of_every_devices_step(model: str, chunk_samples: int,
+def test_one_batched_gradient_is_the_sum_of_every_devices_step(model: str, chunk_bytes: int,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # Small chunks split the cohort into several forward passes whose gradients add up.
-    monkeypatch.setattr("recsys_core.federated.cohort_batch.CHUNK_SAMPLES", chunk_samples)
+    monkeypatch.setattr("recsys_core.federated.cohort_batch.CHUNK_BYTES", chunk_bytes)
     config = one_step_config(model, DETERMINISTIC[model])
     data = load_federated_data(config.data, config.partition)
     shared = state_to_arrays(build_device_model(config, data.catalog, 1, 0).shared_state())
@@ -141,3 +141,13 @@ def test_devices_evaluated_together_report_the_sum_of_their_own_evaluations(mode
 def test_devices_with_private_parameters_are_evaluated_alone() -> None:
     config = one_step_config("neumf", SMALL_OPTIONS["neumf"])
     assert evaluation_blockers(config) == ["model 'neumf' ranks with each device's private parameters"]
+
+
+def test_a_pass_holds_devices_up_to_a_budget_of_sample_bytes_not_of_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys_core.federated.cohort_batch import _chunks
+
+    monkeypatch.setattr("recsys_core.federated.cohort_batch.CHUNK_BYTES", 300)
+    # Ten devices of one 150-byte sequence each fill a pass two at a time; a device above the budget still gets a
+    # pass of its own.
+    assert _chunks([150] * 10) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert _chunks([3] * 4 + [1000, 3]) == [(0, 4), (4, 5), (5, 6)]
