@@ -25,6 +25,7 @@ import numpy as np
 
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.training import torch_threads
 from server.simulate import run_federated_simulation
 from simulations.benchmarks.plain_loop import run_plain_loop
 
@@ -32,8 +33,10 @@ from simulations.benchmarks.plain_loop import run_plain_loop
 def measure(config: FederatedConfig) -> dict:
     with tempfile.TemporaryDirectory() as output:
         directory, _ = run_federated_simulation(config, run_dir=str(Path(output) / "run"))
-        flower = [record["seconds"] for record in directory.read_rounds()]
-    plain = [record["seconds"] for record in run_plain_loop(config)["rounds"]]
+        flower = [record.seconds for record in directory.read_rounds()]
+    # Like for like: a Flower worker runs each device with torch_threads_per_device threads.
+    with torch_threads(config.simulation.torch_threads_per_device):
+        plain = [record["seconds"] for record in run_plain_loop(config)["rounds"]]
     return {"flower_round_1": flower[0], "flower": float(np.mean(flower[1:])),
             "plain_round_1": plain[0], "plain": float(np.mean(plain[1:]))}
 
