@@ -48,6 +48,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; --config takes a TOML file such as "
+                          "simulations/configs/ml-100k/neumf.toml") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot be read (permission denied)") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a TOML text file (byte {error.start} is not UTF-8)") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
 

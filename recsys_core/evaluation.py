@@ -161,7 +161,8 @@ def _full_ranking(
     ordered = torch.sort(masked, dim=1, descending=True).values
     # Items scoring >= the target, minus the target itself: ties count against the model.
     ranks = torch.searchsorted(-ordered, -target_scores, right=True) - 1
-    top_items = torch.topk(masked, k=max(cutoffs), dim=1).indices
+    # A catalogue smaller than the largest cutoff ranks all of it (HR@10 over 4 items counts every rank).
+    top_items = torch.topk(masked, k=min(max(cutoffs), masked.shape[1]), dim=1).indices
     return metrics_from_ranks(ranks, target_valid, cutoffs), top_items
 
 
@@ -209,10 +210,16 @@ def sample_evaluation_negatives(
     id, so a device that numbers its one user 0 draws what the central evaluator draws.
     """
     keys = users if seed_keys is None else seed_keys
-    rows = [
-        sample_unseen_items(np.array([user]), count, seen, np.random.default_rng([seed, user_seed_key(key)]))[0]
-        for user, key in zip(users, keys)
-    ]
+    rows = []
+    for user, key in zip(users, keys):
+        try:
+            rows.append(sample_unseen_items(np.array([user]), count, seen,
+                                            np.random.default_rng([seed, user_seed_key(key)]))[0])
+        except ValueError:
+            raise FedrecError(
+                f"user {key} has interacted with all {seen.n_items} items of the catalogue, so the sampled "
+                "protocol has no unseen item to rank the held-out one against; the log is too small to "
+                "evaluate: use one with more items than any user's history") from None
     return np.stack(rows) if rows else np.zeros((0, count), dtype=np.int64)
 
 

@@ -480,8 +480,16 @@ def _parse_timestamps(
     except (ValueError, OverflowError, TypeError):
         pass
     # Decimal timestamps (e.g. 964982703.5) are floored; integers above keep full precision.
-    floats = _convert(values, np.float64, field, path, line_numbers, "a number")
-    return np.floor(_check_finite(floats, values, field, path, line_numbers)).astype(np.int64)
+    floats = np.floor(_check_finite(_convert(values, np.float64, field, path, line_numbers, "a number"),
+                                    values, field, path, line_numbers))
+    # Beyond int64 the cast wraps silently (1e26 became -9.2e18): refuse instead.
+    outside = np.flatnonzero(np.abs(floats) >= 2.0**63)
+    if len(outside):
+        index = int(outside[0])
+        raise DataFormatError(path, f"{field.description} {values[index]!r} is outside the range of a timestamp "
+                                    "(64-bit seconds); is the column in the right unit?",
+                              line=int(line_numbers[index]))
+    return floats.astype(np.int64)
 
 
 def _parse_ids(

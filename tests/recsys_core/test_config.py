@@ -64,6 +64,12 @@ def test_read_toml_reports_file_and_problem(tmp_path: Path) -> None:
         read_toml(broken)
     with pytest.raises(ConfigError, match="config file not found"):
         read_toml(tmp_path / "missing.toml")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xb4\x00\xff" * 20)
+    with pytest.raises(ConfigError, match="binary.toml: not a TOML text file"):
+        read_toml(binary)
+    with pytest.raises(ConfigError, match="is a folder; --config takes a TOML file"):
+        read_toml(tmp_path)
 
 
 @dataclass(frozen=True)

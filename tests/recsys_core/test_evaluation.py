@@ -49,6 +49,18 @@ def test_full_ranking_single_target_at_top() -> None:
     assert metrics["full/mrr@3"] == pytest.approx(1.0)
 
 
+def test_a_catalogue_smaller_than_the_largest_cutoff_is_ranked_whole() -> None:
+    # Five items and HR@10: every rank is inside the cutoff (torch.topk refused k > 5 before).
+    metrics = evaluate_one(history=[1], targets=[0], cutoffs=(1, 10))
+    assert metrics["full/hr@10"] == 1.0 and metrics["full/hr@1"] == 0.0
+
+
+def test_a_user_who_has_seen_every_item_is_one_clear_error() -> None:
+    seen = SeenItems.from_logs(one_user_log([0, 1, 2, 3, 4]))
+    with pytest.raises(FedrecError, match="user 7 has interacted with all 5 items of the catalogue"):
+        sample_evaluation_negatives(np.array([0]), seen, 3, seed=0, seed_keys=np.array([7]))
+
+
 def test_full_ranking_single_target_third() -> None:
     # Remaining order: 4 (0.7), 2 (0.5), 3 (0.3), 0 (0.1): item 3 has rank 2 (0-based).
     metrics = evaluate_one(history=[1], targets=[3])

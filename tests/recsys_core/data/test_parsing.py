@@ -173,6 +173,9 @@ def test_timestamp_kind_floors_decimals(tmp_path: Path) -> None:
     assert table["t"].tolist() == [12, 13]
     with raises_at(tmp_path / "data.txt", 1, "timestamp 'soon' is not a number"):
         read_table(write(tmp_path, "soon\n"), fields, delimiter=",")
+    # Beyond 64 bits the cast to int64 would wrap to a large negative time, silently.
+    with raises_at(tmp_path / "data.txt", 2, "timestamp '99999999999999999999999999' is outside the range"):
+        read_table(write(tmp_path, "12\n99999999999999999999999999\n"), fields, delimiter=",")
 
 
 def test_read_header_and_chunks(tmp_path: Path) -> None:
