@@ -95,6 +95,15 @@ def failures_by_reason(rounds: list[RoundRecord]) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+def require_test_metrics(config: FederatedConfig, directory: RunDirectory, summary: dict[str, Any]) -> None:
+    """Fails a finished run whose final test got no usable sum: its results table would be empty or NaN."""
+    if config.server.final_evaluation and not summary.get("test"):
+        raise FedrecError(f"{directory.path}: the run ended without test metrics (the final evaluation got no "
+                          f"usable sum; failures: {summary.get('failures_by_reason')}, "
+                          f"{summary.get('test_failures', 0)} devices failed the test); see rounds.jsonl and "
+                          "the log above")
+
+
 #: Rounds in a row in which every sampled device fails with the same error before the run stops.
 SAME_FAILURE_ROUNDS = 3
 

@@ -26,6 +26,7 @@ from recsys_core.federated.wire import DEVICE_STATE_DIR_ENV
 from recsys_core.run_records import write_json
 from recsys_core.training import popularity_test_metrics
 from server import message_delivery
+from server.round_loop import require_test_metrics
 from server.rounds import RoundCallback
 from server.run_directory import RunDirectory
 from server.server_app import RUN_ERROR_KEY, make_server_app, prepare_run_directory, run_manifest
@@ -123,6 +124,7 @@ def run_federated_simulation(
     provision_federation(config, directory, data)
     if config.simulation.engine == "cohort":
         summary = run_cohort_simulation(config, directory, data, resume, on_round, on_device)
+        require_test_metrics(config, directory, summary)
         return directory, with_popularity_reference(config, directory, data, summary)
     results: dict[str, Any] = {}
     server_app = make_server_app(config, directory, resume=resume, on_round=on_round, results=results,
@@ -144,6 +146,7 @@ def run_federated_simulation(
         raise RuntimeError(f"the simulation ended without a result; see the log above and {directory.path}")
     if RUN_ERROR_KEY in results:
         raise results[RUN_ERROR_KEY]
+    require_test_metrics(config, directory, results)
     return directory, with_popularity_reference(config, directory, data, results)
 
 

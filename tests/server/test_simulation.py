@@ -392,3 +392,20 @@ def test_only_one_error_on_every_device_counts_as_a_repeated_failure() -> None:
     assert common_failure(config, record(NO_REPLY, NO_REPLY)) is None  # an outage, not a bug
     faulty = FederatedConfig.from_dict({"private": False, "simulation": {"failure_probability": 0.5}})
     assert common_failure(faulty, record("ValueError: row 3", "ValueError: row 12")) is None
+
+
+def test_a_simulation_whose_final_test_gets_no_metrics_fails_instead_of_printing_an_empty_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys_core.errors import FedrecError
+    from recsys_core.federated import cohort
+
+    values = json.loads(tiny_config(tmp_path, rounds=1).to_json())
+    values["simulation"].update({"engine": "cohort", "batching": "off"})
+    values["server"]["evaluate_every"] = 0
+
+    def unable(*args, **kwargs):
+        raise ValueError("no item to rank")
+
+    monkeypatch.setattr(cohort, "evaluate_on_device", unable)
+    with pytest.raises(FedrecError, match=r"the run ended without test metrics .* devices failed the test"):
+        run_federated_simulation(FederatedConfig.from_dict(values), run_dir=str(tmp_path / "run"))
