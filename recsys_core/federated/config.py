@@ -304,12 +304,13 @@ class FederatedConfig:
         learning rate that turns the mean into a sum it would no longer be one.
         """
         model = model_class(self.model.name)
+        releases = config_from_dict(model.config_class, self.model.options).statistics_rounds
         # Non-private Popularity may repeat its one release (the same mean each round), as it always could.
-        repeats_harmlessly = model.statistics_rounds == 1 and not self.privacy.user_level.enabled
-        if not model.trains_with_gradients and self.server.rounds != model.statistics_rounds and not repeats_harmlessly:
+        repeats_harmlessly = releases == 1 and not self.privacy.user_level.enabled
+        if not model.trains_with_gradients and self.server.rounds != releases and not repeats_harmlessly:
             raise ConfigError(f"server.rounds: model {self.model.name!r} is fitted by counting and releases its "
-                              f"statistics in {model.statistics_rounds} round(s); set server.rounds = "
-                              f"{model.statistics_rounds} (got {self.server.rounds})")
+                              f"statistics in {releases} round(s); set server.rounds = {releases} "
+                              f"(got {self.server.rounds})")
 
     def _validate_secure_aggregation(self) -> None:
         secure = self.secure_aggregation.validate()

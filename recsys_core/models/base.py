@@ -71,6 +71,11 @@ class CatalogInfo:
 class ModelConfig:
     """Base of each model's hyper-parameters; subclasses add fields with defaults."""
 
+    @property
+    def statistics_rounds(self) -> int:
+        """Count-based models: how many federated rounds release their statistics, one part per round."""
+        return 1
+
     def validate(self) -> None:
         for config_field in dataclasses.fields(self):
             value = getattr(self, config_field.name)
@@ -95,8 +100,6 @@ class Recommender(nn.Module, ABC):
     uses_item_features: ClassVar[bool] = False
     #: False for count-based models (Popularity) that are fitted by :meth:`fit_statistics`.
     trains_with_gradients: ClassVar[bool] = True
-    #: Count-based models: how many federated rounds release their statistics, one part per round.
-    statistics_rounds: ClassVar[int] = 1
     #: Sub-modules whose parameters :meth:`per_sample_loss` trains, i.e. what a DP engine must
     #: wrap; empty means the whole model. Parameters outside them belong to the auxiliary phase.
     per_sample_modules: ClassVar[tuple[str, ...]] = ()
@@ -216,6 +219,11 @@ class Recommender(nn.Module, ABC):
             self.auxiliary_loss().backward()
             for optimizer in optimizers:
                 optimizer.step()
+
+    @property
+    def statistics_rounds(self) -> int:
+        """Count-based models: how many federated rounds release their statistics (``config.statistics_rounds``)."""
+        return self.config.statistics_rounds
 
     def fit_statistics(self, log: InteractionLog) -> None:
         """Fits count-based state; only models with ``trains_with_gradients = False`` need it."""

@@ -7,28 +7,34 @@ user-level DP at small scale (docs/privacy.md, "Private by default"):
 - each user's statistics in a round are **scaled to L2 norm exactly 1**, so one user
   moves the sum by at most 1 whatever their history, and clipping at ``clip_norm = 1``
   never distorts it;
-- two rounds release everything, so the budget buys two Gaussian mechanisms
-  (sigma 0.82 each at epsilon 8, delta 1e-4) instead of the dozens of rounds a gradient
-  model composes;
+- a few rounds release everything, so the budget buys a few Gaussian mechanisms
+  (six at sigma 1.43 spend epsilon 8 at delta 1e-4) instead of the dozens of rounds a
+  gradient model composes;
 - a sum needs no per-device weights or losses, so it goes through secure aggregation as is.
 
 Round 1 releases the item counts (each of a user's ``n`` distinct items ``1/sqrt(n)``):
 the popularity prior, and the choice of the ``neighbourhood_items`` most counted items
 (DP-FEST's idea, Ghazi et al. 2023: put noise only on rows chosen privately; the
-tail would be all noise). Round 2 releases their co-occurrence table: each pair of the
-user's chosen items at most ``window`` places apart in time, and each item with itself,
-gets the same weight. The neighbourhood is a function of the released counts, so every
-device and the scorer agree on it, and round 2 leaves the counts exactly as they were.
+tail would be all noise). The next ``pair_releases`` rounds each release their
+co-occurrence table again, with fresh noise: each pair of the user's chosen items at
+most ``window`` places apart in time, and each item with itself, gets the same weight.
+The neighbourhood is a function of the released counts, so every device and the scorer
+agree on it, and the later rounds leave the counts exactly as they were. Releasing the
+table K times and averaging spends the budget unevenly: the table's small entries get
+noise sigma/sqrt(K), the counts' large ones sigma.
 
 Scoring reads the user's history, most recent last: the last ``history_length``
 distinct items, the m-th most recent weighted ``recency_decay ** m``, vote for the items
-near them. A vote is normalised by the two items' own weights (the table's diagonal) as
+near them. The mean released table is first averaged with its transpose (both copies
+of a pair carry independent noise, so this halves its variance for free). A vote is
+normalised by the two items' own weights (the table's diagonal) as
 ``co[j, i] / (d_j^(1/2) * d_i^similarity_exponent)``: 0.5 is cosine similarity, smaller
 exponents let popular items through. Items whose diagonal is below ``min_item_weight`` or
 ``noise_threshold`` standard deviations of the table's noise (estimated from its negative
 entries, so the model adapts to any epsilon by itself) neither vote nor receive votes;
-``pair_noise_threshold`` also shrinks every pair entry towards zero by that many deviations. Every item also gets
-``prior_weight * log(1 + count)``, which alone ranks the items outside the neighbourhood.
+``pair_noise_threshold`` also shrinks every pair entry towards zero by that many
+deviations. Every item also gets ``prior_weight * log(1 + count)``, which alone ranks
+the items outside the neighbourhood.
 """
 
 from __future__ import annotations
@@ -65,7 +71,16 @@ class ItemKNNConfig(ModelConfig):
     #: (docs/benchmarks.md), and costs accuracy at epsilon 3 and above.
     pair_noise_threshold: float = 0.0
     #: Weight of the log item counts added to every score (the popularity prior).
-    prior_weight: float = 0.3
+    prior_weight: float = 0.1
+    #: Rounds that release the co-occurrence table, each with fresh noise; the scorer averages
+    #: them. Under a fixed budget, K releases put noise of std sigma_K / sqrt(K) on the table and
+    #: sigma_K on the counts, where sigma_K is the noise multiplier for K + 1 rounds: more of the
+    #: budget goes to the table, whose entries are small, than to the counts, which are large.
+    pair_releases: int = 5
+
+    @property
+    def statistics_rounds(self) -> int:
+        return 1 + self.pair_releases
 
     def validate(self) -> None:
         super().validate()
@@ -73,6 +88,8 @@ class ItemKNNConfig(ModelConfig):
             raise ConfigError(f"model.neighbourhood_items: must be at least 1, got {self.neighbourhood_items}")
         if not 0.0 < self.recency_decay <= 1.0:
             raise ConfigError(f"model.recency_decay: must be in (0, 1], got {self.recency_decay}")
+        if self.pair_releases < 1:
+            raise ConfigError(f"model.pair_releases: must be at least 1, got {self.pair_releases}")
         if self.history_length < 1:
             raise ConfigError(f"model.history_length: must be at least 1, got {self.history_length}")
         for key in ("min_item_weight", "noise_threshold", "pair_noise_threshold"):
@@ -84,7 +101,6 @@ class ItemKNN(Recommender):
     name = "item_knn"
     config_class = ItemKNNConfig
     trains_with_gradients = False
-    statistics_rounds = 2
     item_counts: torch.Tensor
     cooccurrence: torch.Tensor
 
@@ -102,11 +118,15 @@ class ItemKNN(Recommender):
             self.fit_statistics_round(log, statistics_round)
 
     def fit_statistics_round(self, log: InteractionLog, statistics_round: int) -> None:
-        """Round 1: the item counts. Round 2: co-occurrences among the top items by the counts already held."""
+        """Round 1: the item counts. Later rounds: co-occurrences among the top items by the counts already held.
+
+        Each later round adds the table again to what the earlier ones released, so a device's
+        update in every such round is its own table (norm 1) and the federation sums them.
+        """
         if statistics_round == 1:
             self.item_counts.copy_(torch.from_numpy(self._counts(log)))
         else:
-            self.cooccurrence.copy_(torch.from_numpy(self._pairs(log, self.neighbourhood())))
+            self.cooccurrence.add_(torch.from_numpy(self._pairs(log, self.neighbourhood())))
 
     @classmethod
     def released_arrays(cls, statistics_round: int) -> tuple[str, ...] | None:
@@ -173,21 +193,31 @@ class ItemKNN(Recommender):
     def item_weight_threshold(self, noise_std: float | None = None) -> float:
         """The diagonal weight an item needs to vote and be voted for: ``min_item_weight``, or more under noise.
 
-        ``noise_std``: the table's estimated noise, when the caller has it already.
+        ``noise_std``: the symmetrised table's estimated noise, when the caller has it already.
         """
         if noise_std is None:
-            noise_std = estimated_noise_std(self.cooccurrence)
+            noise_std = estimated_noise_std(self.symmetrised_cooccurrence())
         return max(self.config.min_item_weight, self.config.noise_threshold * noise_std)
+
+    def symmetrised_cooccurrence(self) -> torch.Tensor:
+        """The mean of the ``pair_releases`` released tables, averaged with its transpose.
+
+        The exact table is symmetric (each pair is counted both ways), so a released one
+        carries two independent noisy copies of every pair; their mean has half the noise
+        variance. Post-processing: it costs no privacy.
+        """
+        return (self.cooccurrence + self.cooccurrence.T) / (2 * self.config.pair_releases)
 
     def _similarities(self) -> torch.Tensor:
         """The co-occurrence table normalised by both items' weights, zero for items below the threshold."""
-        noise_std = estimated_noise_std(self.cooccurrence)
-        diagonal = torch.diagonal(self.cooccurrence)
+        table = self.symmetrised_cooccurrence()
+        noise_std = estimated_noise_std(table)
+        diagonal = torch.diagonal(table)
         active = diagonal >= self.item_weight_threshold(noise_std)
         weight = torch.where(active, diagonal, torch.ones_like(diagonal))
         # Soft-thresholding: an entry within `pair_noise_threshold` noise deviations of zero is noise.
         shrink = self.config.pair_noise_threshold * noise_std
-        pairs = torch.sign(self.cooccurrence) * torch.clamp(self.cooccurrence.abs() - shrink, min=0.0)
+        pairs = torch.sign(table) * torch.clamp(table.abs() - shrink, min=0.0)
         similarities = pairs / weight.sqrt().unsqueeze(1) / weight.pow(
             self.config.similarity_exponent).unsqueeze(0)
         return similarities * (active.unsqueeze(1) & active.unsqueeze(0))

@@ -6,14 +6,14 @@
         [--set neighbourhood_items=1000] [--skip-floor]
 
 For each dataset and epsilon it releases what a federated run of the main job releases
-(``recsys_core/federated/main_job.py``: every device in both rounds, distributed noise,
+(``recsys_core/federated/main_job.py``: every device in every round, distributed noise,
 secure aggregation) and tests it on every test user against Popularity, with paired
 standard errors:
 
-* **item k-NN**: the two releases of :class:`~recsys_core.models.item_knn.ItemKNN` (item
-  counts, then co-occurrences among the most counted items), each a sum of unit-norm
-  user statistics plus Gaussian noise. The noise multiplier spends epsilon at delta over
-  two rounds (RDP, no sampling assumed); the noise on each sum has variance
+* **item k-NN**: the releases of :class:`~recsys_core.models.item_knn.ItemKNN` (item
+  counts, then ``pair_releases`` times the co-occurrences among the most counted items),
+  each a sum of unit-norm user statistics plus Gaussian noise. The noise multiplier
+  spends epsilon at delta over all its rounds (RDP, no sampling assumed); the noise on each sum has variance
   ``sigma^2 / 0.95``, what the shares of all devices add up to when they are sized for 95%
   survivors (more noise than the accountant needs, never less).
 * **private popularity**: one release of the unit-norm item counts with the whole budget
@@ -45,6 +45,8 @@ from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.evaluation import EvaluationConfig, paired_difference
 from recsys_core.federated.main_job import SURVIVING_FRACTION
 from recsys_core.models import CatalogInfo, Recommender, build_model
+from recsys_core.models.base import config_from_dict
+from recsys_core.models.item_knn import ItemKNNConfig
 from recsys_core.privacy.accountant import noise_multiplier_for_budget
 from recsys_core.training import evaluate_model
 
@@ -69,13 +71,14 @@ def noisy(tensor: torch.Tensor, std: float, generator: np.random.Generator) -> t
 
 def private_item_knn(split: DatasetSplit, sigma: float, generator: np.random.Generator,
                      options: dict[str, Any]) -> Recommender:
-    """Item k-NN's two releases, each with noise of std sigma / sqrt(0.95) (zero: the exact sums)."""
+    """Item k-NN's releases, each with noise of std sigma / sqrt(0.95) (zero: the exact sums)."""
     model = build_model("item_knn", CatalogInfo.from_log(split.train), options)
     std = sigma / math.sqrt(SURVIVING_FRACTION)
-    model.fit_statistics_round(split.train, 1)
-    model.item_counts.copy_(noisy(model.item_counts, std, generator))
-    model.fit_statistics_round(split.train, 2)
-    model.cooccurrence.copy_(noisy(model.cooccurrence, std, generator))
+    for statistics_round in range(1, model.statistics_rounds + 1):
+        model.fit_statistics_round(split.train, statistics_round)
+        for name in model.released_arrays(statistics_round) or ():
+            released = getattr(model, name)
+            released.copy_(noisy(released, std, generator))
     return model
 
 
@@ -108,7 +111,9 @@ def measure(dataset: str, data_dir: str | None, epsilons: list[float], draws: in
     for epsilon in epsilons:
         private = math.isfinite(epsilon)
         floors: list[np.ndarray] = []
-        for name, rounds, build in (("private popularity", 1, private_popularity), ("item_knn", 2, private_item_knn)):
+        knn_rounds = config_from_dict(ItemKNNConfig, options or {}).statistics_rounds
+        for name, rounds, build in (("private popularity", 1, private_popularity),
+                                    ("item_knn", knn_rounds, private_item_knn)):
             if name == "private popularity" and (skip_floor or not private):
                 continue
             sigma = noise_multiplier_for_budget(target_epsilon=epsilon, delta=delta, sampling_rate=1.0,
@@ -168,8 +173,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for axis, dataset in zip(axes[0], datasets):
         finite = sorted({row["epsilon"] for row in rows if row["dataset"] == dataset and math.isfinite(row["epsilon"])})
         for model, marker in (("item_knn", "o"), ("private popularity", "s")):
-            means = [np.mean([row["ndcg@10"] for row in rows if (row["dataset"], row["model"], row["epsilon"])
-                              == (dataset, model, epsilon)] or [np.nan]) for epsilon in finite]
+            # An item k-NN label names its options: "item_knn (window 3, ...)".
+            means = [np.mean([row["ndcg@10"] for row in rows if row["dataset"] == dataset
+                              and row["model"].split(" (")[0] == model and row["epsilon"] == epsilon] or [np.nan])
+                     for epsilon in finite]
             axis.plot(finite, means, marker=marker, label=f"{model} (user-level DP)")
         exact = [row["ndcg@10"] for row in rows if row["dataset"] == dataset and not math.isfinite(row["epsilon"])]
         if exact:

@@ -295,7 +295,7 @@ def test_private_run_writes_a_ledger_that_recomputes(tmp_path: Path, secure: boo
 
 
 def test_the_private_main_job_runs_end_to_end_small(tmp_path: Path) -> None:
-    """The main job's recipe on 12 devices: secure aggregation, distributed user-level DP, item k-NN in two rounds."""
+    """The main job's recipe on 12 devices: secure aggregation, distributed user-level DP, item k-NN in six rounds."""
     from recsys_core.federated.main_job import main_job_values
     from recsys_core.privacy.ledger import load_ledger, verify
     from server.simulate import POPULARITY_REFERENCE_FILE
@@ -308,7 +308,7 @@ def test_the_private_main_job_runs_end_to_end_small(tmp_path: Path) -> None:
     values["output_dir"] = str(tmp_path)
     directory, summary = run_federated_simulation(FederatedConfig.from_dict(values))
     rounds = directory.read_rounds()
-    assert [record.status for record in rounds] == ["aggregated", "aggregated"]
+    assert [record.status for record in rounds] == ["aggregated"] * 6
     assert all(record.participants == N_USERS for record in rounds)
     ledger = verify(load_ledger(directory.path / "privacy-ledger.json"))
     written = load_ledger(directory.path / "privacy-ledger.json").user_level
@@ -317,7 +317,8 @@ def test_the_private_main_job_runs_end_to_end_small(tmp_path: Path) -> None:
     # Popularity on the same test users sits beside the model, in the summary and in its own file.
     assert set(summary["test"]) <= set(summary["popularity_test"])
     assert json.loads((directory.path / POPULARITY_REFERENCE_FILE).read_text())["test"] == summary["popularity_test"]
-    # The released counts are the users' unit-norm count vectors summed, plus noise of sigma = 0.823 per coordinate.
+    # The released counts are the users' unit-norm count vectors summed, plus noise of sigma = 1.426 per coordinate
+    # from shares sized for 10 survivors, 12 of which took part: std 1.426 * sqrt(12 / 10) = 1.56.
     with np.load(directory.path / "final-model" / "parameters.npz") as final:
         counts = final["item_counts"]
     data = load_federated_data(FederatedConfig.from_dict(values).data, FederatedConfig.from_dict(values).partition)
@@ -326,7 +327,7 @@ def test_the_private_main_job_runs_end_to_end_small(tmp_path: Path) -> None:
     exact = build_model("item_knn", CatalogInfo.from_log(data.split.train))
     exact.fit_statistics_round(data.split.train, 1)
     residual = counts - exact.item_counts.numpy()
-    assert 0.4 < float(np.std(residual)) < 1.4
+    assert 1.1 < float(np.std(residual)) < 2.1
 
 
 @pytest.mark.parametrize("engine", ["flower", "cohort"])

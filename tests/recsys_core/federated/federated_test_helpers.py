@@ -9,6 +9,7 @@ from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import model_class
+from recsys_core.models.base import config_from_dict
 
 SMALL = {"gmf_dim": 8, "mlp_layers": [16, 8]}
 
@@ -20,7 +21,8 @@ def config(**sections) -> FederatedConfig:
     model = model_class(values["model"]["name"])
     if not model.trains_with_gradients and "server" not in sections:
         # A count-based model releases its statistics in exactly its own number of rounds.
-        values["server"] = {"rounds": model.statistics_rounds}
+        options = values["model"].get("options", {})
+        values["server"] = {"rounds": config_from_dict(model.config_class, options).statistics_rounds}
     return FederatedConfig.from_dict(values).validate()
 
 

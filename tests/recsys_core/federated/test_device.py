@@ -96,8 +96,8 @@ def test_sequence_models_have_nothing_private() -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_trains_on_a_device_and_keeps_its_private_part(name: str) -> None:
-    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})},
-                 server={"rounds": 20 if MODELS[name].trains_with_gradients else MODELS[name].statistics_rounds})
+    rounds = 20 if MODELS[name].trains_with_gradients else MODELS[name].config_class().statistics_rounds
+    cfg = config(model={"name": name, "options": SMALL_OPTIONS.get(name, {})}, server={"rounds": rounds})
     data = load_federated_data(cfg.data, cfg.partition)
     shared = global_shared(cfg)
     outcome = train_on_device(cfg, data.device_split(1), shared, None, 1, 1)
@@ -181,7 +181,10 @@ def test_user_level_privacy_releases_a_counting_model_once_and_needs_fedavg_or_f
     assert config(privacy=user_level, model={"name": "popularity"}, server={"rounds": 1}).privacy.user_level.enabled
     with pytest.raises(ConfigError, match="privacy.local: model 'item_knn' is fitted by counting"):
         config(privacy={"local": {"enabled": True, "target_delta": 1e-3}}, model={"name": "item_knn"},
-               server={"rounds": 2})
+               server={"rounds": 6})
+    # Item k-NN releases its counts once and its table pair_releases times.
+    with pytest.raises(ConfigError, match="server.rounds: model 'item_knn' .* set server.rounds = 3 \\(got 6\\)"):
+        config(privacy=user_level, model={"name": "item_knn", "options": {"pair_releases": 2}}, server={"rounds": 6})
     with pytest.raises(ConfigError, match="server.strategy 'fedavg' or 'fedadam', got 'fedyogi'"):
         config(privacy=user_level, server={"strategy": "fedyogi"})
 
@@ -219,7 +222,7 @@ def test_a_counting_models_private_release_is_its_statistics_clipped_and_noised(
     clip_norm, sigma, survivors = 0.5, 2.0, 4
     sections = {"enabled": True, "clip_norm": clip_norm, "target_delta": 1e-3, "noise_multiplier": sigma,
                 "noise_placement": "distributed", "min_surviving_devices": survivors}
-    rounds = MODELS[name].statistics_rounds
+    rounds = MODELS[name].config_class().statistics_rounds
     noiseless = config(privacy={"user_level": {**sections, "noise_placement": "central"}}, model={"name": name},
                        server={"rounds": rounds, "devices_per_round": 8})
     noisy = config(privacy={"user_level": sections}, model={"name": name},

@@ -59,6 +59,22 @@ def test_each_rounds_statistics_of_many_users_are_the_sum_of_each_users() -> Non
         torch.testing.assert_close(total, fit(group), rtol=1e-5, atol=1e-6)
 
 
+def test_each_later_round_adds_the_devices_table_again_and_the_scorer_averages_the_releases() -> None:
+    log = synthetic_split().train
+    once, five_times = fitted(log, pair_releases=1), fitted(log, pair_releases=5)
+    torch.testing.assert_close(five_times.cooccurrence, 5 * once.cooccurrence)
+    users = np.arange(log.n_users)
+    torch.testing.assert_close(five_times.score(users, log), once.score(users, log))
+    # A device given the global model after round 3 sends its own table again: its update has norm 1.
+    device = log.select(log.user_ids == 4)
+    model = build_model("item_knn", CatalogInfo(n_users=log.n_users, n_items=log.n_items), {"pair_releases": 5})
+    model.load_state_dict(five_times.state_dict())
+    received = model.cooccurrence.clone()
+    model.fit_statistics_round(device, 4)
+    assert norm(model.cooccurrence - received) == pytest.approx(1.0, abs=1e-5)
+    assert model.released_arrays(4) == ("cooccurrence",)
+
+
 def test_the_neighbourhood_is_the_most_counted_items_ties_to_the_lower_id() -> None:
     model = build_model("item_knn", CatalogInfo(n_users=1, n_items=6), {"neighbourhood_items": 3})
     model.item_counts.copy_(torch.tensor([1.0, 5.0, 2.0, 5.0, -1.0, 2.0]))
@@ -118,7 +134,23 @@ def test_more_noise_leaves_fewer_items_voting_and_the_prior_ranks_the_rest() -> 
     assert exact == model.config.min_item_weight
     model.cooccurrence.add_(torch.from_numpy(np.random.default_rng(6).normal(0, 5.0, model.cooccurrence.shape))
                             .float())
-    assert model.item_weight_threshold() == pytest.approx(model.config.noise_threshold * 5.0, rel=0.1)
+    # The buffer sums pair_releases tables, and each pair's two copies are averaged: the noise on the mean
+    # table has std 5 / (pair_releases * sqrt(2)).
+    expected = model.config.noise_threshold * 5.0 / (model.config.pair_releases * np.sqrt(2))
+    assert model.item_weight_threshold() == pytest.approx(expected, rel=0.1)
+
+
+def test_the_two_noisy_copies_of_each_pair_are_averaged() -> None:
+    model = fitted(synthetic_split().train, pair_releases=1)
+    exact = model.cooccurrence.clone()
+    assert torch.equal(model.symmetrised_cooccurrence(), exact)  # the exact table is symmetric already
+    noise = torch.from_numpy(np.random.default_rng(7).normal(0, 1.0, exact.shape)).float()
+    model.cooccurrence.add_(noise)
+    off_diagonal = ~torch.eye(len(exact), dtype=torch.bool)
+    error = (model.symmetrised_cooccurrence() - exact)[off_diagonal]
+    assert float(error.std()) == pytest.approx(1 / np.sqrt(2), rel=0.05)
+    similarities = model._similarities()
+    assert torch.equal(similarities.sign(), similarities.T.sign())  # a pair votes both ways or neither
 
 
 def test_pair_entries_within_the_noise_are_shrunk_to_zero() -> None:
