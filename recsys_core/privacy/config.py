@@ -102,7 +102,10 @@ class UserLevelPrivacyConfig:
         if (self.noise_placement == "distributed" and devices_per_round is not None
                 and self.min_surviving_devices > devices_per_round):
             raise ConfigError(f"{prefix}.min_surviving_devices: {self.min_surviving_devices} exceeds "
-                              f"server.devices_per_round = {devices_per_round}; no round could ever count")
+                              f"server.devices_per_round = {devices_per_round}; no round could ever count. "
+                              f"Set it to at most {devices_per_round} (e.g. --set "
+                              f"privacy.user_level.min_surviving_devices={max(1, int(0.95 * devices_per_round))}): "
+                              f"each device's noise share is sized for it, so the released sum keeps its noise")
         _check_delta(f"{prefix}.target_delta", self.target_delta, num_users, "(number of users)")
         _check_accountant(f"{prefix}.accountant", self.accountant)
         if not self.target_epsilon > 0:

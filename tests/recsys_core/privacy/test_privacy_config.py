@@ -91,3 +91,12 @@ def test_reading_the_config_does_not_import_opacus_or_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[3])
     assert result.stdout.strip() == "[]"
+
+
+def test_too_many_required_survivors_says_which_value_would_fit():
+    # The main job sized for 500 devices, run with --devices-per-round 20: the error gives the setting to use.
+    config = both(user_level={"noise_placement": "distributed", "min_surviving_devices": 475})
+    with pytest.raises(ConfigError, match=r"475 exceeds server.devices_per_round = 20; .*"
+                                          r"--set privacy.user_level.min_surviving_devices=19\)"):
+        config.validate(devices_per_round=20)
+    both(user_level={"noise_placement": "distributed", "min_surviving_devices": 19}).validate(devices_per_round=20)
