@@ -15,7 +15,7 @@ from recsys_core.errors import ConfigError
 from recsys_core.evaluation import EvaluationConfig
 from recsys_core.experiment import ModelSection
 from recsys_core.models import model_class
-from recsys_core.models.base import config_from_dict
+from recsys_core.models.base import ModelConfig, config_from_dict
 from recsys_core.privacy.config import PrivacyConfig
 from recsys_core.run_records import decode_infinity
 from recsys_core.secure_aggregation.config import SUPPORTED_STRATEGIES, SecureAggregationConfig
@@ -197,7 +197,7 @@ class FederatedConfig:
         self.local.validate()
         self.server.validate()
         self.evaluation.validate()
-        config_from_dict(model_class(self.model.name).config_class, self.model.options)
+        self.model_config()
         if self.simulation.num_cpus_per_device <= 0 or self.simulation.torch_threads_per_device <= 0:
             raise ConfigError("simulation.num_cpus_per_device and torch_threads_per_device must be positive")
         if self.simulation.cohort_threads < 0:
@@ -291,6 +291,10 @@ class FederatedConfig:
                 f"(fedrec simulate --not-private) to run it anyway: its results will say NOT PRIVATE")
         return self
 
+    def model_config(self) -> ModelConfig:
+        """The model's options as its typed config (raises ConfigError naming a bad option)."""
+        return config_from_dict(model_class(self.model.name).config_class, self.model.options)
+
     def released_arrays(self, server_round: int) -> tuple[str, ...] | None:
         """The shared arrays a round may change (a count-based model releases one part per round); None: all."""
         model = model_class(self.model.name)
@@ -304,7 +308,7 @@ class FederatedConfig:
         learning rate that turns the mean into a sum it would no longer be one.
         """
         model = model_class(self.model.name)
-        releases = config_from_dict(model.config_class, self.model.options).statistics_rounds
+        releases = self.model_config().statistics_rounds
         # Non-private Popularity may repeat its one release (the same mean each round), as it always could.
         repeats_harmlessly = releases == 1 and not self.privacy.user_level.enabled
         if not model.trains_with_gradients and self.server.rounds != releases and not repeats_harmlessly:

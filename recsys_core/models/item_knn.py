@@ -113,7 +113,9 @@ class ItemKNN(Recommender):
 
     # -- fitting -----------------------------------------------------------------------------
     def fit_statistics(self, log: InteractionLog) -> None:
-        """Both releases from ``log`` at once: what a central fit, or a noiseless federation, ends with."""
+        """Every release from ``log`` at once: what a central fit, or a noiseless federation, ends with."""
+        # Later rounds add to the table, so a refit starts it from zero.
+        self.cooccurrence.zero_()
         for statistics_round in range(1, self.statistics_rounds + 1):
             self.fit_statistics_round(log, statistics_round)
 
