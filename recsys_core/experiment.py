@@ -19,7 +19,7 @@ from recsys_core.data.loading import load_interactions
 from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation import EvaluationConfig
-from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
+from recsys_core.models import CatalogInfo, Recommender, build_model, model_class, warn_if_weights_ignored
 from recsys_core.models.base import num_parameters
 from recsys_core.run_records import environment_record, new_run_directory, strict_json_dumps, write_json
 from recsys_core.training import EpochReport, TrainConfig, TrainingResult, popularity_test_metrics, seeded, train_model
@@ -88,6 +88,7 @@ def run_experiment(
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
     log = load_interactions(config.data)
+    warn_if_weights_ignored(config.model.name, log)
     split = split_log(log, config.data.split)
     load_seconds = time.perf_counter() - started
     with seeded(config.train.seed):

@@ -23,6 +23,7 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData, load_federated_data
 from recsys_core.federated.manifest import MANIFEST_FILE
 from recsys_core.federated.wire import DEVICE_STATE_DIR_ENV
+from recsys_core.models import warn_if_weights_ignored
 from recsys_core.run_records import write_json
 from recsys_core.training import popularity_test_metrics
 from server import message_delivery
@@ -51,6 +52,7 @@ def validate_before_start(config: FederatedConfig, run: bool = True) -> Federate
     """
     config.validate()
     data = load_federated_data(config.data, config.partition)
+    warn_if_weights_ignored(config.model.name, data.split.train)
     min_local_examples = None
     if config.privacy.local.enabled:
         train = data.partitioners[0]

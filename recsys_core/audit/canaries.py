@@ -98,12 +98,13 @@ def insert_canaries(split: DatasetSplit, config: CanaryConfig) -> tuple[DatasetS
     train = split.train
     planted = plan.included & plan.inserted
     last_rows = train.user_offsets[plan.users[planted] + 1] - 1
-    ratings = None
-    if train.ratings is not None:
-        ratings = np.concatenate([train.ratings, np.full(int(planted.sum()), train.ratings.max(initial=1.0))])
+    ratings = _with_planted(train.ratings, int(planted.sum()))
+    # A canary weighs as much as the heaviest real row: the strongest signal, so the
+    # audit's lower bound errs towards detecting it.
+    weights = _with_planted(train.weights, int(planted.sum()))
 
     def grown(log: InteractionLog, extra_users: np.ndarray, extra_items: np.ndarray, extra_times: np.ndarray,
-              extra_ratings: np.ndarray | None) -> InteractionLog:
+              extra_ratings: np.ndarray | None, extra_weights: np.ndarray | None) -> InteractionLog:
         features = log.item_features
         if features is not None:
             features = ItemFeatures(np.vstack([features.values, np.zeros((plan.count, features.values.shape[1]),
@@ -115,12 +116,13 @@ def insert_canaries(split: DatasetSplit, config: CanaryConfig) -> tuple[DatasetS
         return InteractionLog.from_arrays(
             np.concatenate([log.user_ids, extra_users]), np.concatenate([log.item_ids, extra_items]),
             np.concatenate([log.timestamps, extra_times]), extra_ratings, log.user_map, item_map, log.name,
-            features, titles)
+            features, titles, extra_weights)
 
     empty = np.zeros(0, dtype=np.int64)
-    new_train = grown(train, plan.users[planted], plan.items[planted], train.timestamps[last_rows], ratings)
-    valid = grown(split.valid, empty, empty, empty, split.valid.ratings)
-    test = grown(split.test, empty, empty, empty, split.test.ratings)
+    new_train = grown(train, plan.users[planted], plan.items[planted], train.timestamps[last_rows], ratings,
+                      weights)
+    valid = grown(split.valid, empty, empty, empty, split.valid.ratings, split.valid.weights)
+    test = grown(split.test, empty, empty, empty, split.test.ratings, split.test.weights)
     return DatasetSplit(new_train, valid, test), plan
 
 
@@ -139,3 +141,10 @@ def _grown_item_map(item_map: IdMap, count: int) -> IdMap:
 def without_canaries(log: InteractionLog, plan: CanaryPlan) -> InteractionLog:
     """``log`` without any canary row: what the auditor knows of the training data."""
     return log.select(~np.isin(log.item_ids, plan.items))
+
+
+def _with_planted(values: np.ndarray | None, planted: int) -> np.ndarray | None:
+    """A per-row column (ratings or weights) grown by ``planted`` canary rows at its maximum."""
+    if values is None:
+        return None
+    return np.concatenate([values, np.full(planted, values.max(initial=1.0), dtype=values.dtype)])

@@ -3,8 +3,9 @@
 CSV and TSV files need a header row. The format comes from the extension or
 from ``file_format`` (config key ``data.file_format``), the text encoding of a
 CSV/TSV file from ``encoding`` (``data.encoding``). User and item ids may be
-integers or strings and are kept as the original ids. Ratings (or any feedback
-weight) and timestamps are optional and must be numeric when mapped. Without a
+integers or strings and are kept as the original ids. Ratings, an implicit
+feedback weight (a play count: non-negative) and timestamps are optional and
+must be numeric when mapped. Without a
 timestamp column every interaction gets timestamp 0, so each user's rows keep
 file order (and the default split holds out a random sample instead:
 :func:`recsys_core.data.splits.resolve_split_method`).
@@ -43,15 +44,18 @@ _DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 @dataclass(frozen=True)
 class ColumnMapping:
-    """Which columns of the file hold the user, item, rating and timestamp.
+    """Which columns of the file hold the user, item, rating, weight and timestamp.
 
-    ``rating`` and ``timestamp`` are optional (``None``: not in the file).
+    ``rating``, ``weight`` and ``timestamp`` are optional (``None``: not in the file).
+    ``weight`` is an implicit feedback strength, such as a play count or a quantity:
+    ``data.preprocessing.weight_transform`` turns it into the interaction's weight.
     """
 
     user: str = "user_id"
     item: str = "item_id"
     rating: str | None = None
     timestamp: str | None = None
+    weight: str | None = None
 
     def mapped(self) -> dict[str, str]:
         """Role (``user``, ``item``, ...) to column name, for the columns that are mapped."""
@@ -60,12 +64,14 @@ class ColumnMapping:
             "item": self.item,
             "rating": self.rating,
             "timestamp": self.timestamp,
+            "weight": self.weight,
         }
         return {role: column for role, column in roles.items() if column is not None}
 
 
-_KINDS: dict[str, FieldKind] = {"user": "id", "item": "id", "rating": "float", "timestamp": "timestamp"}
-_LABELS = {"user": "user id", "item": "item id", "rating": "rating", "timestamp": "timestamp"}
+_KINDS: dict[str, FieldKind] = {"user": "id", "item": "id", "rating": "float", "timestamp": "timestamp",
+                                 "weight": "float"}
+_LABELS = {"user": "user id", "item": "item id", "rating": "rating", "timestamp": "timestamp", "weight": "weight"}
 
 
 def load_interactions_file(
@@ -90,21 +96,38 @@ def load_interactions_file(
             raise ConfigError(
                 f"{ENCODING_KEY}: {path} is Parquet, which stores its text as UTF-8; leave {ENCODING_KEY} unset"
             )
-        columns = _read_parquet(path, mapping)
+        columns, line_numbers = _read_parquet(path, mapping), None
     elif resolved in _DELIMITERS:
-        columns = _read_delimited(path, mapping, _DELIMITERS[resolved], encoding)
+        columns, line_numbers = _read_delimited(path, mapping, _DELIMITERS[resolved], encoding)
     else:
         raise ConfigError(
             f"{FILE_FORMAT_KEY}: unknown file format {resolved!r}; set it to \"csv\", \"tsv\" or \"parquet\""
         )
-    timestamps = columns.get("timestamp")
+    weights = columns.get("weight")
+    if weights is not None:
+        _check_non_negative(path, weights, f"the weight column {mapping.weight!r}", line_numbers)
     return InteractionLog.from_original_ids(
         columns["user"],
         columns["item"],
-        timestamps=timestamps,
+        timestamps=columns.get("timestamp"),
         ratings=columns.get("rating"),
         name=name or path.stem,
+        weights=weights,
     )
+
+
+def _check_non_negative(path: Path, values: np.ndarray, what: str, line_numbers: np.ndarray | None) -> None:
+    """A weight is a count or an amount: a negative one is a data error, named with its line (or row)."""
+    negative = np.flatnonzero(values < 0)
+    if len(negative) == 0:
+        return
+    first = int(negative[0])
+    if line_numbers is None:
+        raise DataFormatError(path, f"{what} has the negative value {values[first]:g} in row {first + 1}; "
+                                    "a weight counts plays or amounts, so it must be >= 0")
+    raise DataFormatError(path, f"{what} has the negative value {values[first]:g}; "
+                                "a weight counts plays or amounts, so it must be >= 0",
+                          line=int(line_numbers[first]))
 
 
 def _format_from_extension(path: Path) -> FileFormat:
@@ -138,7 +161,8 @@ def _missing_column_error(
 
 def _read_delimited(
     path: Path, mapping: ColumnMapping, delimiter: str, encoding: str
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The mapped columns, and each row's line when a weight needs checking after the parse."""
     header = read_header(path, delimiter, encoding, encoding_key=ENCODING_KEY)
     roles = {column: role for role, column in mapping.mapped().items()}
     for role, column in mapping.mapped().items():
@@ -161,9 +185,10 @@ def _read_delimited(
         for index, column in enumerate(header)
     ]
     table = read_table(
-        path, fields, delimiter=delimiter, encoding=encoding, header=header, encoding_key=ENCODING_KEY
+        path, fields, delimiter=delimiter, encoding=encoding, header=header, encoding_key=ENCODING_KEY,
+        with_line_numbers=mapping.weight is not None,
     )
-    return table.columns
+    return table.columns, table.line_numbers
 
 
 def _read_parquet(path: Path, mapping: ColumnMapping) -> dict[str, np.ndarray]:
@@ -221,9 +246,9 @@ def _arrow_column(path: Path, column: pa.ChunkedArray, role: str, name: str) -> 
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         values = column.cast(pa.float64()).to_numpy()
         _check_finite(path, values, role, name)
-        return values if role == "rating" else np.floor(values).astype(np.int64)
+        return values if role in ("rating", "weight") else np.floor(values).astype(np.int64)
     else:
-        expected = "numbers" if role == "rating" else "numbers or timestamps"
+        expected = "numbers or timestamps" if role == "timestamp" else "numbers"
     raise DataFormatError(path, f"the {role} column {name!r} has type {kind}; expected {expected}")
 
 

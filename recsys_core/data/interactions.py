@@ -79,8 +79,12 @@ class ItemFeatures:
 class InteractionLog:
     """Columnar interactions sorted by user, then timestamp, then file order.
 
-    ``ratings`` holds explicit ratings or feedback weights when the source has
-    them. ``timestamps`` are seconds, or the position in the user's sequence when
+    ``ratings`` holds explicit ratings when the source has them. ``weights``
+    holds each interaction's implicit feedback weight (a play count, after
+    ``data.preprocessing.weight_transform``) when the source maps a weight column;
+    models that read it (:attr:`~recsys_core.models.base.Recommender.uses_interaction_weights`)
+    weight the interaction's loss by it, the others count every row once.
+    ``timestamps`` are seconds, or the position in the user's sequence when
     the source only gives an order (Amazon sequential format).
     """
 
@@ -93,6 +97,7 @@ class InteractionLog:
     name: str = "interactions"
     item_features: ItemFeatures | None = None
     item_titles: np.ndarray | None = field(default=None, compare=False)
+    weights: np.ndarray | None = field(default=None, compare=False)  # float32 [n]
 
     @classmethod
     def from_arrays(
@@ -106,6 +111,7 @@ class InteractionLog:
         name: str = "interactions",
         item_features: ItemFeatures | None = None,
         item_titles: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
     ) -> InteractionLog:
         """Sorts the rows by (user, timestamp, original order) and builds the log."""
         user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -122,6 +128,7 @@ class InteractionLog:
             name=name,
             item_features=item_features,
             item_titles=item_titles,
+            weights=None if weights is None else np.asarray(weights, dtype=np.float32)[order],
         )
 
     @classmethod
@@ -132,13 +139,14 @@ class InteractionLog:
         timestamps: np.ndarray | None = None,
         ratings: np.ndarray | None = None,
         name: str = "interactions",
+        weights: np.ndarray | None = None,
     ) -> InteractionLog:
         """Builds a log from original ids, remapping both sides to contiguous ids."""
         user_map, user_ids = IdMap.from_values(users)
         item_map, item_ids = IdMap.from_values(items)
         if timestamps is None:
             timestamps = np.zeros(len(user_ids), dtype=np.int64)
-        return cls.from_arrays(user_ids, item_ids, timestamps, ratings, user_map, item_map, name)
+        return cls.from_arrays(user_ids, item_ids, timestamps, ratings, user_map, item_map, name, weights=weights)
 
     @property
     def n_users(self) -> int:
@@ -177,6 +185,7 @@ class InteractionLog:
             name=self.name,
             item_features=self.item_features,
             item_titles=self.item_titles,
+            weights=None if self.weights is None else self.weights[mask],
         )
 
     def summary(self) -> dict[str, float | int | str]:
@@ -189,5 +198,6 @@ class InteractionLog:
             "interactions": self.n_interactions,
             "density": self.n_interactions / cells,
             "has_ratings": self.ratings is not None,
+            "has_weights": self.weights is not None,
             "item_features": 0 if self.item_features is None else len(self.item_features.names),
         }

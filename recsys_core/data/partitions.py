@@ -137,6 +137,7 @@ def localize_users(log: InteractionLog, users: np.ndarray) -> InteractionLog:
         name=log.name,
         item_features=log.item_features,
         item_titles=log.item_titles,
+        weights=log.weights,
     )
 
 
@@ -158,4 +159,5 @@ def rows_of_users(log: InteractionLog, users: np.ndarray) -> InteractionLog:
         name=log.name,
         item_features=log.item_features,
         item_titles=log.item_titles,
+        weights=None if log.weights is None else log.weights[rows],
     )

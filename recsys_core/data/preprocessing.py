@@ -9,8 +9,8 @@ still lead back to the dataset's original ids.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -37,7 +37,11 @@ def to_implicit(log: InteractionLog, min_rating: float | None) -> InteractionLog
 def drop_duplicate_interactions(
     log: InteractionLog, keep: Literal["first", "last"] = "first"
 ) -> InteractionLog:
-    """Keeps one row per (user, item) pair: the chronologically first or last one."""
+    """Keeps one row per (user, item) pair: the chronologically first or last one.
+
+    Weights add up: the kept row of a pair weighs what all its rows weighed (two
+    rows of 3 and 4 plays are one of 7).
+    """
     if keep not in ("first", "last"):
         raise ConfigError(f"keep must be 'first' or 'last', got {keep!r}")
     if log.n_interactions == 0:
@@ -46,13 +50,48 @@ def drop_duplicate_interactions(
     # is its earliest; reversing the rows turns "last" into "first".
     pair = log.user_ids * np.int64(max(log.n_items, 1)) + log.item_ids
     if keep == "first":
-        _, rows = np.unique(pair, return_index=True)
+        _, rows, inverse = np.unique(pair, return_index=True, return_inverse=True)
     else:
-        _, reversed_rows = np.unique(pair[::-1], return_index=True)
-        rows = log.n_interactions - 1 - reversed_rows
+        _, reversed_rows, reversed_inverse = np.unique(pair[::-1], return_index=True, return_inverse=True)
+        rows, inverse = log.n_interactions - 1 - reversed_rows, reversed_inverse[::-1]
     if len(rows) == log.n_interactions:
         return log
-    return log.select(np.sort(rows))
+    order = np.argsort(rows)
+    kept = log.select(rows[order])
+    if log.weights is None:
+        return kept
+    summed = np.bincount(inverse, weights=log.weights, minlength=len(rows))[order]
+    return replace(kept, weights=summed.astype(np.float32))
+
+
+WeightTransform = Literal["log1p", "raw", "ignore"]
+
+
+def apply_weights(log: InteractionLog, min_weight: float | None, transform: WeightTransform) -> InteractionLog:
+    """Turns a log's raw feedback weights (play counts) into the weights models train with.
+
+    Rows below ``min_weight`` go (``None``: keep all), and so do rows of weight 0, which
+    record no interaction. ``transform``: ``log1p`` weighs a row ``log2(1 + w)``, so one
+    play weighs 1 like an unweighted row, 3 plays 2, 1,023 plays 10: heavy listeners do
+    not drown everyone else (Hu, Koren and Volinsky's confidence). ``raw`` keeps ``w``;
+    ``ignore`` drops the weights, and every row then counts once. A log without weights
+    is returned as it is, unless ``min_weight`` asks for them.
+    """
+    if log.weights is None:
+        if min_weight is not None:
+            raise ConfigError(f"data.preprocessing.min_weight={min_weight} needs a weight column "
+                              f"(data.columns.weight), but dataset {log.name!r} has none")
+        return log
+    threshold = 0.0 if min_weight is None else _check_threshold(min_weight, "min_weight")
+    keep = (log.weights > 0) & (log.weights >= threshold)
+    if not keep.all():
+        log = compact_ids(log.select(keep))
+    assert log.weights is not None
+    if transform == "ignore":
+        return replace(log, weights=None)
+    if transform == "log1p":
+        return replace(log, weights=(np.log1p(log.weights.astype(np.float64)) / math.log(2)).astype(np.float32))
+    return log
 
 
 def k_core(
@@ -100,6 +139,7 @@ def compact_ids(log: InteractionLog) -> InteractionLog:
         name=log.name,
         item_features=None if log.item_features is None else log.item_features.subset(kept_items),
         item_titles=None if log.item_titles is None else log.item_titles[kept_items],
+        weights=log.weights,
     )
 
 
@@ -115,18 +155,27 @@ class PreprocessingConfig:
 
     ``min_rating``: keep rows rated at least this (``None``: keep all).
     ``min_user_interactions`` / ``min_item_interactions``: k-core thresholds (0: off).
-    ``deduplicate``: keep only the first row of every (user, item) pair.
+    ``deduplicate``: keep only the first row of every (user, item) pair (weights add up).
+    ``min_weight`` and ``weight_transform``: how a weight column (``data.columns.weight``,
+    e.g. play counts) becomes interaction weights (:func:`apply_weights`).
     """
 
     min_rating: float | None = None
     min_user_interactions: int = 0
     min_item_interactions: int = 0
     deduplicate: bool = True
+    min_weight: float | None = None
+    weight_transform: WeightTransform = "log1p"
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` naming the first invalid field."""
         if self.min_rating is not None:
             _check_threshold(self.min_rating)
+        if self.min_weight is not None:
+            _check_threshold(self.min_weight, "min_weight")
+        if self.weight_transform not in get_args(WeightTransform):
+            allowed = ", ".join(repr(value) for value in get_args(WeightTransform))
+            raise ConfigError(f"weight_transform must be one of {allowed}, got {self.weight_transform!r}")
         _check_count("min_user_interactions", self.min_user_interactions)
         _check_count("min_item_interactions", self.min_item_interactions)
         if not isinstance(self.deduplicate, bool):
@@ -138,25 +187,26 @@ def preprocess(log: InteractionLog, config: PreprocessingConfig) -> InteractionL
 
     The threshold comes first so that a low re-rating does not hide an item the user
     also rated highly; deduplication precedes the k-core so that repeats do not count
-    towards it.
+    towards it, and the weights so that a pair's plays add up before ``min_weight``.
     """
     config.validate()
     log = to_implicit(log, config.min_rating)
     if config.deduplicate:
         log = drop_duplicate_interactions(log, keep="first")
+    log = apply_weights(log, config.min_weight, config.weight_transform)
     if config.min_user_interactions > 0 or config.min_item_interactions > 0:
         log = k_core(log, config.min_user_interactions, config.min_item_interactions)
     return compact_ids(log)
 
 
-def _check_threshold(min_rating: object) -> float:
-    if isinstance(min_rating, bool) or not isinstance(
-        min_rating, int | float | np.integer | np.floating
+def _check_threshold(threshold: object, name: str = "min_rating") -> float:
+    if isinstance(threshold, bool) or not isinstance(
+        threshold, int | float | np.integer | np.floating
     ):
-        raise ConfigError(f"min_rating must be a number or null, got {min_rating!r}")
-    if not math.isfinite(float(min_rating)):
-        raise ConfigError(f"min_rating must be finite, got {min_rating}")
-    return float(min_rating)
+        raise ConfigError(f"{name} must be a number or null, got {threshold!r}")
+    if not math.isfinite(float(threshold)):
+        raise ConfigError(f"{name} must be finite, got {threshold}")
+    return float(threshold)
 
 
 def _check_count(name: str, value: object) -> int:

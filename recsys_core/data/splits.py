@@ -94,6 +94,8 @@ def merge_logs(first: InteractionLog, second: InteractionLog) -> InteractionLog:
         first.name,
         first.item_features,
         first.item_titles,
+        None if first.weights is None or second.weights is None
+        else np.concatenate([first.weights, second.weights]),
     )
 
 

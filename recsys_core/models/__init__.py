@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from recsys_core.data.interactions import InteractionLog
 from recsys_core.errors import ConfigError
 from recsys_core.models.base import CatalogInfo, ModelConfig, Recommender, config_from_dict
 from recsys_core.models.caser import Caser
@@ -42,4 +44,17 @@ def build_model(name: str, catalog: CatalogInfo, options: dict[str, Any] | None 
     return cls(catalog, config_from_dict(cls.config_class, options or {}))
 
 
-__all__ = ["MODELS", "CatalogInfo", "ModelConfig", "Recommender", "build_model", "model_class"]
+def warn_if_weights_ignored(name: str, log: InteractionLog) -> None:
+    """One warning on the ``fedrec.data`` logger when ``log`` has interaction weights that model ``name`` ignores."""
+    if log.weights is None or model_class(name).uses_interaction_weights:
+        return
+    readers = ", ".join(sorted(model for model, cls in MODELS.items() if cls.uses_interaction_weights))
+    logging.getLogger("fedrec.data").warning(
+        "%s ignores the interaction weights of %s (data.columns.weight) and counts every interaction once; "
+        "%s weigh interactions by them. Set data.preprocessing.weight_transform = \"ignore\" to silence this, "
+        "or data.preprocessing.min_weight to keep only rows with enough weight",
+        name, log.name, readers)
+
+
+__all__ = ["MODELS", "CatalogInfo", "ModelConfig", "Recommender", "build_model", "model_class",
+           "warn_if_weights_ignored"]

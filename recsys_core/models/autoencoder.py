@@ -40,15 +40,34 @@ from recsys_core.models.base import Batch, CatalogInfo, ModelConfig, Recommender
 
 def multi_hot_histories(log: InteractionLog, users: np.ndarray) -> np.ndarray:
     """``bool [len(users), n_items]``: True where the user interacted with the item."""
+    rows, log_rows = _history_rows(log, users)
+    matrix = np.zeros((len(np.asarray(users)), log.n_items), dtype=bool)
+    matrix[rows, log.item_ids[log_rows]] = True
+    return matrix
+
+
+def history_vectors(log: InteractionLog, users: np.ndarray) -> np.ndarray:
+    """The autoencoders' input: each user's summed interaction weights, ``float32 [len(users), n_items]``.
+
+    Multi-hot (``bool``, a quarter of the memory) when ``log`` has no weights: Liang et
+    al.'s likelihood is over click counts, and a weighted log gives it those.
+    """
+    if log.weights is None:
+        return multi_hot_histories(log, users)
+    rows, log_rows = _history_rows(log, users)
+    matrix = np.zeros((len(np.asarray(users)), log.n_items), dtype=np.float32)
+    np.add.at(matrix, (rows, log.item_ids[log_rows]), log.weights[log_rows])
+    return matrix
+
+
+def _history_rows(log: InteractionLog, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every interaction of every requested user: its row in the output and its row in ``log``."""
     users = np.asarray(users, dtype=np.int64)
     starts, ends = log.user_offsets[users], log.user_offsets[users + 1]
     counts = ends - starts
     rows = np.repeat(np.arange(len(users)), counts)
-    # Row index into the log of every interaction of every requested user, in order.
     within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    matrix = np.zeros((len(users), log.n_items), dtype=bool)
-    matrix[rows, log.item_ids[np.repeat(starts, counts) + within]] = True
-    return matrix
+    return rows, np.repeat(starts, counts) + within
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,7 @@ class MultAutoencoder(Recommender):
 
     # One sample is a user's history, its loss summed over the history's items.
     example_unit = "user"
+    uses_interaction_weights = True
     config: MultAutoencoderConfig
     encoder: nn.Sequential
     decoder: nn.Sequential
@@ -109,8 +129,8 @@ class MultAutoencoder(Recommender):
 
     def training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
         users = np.flatnonzero(np.diff(log.user_offsets) > 0)
-        # Stored as bool (a quarter of float32's memory); per_sample_loss converts each batch.
-        return {"histories": torch.from_numpy(multi_hot_histories(log, users))}
+        # Stored as bool when unweighted (a quarter of float32's memory); per_sample_loss converts each batch.
+        return {"histories": torch.from_numpy(history_vectors(log, users))}
 
     @staticmethod
     def _negative_log_likelihood(logits: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
@@ -118,7 +138,7 @@ class MultAutoencoder(Recommender):
 
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
         if self.training:
-            histories = torch.from_numpy(multi_hot_histories(history, users)).to(torch.float32)
+            histories = torch.from_numpy(history_vectors(history, users)).to(torch.float32)
             return self.logits(histories)
         code = self.code_from_first_layer(self._sparse_first_layer(users, history))
         if self.config.ranking_dtype == "float32":
@@ -132,10 +152,11 @@ class MultAutoencoder(Recommender):
     def _sparse_first_layer(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
         """The encoder's first layer on the normalised histories, reading only the items seen.
 
-        Equal to ``encoder[0](normalize(multi_hot))`` without dropout: a multi-hot row
-        of n items has norm sqrt(n), so the product is the sum of the n weight columns
-        over sqrt(n). A device ranks a short history against a wide catalogue, and this
-        skips the dense ``[n_items, width]`` product (half of all the work per call).
+        Equal to ``encoder[0](normalize(history_vectors))`` without dropout: a multi-hot
+        row of n items has norm sqrt(n), so the product is the sum of the n weight columns
+        over sqrt(n) (a weighted row: their weighted sum over the weights' norm). A device
+        ranks a short history against a wide catalogue, and this skips the dense
+        ``[n_items, width]`` product (half of all the work per call).
         """
         first = self.encoder[0]
         assert isinstance(first, nn.Linear)
@@ -143,9 +164,14 @@ class MultAutoencoder(Recommender):
         starts, ends = history.user_offsets[users], history.user_offsets[users + 1]
         rows = []
         for start, end in zip(starts, ends, strict=True):
-            items = torch.from_numpy(np.unique(history.item_ids[start:end]))
-            column_sum = first.weight.T.index_select(0, items).sum(dim=0)
-            rows.append(column_sum / max(float(len(items)) ** 0.5, 1e-12))
+            items, inverse = np.unique(history.item_ids[start:end], return_inverse=True)
+            columns = first.weight.T.index_select(0, torch.from_numpy(items))
+            if history.weights is None:
+                rows.append(columns.sum(dim=0) / max(float(len(items)) ** 0.5, 1e-12))
+                continue
+            weights = torch.from_numpy(np.bincount(inverse, weights=history.weights[start:end],
+                                                   minlength=len(items)).astype(np.float32))
+            rows.append(weights @ columns / weights.norm().clamp_min(1e-12))
         if not rows:
             return torch.zeros(0, first.out_features)
         return torch.stack(rows) + first.bias

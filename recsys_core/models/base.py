@@ -98,6 +98,9 @@ class Recommender(nn.Module, ABC):
     user_id_keys: ClassVar[tuple[str, ...]] = ()
     #: True for models built from the catalogue's item features (content-based, hybrid).
     uses_item_features: ClassVar[bool] = False
+    #: True for models whose loss weighs each interaction by the log's ``weights`` (a
+    #: play-count column); the others count every interaction once and ignore them.
+    uses_interaction_weights: ClassVar[bool] = False
     #: False for count-based models (Popularity) that are fitted by :meth:`fit_statistics`.
     trains_with_gradients: ClassVar[bool] = True
     #: Sub-modules whose parameters :meth:`per_sample_loss` trains, i.e. what a DP engine must

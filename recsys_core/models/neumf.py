@@ -3,7 +3,9 @@
 A GMF branch (element-wise product of user and item embeddings) and an MLP
 branch (a tower over the concatenated embeddings) are fused by one output layer.
 Trained pointwise: each observed (user, item) pair against ``negatives_per_positive``
-sampled unseen items, with binary cross-entropy.
+sampled unseen items, with binary cross-entropy. A weighted log (play counts) weighs
+each positive's term by its interaction weight, as Hu, Koren and Volinsky's confidence
+does; the negatives weigh 1.
 
 The two user embedding tables are private: on a device they hold one row, the
 device's own user, and never leave it. Item embeddings and the towers are shared.
@@ -41,6 +43,7 @@ class NeuMF(Recommender):
     config_class = NeuMFConfig
     private_modules = ("gmf_user_embedding", "mlp_user_embedding")
     user_id_keys = ("users",)
+    uses_interaction_weights = True
 
     def __init__(self, catalog: CatalogInfo, config: NeuMFConfig) -> None:
         super().__init__(catalog, config)
@@ -79,11 +82,14 @@ class NeuMF(Recommender):
         """One sample per (user, item) pair: each positive and each of its negatives."""
         grouped = self.private_training_samples(log, generator)
         width = grouped["items"].shape[1]
-        return {
+        samples = {
             "users": grouped["users"].repeat_interleave(width, dim=0).contiguous(),
             "items": grouped["items"].reshape(-1, 1).contiguous(),
             "labels": grouped["labels"].reshape(-1, 1).contiguous(),
         }
+        if "weights" in grouped:
+            samples["weights"] = grouped["weights"].reshape(-1, 1).contiguous()
+        return samples
 
     def private_training_samples(self, log: InteractionLog, generator: np.random.Generator) -> Batch:
         """One sample per interaction: its positive item with its negatives (``[n, 1 + negatives]``).
@@ -97,15 +103,23 @@ class NeuMF(Recommender):
         )
         items = np.concatenate([log.item_ids[:, None], negatives], axis=1)
         labels = np.tile(np.r_[1.0, np.zeros(negatives_per_positive)], (log.n_interactions, 1))
-        return {
+        samples = {
             "users": torch.from_numpy(np.asarray(log.user_ids)).unsqueeze(1).contiguous(),
             "items": torch.from_numpy(items).contiguous(),
             "labels": torch.from_numpy(labels.astype(np.float32)),
         }
+        if log.weights is not None:
+            weights = np.ones_like(labels, dtype=np.float32)
+            weights[:, 0] = log.weights
+            samples["weights"] = torch.from_numpy(weights)
+        return samples
 
     def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         logits = self(batch["users"], batch["items"])
-        return functional.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none").sum(dim=1)
+        terms = functional.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")
+        if "weights" in batch:
+            terms = terms * batch["weights"]
+        return terms.sum(dim=1)
 
     def score(self, users: np.ndarray, history: InteractionLog) -> torch.Tensor:
         """Every item's logit for each user, computed as a few matrix products over the catalogue.

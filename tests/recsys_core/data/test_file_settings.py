@@ -108,7 +108,7 @@ def test_the_library_loader_takes_the_same_settings(tmp_path: Path) -> None:
         ({"encoding": "latin-9x"}, r"data\.encoding: unknown text encoding 'latin-9x'"),
         ({"encoding": "base64"}, r"data\.encoding: unknown text encoding 'base64'"),
         ({"file_format": "parquet", "encoding": "latin-1"}, r"data\.encoding: a Parquet file stores its text"),
-        ({"columns": {"user": "u", "weight": "plays"}}, r"data\.columns\.weight"),
+        ({"columns": {"user": "u", "playcount": "plays"}}, r"data\.columns\.playcount"),
     ],
 )
 def test_bad_file_settings_are_rejected_naming_the_key(build: str, data: dict[str, Any], message: str) -> None:

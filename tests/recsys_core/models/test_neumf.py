@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from model_test_helpers import synthetic_split
+from torch.nn import functional
 
 from recsys_core.models import CatalogInfo, build_model
 from recsys_core.training import seeded
@@ -51,3 +54,22 @@ def test_cached_item_projections_follow_every_change_of_the_weights() -> None:
         model.mlp_item_embedding.weight.add_(0.3)  # as an optimiser step would
         model.mlp[0].weight.mul_(1.5)
         assert torch.allclose(model.score(users, None), model._score_pairs(users), rtol=1e-5, atol=1e-6)
+
+
+def test_a_weighted_log_weighs_each_positive_term_and_leaves_the_negatives_at_one() -> None:
+    log = synthetic_split().train
+    weights = np.random.default_rng(1).uniform(0.5, 7.0, log.n_interactions).astype(np.float32)
+    weighted_log = replace(log, weights=weights)
+    with seeded(0):
+        model = build_model("neumf", CatalogInfo.from_log(log), {"negatives_per_positive": 3})
+    plain = model.private_training_samples(log, np.random.default_rng(4))
+    weighted = model.private_training_samples(weighted_log, np.random.default_rng(4))
+    assert "weights" not in plain and torch.equal(weighted["items"], plain["items"])
+    with torch.no_grad():
+        terms = functional.binary_cross_entropy_with_logits(model(plain["users"], plain["items"]), plain["labels"],
+                                                            reduction="none")
+        expected = terms[:, 0] * torch.from_numpy(weights) + terms[:, 1:].sum(dim=1)
+        torch.testing.assert_close(model.per_sample_loss(weighted), expected)
+        # The flat pairs of plain training carry the same weights.
+        pairs = model.training_samples(weighted_log, np.random.default_rng(4))
+        torch.testing.assert_close(model.per_sample_loss(pairs).reshape(-1, 4).sum(dim=1), expected)
