@@ -63,7 +63,7 @@ def _type_name(expected: Any) -> str:
     return getattr(expected, "__name__", str(expected))
 
 
-def _convert(value: Any, expected: Any, key: str, decoders: Decoders) -> Any:
+def _convert(value: Any, expected: Any, key: str, decoders: Decoders, finite: bool = False) -> Any:
     origin = typing.get_origin(expected)
     if origin in (Union, types.UnionType):
         options = typing.get_args(expected)
@@ -74,7 +74,7 @@ def _convert(value: Any, expected: Any, key: str, decoders: Decoders) -> Any:
             if option is type(None):
                 continue
             try:
-                return _convert(value, option, key, decoders)
+                return _convert(value, option, key, decoders, finite)
             except ConfigError as error:
                 errors.append(error)
         if len(errors) == 1:
@@ -89,7 +89,8 @@ def _convert(value: Any, expected: Any, key: str, decoders: Decoders) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigKeyError(key, f"expected a list, got {value!r}")
         item_type = typing.get_args(expected)[0]
-        return tuple(_convert(item, item_type, f"{key}[{index}]", decoders) for index, item in enumerate(value))
+        return tuple(_convert(item, item_type, f"{key}[{index}]", decoders, finite)
+                     for index, item in enumerate(value))
     if origin is dict or expected is dict:
         if not isinstance(value, dict):
             raise ConfigKeyError(key, f"expected a table, got {value!r}")
@@ -97,7 +98,8 @@ def _convert(value: Any, expected: Any, key: str, decoders: Decoders) -> Any:
     if dataclasses.is_dataclass(expected):
         if not isinstance(value, dict):
             raise ConfigKeyError(key, f"expected a table, got {value!r}")
-        return dataclass_from_dict(typing.cast(type, expected), value, prefix=f"{key}.", decoders=decoders)
+        return dataclass_from_dict(typing.cast(type, expected), value, prefix=f"{key}.", decoders=decoders,
+                                   finite=finite)
     if expected in decoders:
         value = decoders[expected](value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -115,13 +117,19 @@ def _convert(value: Any, expected: Any, key: str, decoders: Decoders) -> Any:
     return value
 
 
+#: ``dataclasses.field`` metadata key of a float setting for which infinity means something (``inf``: no budget).
+ALLOWS_INFINITY = "allows_infinity"
+
+
 def dataclass_from_dict(cls: type[T], values: dict[str, Any], prefix: str = "", *,
-                        decoders: Decoders | None = None) -> T:
+                        decoders: Decoders | None = None, finite: bool = False) -> T:
     """Builds dataclass ``cls`` from ``values``, recursing into nested dataclasses and tuples of them.
 
     Missing keys keep their defaults; a missing key without a default, unknown keys and
     mistyped values raise :class:`ConfigKeyError` naming the full key. ``decoders`` maps a
     type to a function applied to each raw value of that type before it is checked.
+    ``finite`` (settings, not records): an infinite float is refused too, except in a
+    field whose metadata has :data:`ALLOWS_INFINITY`.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
@@ -138,7 +146,13 @@ def dataclass_from_dict(cls: type[T], values: dict[str, Any], prefix: str = "", 
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         if required and field.name not in values:
             raise ConfigKeyError(prefix + field.name, "missing")
-    converted = {name: _convert(value, hints[name], prefix + name, decoders or {}) for name, value in values.items()}
+    converted = {name: _convert(value, hints[name], prefix + name, decoders or {}, finite)
+                 for name, value in values.items()}
+    for field in fields if finite else ():
+        value = converted.get(field.name)
+        if isinstance(value, float) and math.isinf(value) and not field.metadata.get(ALLOWS_INFINITY):
+            # An infinite rate, norm or fraction passes every "> 0" check and then poisons training.
+            raise ConfigKeyError(prefix + field.name, f"is {value}; give a finite number")
     return cls(**converted)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recsys_core.data.interactions import InteractionLog
+from recsys_core.data.interactions import IdMap, InteractionLog
 from recsys_core.data.sampling import SeenItems, sample_unseen_items
 from recsys_core.errors import ConfigError, FedrecError
 
@@ -86,8 +86,10 @@ class MetricSums:
         return self
 
     def means(self) -> dict[str, float]:
-        """Mean of every metric over evaluated users, plus ``full/coverage@k``."""
-        result = {key: value / max(self.num_users, 1) for key, value in sorted(self.sums.items())}
+        """Mean of every metric over evaluated users, plus ``full/coverage@k``; empty when no user was evaluated."""
+        if self.num_users == 0:
+            return {}
+        result = {key: value / self.num_users for key, value in sorted(self.sums.items())}
         for cutoff, counts in sorted(self.recommended_counts.items()):
             result[f"full/coverage@{cutoff}"] = float(np.count_nonzero(counts)) / max(len(counts), 1)
         return result
@@ -216,11 +218,26 @@ def sample_evaluation_negatives(
             rows.append(sample_unseen_items(np.array([user]), count, seen,
                                             np.random.default_rng([seed, user_seed_key(key)]))[0])
         except ValueError:
-            raise FedrecError(
-                f"user {key} has interacted with all {seen.n_items} items of the catalogue, so the sampled "
-                "protocol has no unseen item to rank the held-out one against; the log is too small to "
-                "evaluate: use one with more items than any user's history") from None
+            raise _every_item_seen(key, seen.n_items) from None
     return np.stack(rows) if rows else np.zeros((0, count), dtype=np.int64)
+
+
+def require_an_unseen_item(seen: SeenItems, user_map: IdMap) -> None:
+    """Refuses, before any training, a log in which some user has seen every item of the catalogue.
+
+    Such a user has no negative: neither for training (NeuMF's sampled negatives) nor for
+    the sampled protocol, which ranks each held-out item against unseen ones.
+    """
+    saturated = seen.users_with_every_item()
+    if len(saturated):
+        raise _every_item_seen(user_map.original_ids[saturated[0]], seen.n_items)
+
+
+def _every_item_seen(user: object, n_items: int) -> FedrecError:
+    return FedrecError(
+        f"user {user} has interacted with all {n_items} items of the catalogue, so the sampled "
+        "protocol has no unseen item to rank the held-out one against; the log is too small to "
+        "evaluate: use one with more items than any user's history")
 
 
 def evaluate_ranking(
@@ -241,7 +258,10 @@ def evaluate_ranking(
     """
     config.validate()
     users = np.flatnonzero(np.diff(targets.user_offsets) > 0)
-    totals = MetricSums(recommended_counts={k: np.zeros(targets.n_items, np.int64) for k in config.cutoffs})
+    # Every metric present from the start: a device without a held-out user sends zero sums over zero users,
+    # which the server adds like any other reply, rather than a reply without sums that it must reject.
+    totals = MetricSums(sums=dict.fromkeys(metric_names(config), 0.0),
+                        recommended_counts={k: np.zeros(targets.n_items, np.int64) for k in config.cutoffs})
     for start in range(0, len(users), config.batch_size):
         batch = users[start : start + config.batch_size]
         with torch.no_grad():

@@ -45,7 +45,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
-        return dataclass_from_dict(cls, values).validate()
+        return dataclass_from_dict(cls, values, finite=True).validate()
 
     def validate(self) -> ExperimentConfig:
         """Checks every section once, before any data is read."""

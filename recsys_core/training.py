@@ -22,7 +22,7 @@ from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit
 from recsys_core.errors import ConfigError, FedrecError
-from recsys_core.evaluation import EvaluationConfig, MetricSums, evaluate_ranking
+from recsys_core.evaluation import EvaluationConfig, MetricSums, evaluate_ranking, require_an_unseen_item
 from recsys_core.models.base import Recommender
 
 OptimizerName = Literal["adam", "adagrad", "sgd"]
@@ -197,10 +197,14 @@ def popularity_test_metrics(split: DatasetSplit, config: EvaluationConfig) -> di
     return evaluate_model(model, split, "test", seen, config).means()
 
 
-def _require_held_out_rows(split: DatasetSplit) -> None:
-    """A part without held-out rows has no metric to report, and early stopping nothing to watch."""
+def require_evaluable(split: DatasetSplit, validation: bool = True) -> None:
+    """Refuses a split with nothing to evaluate: an empty test (or, with ``validation``, validation) part,
+    or a user who has seen every item.
+
+    A part without held-out rows has no metric to report, and early stopping nothing to watch.
+    """
     for part, log in (("validation", split.valid), ("test", split.test)):
-        if log.n_interactions == 0:
+        if log.n_interactions == 0 and (validation or part == "test"):
             fraction = ", and under random_holdout only when data.split.valid_fraction is above 0" \
                 if part == "validation" else ""
             raise ConfigError(
@@ -208,6 +212,7 @@ def _require_held_out_rows(split: DatasetSplit) -> None:
                 f"with at least data.split.min_interactions_to_evaluate interactions (3 at the least){fraction}: "
                 "use a dataset with longer histories or change those settings"
             )
+    require_an_unseen_item(SeenItems.from_logs(split.train, split.valid, split.test), split.train.user_map)
 
 
 def train_model(
@@ -220,7 +225,7 @@ def train_model(
     """Trains centrally with early stopping on validation, then tests the best model."""
     train_config.validate()
     evaluation_config.validate()
-    _require_held_out_rows(split)
+    require_evaluable(split)
     seen = SeenItems.from_logs(split.train, split.valid, split.test)
     history: list[EpochReport] = []
     evaluation_seconds = 0.0

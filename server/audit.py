@@ -95,9 +95,17 @@ def checked_head(text: str | None) -> str | None:
     return text.strip().lower()
 
 
+def checked_attack_size(devices: object) -> int:
+    """``--item-set-devices``, if it is a count the item-set attack can use: an integer of at least 1."""
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise FedrecError(f"--item-set-devices: the item-set attack needs at least 1 device, got {devices!r}")
+    return devices
+
+
 def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> dict[str, Any]:
     """Audits one run directory, writes ``audit.json``, ``audit.md`` and ``audit.png`` into it."""
-    options = replace(options, expected_head=checked_head(options.expected_head))
+    options = replace(options, expected_head=checked_head(options.expected_head),
+                      item_set_devices=checked_attack_size(options.item_set_devices))
     directory, config_values = open_run_directory(run_dir, "fedrec audit")  # creates nothing, names what is wrong
     config_path = directory.path / "config.json"
     if options.data_dir is not None:

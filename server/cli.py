@@ -218,17 +218,17 @@ def command_simulate(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("rounds", total=config.server.rounds,
-                                 status="reading the data" if cohort else "starting Ray workers")
+        task = progress.add_task("rounds", total=config.server.rounds, status="reading the data")
         devices = progress.add_task("devices", total=None, status="", visible=False)
         exchange_names = {"train": "training", "valid": "validation", "test": "final test"}
 
         started: list[bool] = []
 
         def on_device(exchange: str, done: int, total: int) -> None:
-            if not started:  # the devices are up: the first exchange has begun
+            if not started:  # the first exchange has begun: the server has sent round 1
                 started.append(True)
-                progress.update(task, status="devices up, round 1 running")
+                progress.update(task, status=f"round 1 running on {total:,} devices" if cohort else
+                                f"round 1 sent to {total:,} devices; the first replies wait for the workers to start")
             progress.update(devices, description=exchange_names.get(exchange, exchange), completed=done,
                             total=total, visible=done < total)
 
@@ -248,7 +248,8 @@ def command_simulate(args: argparse.Namespace) -> int:
 
         directory, summary = run_federated_simulation(config, run_dir=args.resume, resume=bool(args.resume),
                                                       on_round=on_round, verbose=args.verbose,
-                                                      on_device=on_device)
+                                                      on_device=on_device,
+                                                      on_phase=lambda phase: progress.update(task, status=phase))
     if summary.get("test"):
         not_private = summary.get("not_private")
         console.print(metrics_table(f"Federated test metrics: {config.model.name} on {config.data.dataset}, "

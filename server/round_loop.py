@@ -96,12 +96,19 @@ def failures_by_reason(rounds: list[RoundRecord]) -> dict[str, int]:
 
 
 def require_test_metrics(config: FederatedConfig, directory: RunDirectory, summary: dict[str, Any]) -> None:
-    """Fails a finished run whose final test got no usable sum: its results table would be empty or NaN."""
+    """Fails a finished run whose results would mislead: a final test without a usable sum (an empty or
+    NaN table), or no round that aggregated an update (a table for the untrained initial model)."""
     if config.server.final_evaluation and not summary.get("test"):
         raise FedrecError(f"{directory.path}: the run ended without test metrics (the final evaluation got no "
                           f"usable sum; failures: {summary.get('failures_by_reason')}, "
                           f"{summary.get('test_failures', 0)} devices failed the test); see rounds.jsonl and "
                           "the log above")
+    records = directory.read_rounds()
+    if records and not any(record.status == "aggregated" for record in records):
+        reasons = sorted({record.status_reason for record in records})
+        raise FedrecError(f"{directory.path}: no round aggregated an update, so the model is the untrained initial "
+                          f"one and its test metrics mean nothing (why: {'; '.join(reasons)[:300]}; failures: "
+                          f"{summary.get('failures_by_reason')}); see rounds.jsonl")
 
 
 #: Rounds in a row in which every sampled device fails with the same error before the run stops.

@@ -214,6 +214,10 @@ class RunDirectory:
                 raise FedrecError(f"cannot resume: {self.rounds_file} holds {_round_span(recorded)} but "
                                   f"{self.path / 'checkpoint'} is missing (no latest.json), so the model they led to "
                                   "is lost; nothing was changed: start a new run")
+            if self.chain_file.exists():  # starting afresh would re-seal a finished run's directory
+                raise FedrecError(f"cannot resume: {self.chain_file} seals a finished run, but {self.rounds_file} "
+                                  f"holds no records and {self.path / 'checkpoint'} is missing: its records were "
+                                  "removed; nothing was changed: start a new run")
             return 0
         last = checkpoint.completed_round
         where = f"{self.path / 'checkpoint'} is after round {last}"

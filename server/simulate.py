@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.clientapp import ClientApp
 
-from recsys_core.errors import ConfigError
+from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.federated.cohort import DeviceProgress
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData, load_federated_data
@@ -25,7 +26,7 @@ from recsys_core.federated.manifest import MANIFEST_FILE
 from recsys_core.federated.wire import DEVICE_STATE_DIR_ENV
 from recsys_core.models import warn_if_weights_ignored
 from recsys_core.run_records import write_json
-from recsys_core.training import popularity_test_metrics
+from recsys_core.training import popularity_test_metrics, require_evaluable
 from server import message_delivery
 from server.round_loop import require_test_metrics
 from server.rounds import RoundCallback
@@ -52,6 +53,8 @@ def validate_before_start(config: FederatedConfig, run: bool = True) -> Federate
     """
     config.validate()
     data = load_federated_data(config.data, config.partition)
+    # Here, not on every device after Ray has started; validation only if the run evaluates between rounds.
+    require_evaluable(data.split, validation=config.server.evaluate_every > 0)
     warn_if_weights_ignored(config.model.name, data.split.train)
     min_local_examples = None
     if config.privacy.local.enabled:
@@ -98,6 +101,24 @@ def backend_config(config: FederatedConfig) -> dict[str, Any]:
     }
 
 
+class DeviceTracebackFilter(logging.Filter):
+    """Drops Flower's per-device error lines and tracebacks (its Ray worker loop and backend log each one).
+
+    The server already records each failed device, with its reason, in rounds.jsonl and in
+    the progress display; one hostile or broken device otherwise prints ~200 lines per round.
+    ``--verbose`` keeps them.
+    """
+
+    _SOURCES = (("vce_api.py", "worker"), ("raybackend.py", "process_message"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.pathname.endswith(path) and record.funcName == function
+                       for path, function in self._SOURCES)
+
+
+DEVICE_TRACEBACKS = DeviceTracebackFilter()
+
+
 def keep_ray_on_loopback() -> None:
     """Makes Ray bind to 127.0.0.1 only; by default it listens on every interface of the machine.
 
@@ -114,13 +135,17 @@ def run_federated_simulation(
     on_round: RoundCallback | None = None,
     verbose: bool = False,
     on_device: DeviceProgress | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[RunDirectory, dict[str, Any]]:
     """Runs a whole simulation; returns the run directory and the final summary.
 
     ``on_device`` is called with the count of devices done so far in an exchange, for progress within long
     rounds and the final test: after each device under the cohort engine, as each exchange starts and ends
-    under Flower's (one wait for every reply).
+    under Flower's (one wait for every reply). ``on_phase`` names each start-up phase as it begins
+    (reading the data, starting Ray), the ones before the first round has anything to count.
     """
+    phase = on_phase or (lambda _: None)
+    phase("reading the data")
     data = validate_before_start(config)
     directory = prepare_run_directory(config, run_dir, resume)
     provision_federation(config, directory, data)
@@ -133,19 +158,24 @@ def run_federated_simulation(
                                  on_device=on_device)
     keep_ray_on_loopback()
     message_delivery.install()
+    workers = int(backend_config(config)["init_args"]["num_cpus"] / config.simulation.num_cpus_per_device)
+    phase(f"starting Ray: {workers} worker(s) for {data.num_devices:,} devices; each worker loads the data once")
     from flwr.common.logger import FLOWER_LOGGER
     from flwr.simulation import run_simulation
 
-    if not verbose:
+    if verbose:
+        FLOWER_LOGGER.removeFilter(DEVICE_TRACEBACKS)
+    else:
         # Flower's INFO lines and its run_simulation deprecation notice would bury the progress bar;
         # client failures still reach the progress display and rounds.jsonl.
         FLOWER_LOGGER.setLevel(logging.ERROR)
+        FLOWER_LOGGER.addFilter(DEVICE_TRACEBACKS)  # adding the same filter twice keeps one
         logging.getLogger("fedrec").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(server_app=server_app, client_app=load_client_app(), num_supernodes=data.num_devices,
                    backend_config=backend_config(config), verbose_logging=verbose)
     if not results:
-        raise RuntimeError(f"the simulation ended without a result; see the log above and {directory.path}")
+        raise FedrecError(f"the simulation ended without a result; see the log above and {directory.path}")
     if RUN_ERROR_KEY in results:
         raise results[RUN_ERROR_KEY]
     require_test_metrics(config, directory, results)

@@ -21,6 +21,11 @@ class SeenItems:
         items = np.concatenate([log.item_ids for log in logs])
         return cls(users, items, logs[0].n_items)
 
+    def users_with_every_item(self) -> np.ndarray:
+        """The users who have seen the whole catalogue: no item is left to draw as their negative."""
+        counts = np.bincount(self._keys // max(self.n_items, 1))
+        return np.flatnonzero(counts >= self.n_items)
+
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Boolean array: is ``(users[i], items[i])`` a seen pair? Shapes broadcast."""
         keys = np.asarray(users, np.int64) * self.n_items + np.asarray(items, np.int64)

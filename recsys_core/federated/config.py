@@ -183,7 +183,7 @@ class FederatedConfig:
     def from_dict(cls, values: dict[str, Any]) -> FederatedConfig:
         """Builds from a config file's or a run's ``config.json`` values (which spell infinity ``"Infinity"``)."""
         _refuse_renamed_keys(values)
-        return dataclass_from_dict(cls, values, decoders={float: decode_infinity})
+        return dataclass_from_dict(cls, values, decoders={float: decode_infinity}, finite=True)
 
     def validate(self, num_devices: int | None = None, min_local_examples: int | None = None) -> FederatedConfig:
         """Checks every section; with ``num_devices`` also that the sampling fits the federation.

@@ -81,6 +81,8 @@ class ModelConfig:
             value = getattr(self, config_field.name)
             if isinstance(value, float) and math.isnan(value):
                 raise ConfigError(f"model.{config_field.name}: is NaN; give a number")
+            if isinstance(value, float) and math.isinf(value):
+                raise ConfigError(f"model.{config_field.name}: is {value}; give a finite number")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"model.{config_field.name}: must not be negative, got {value}")
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys_core.config import dataclass_from_dict
+from recsys_core.config import ALLOWS_INFINITY, dataclass_from_dict
 from recsys_core.errors import ConfigError
 from recsys_core.privacy.names import ACCOUNTANT_NAMES, NOISE_PLACEMENTS, AccountantName, NoisePlacement
 from recsys_core.privacy.secrets import NoiseSource
@@ -87,7 +87,7 @@ class UserLevelPrivacyConfig:
     target_delta: float = 1e-5
     accountant: AccountantName = "rdp"
     #: The run's budget: it refuses to start when its rounds could spend more (inf: no budget set).
-    target_epsilon: float = math.inf
+    target_epsilon: float = field(default=math.inf, metadata={ALLOWS_INFINITY: True})
 
     def validate(self, num_users: int | None = None, devices_per_round: int | None = None) -> UserLevelPrivacyConfig:
         prefix = f"{SECTION}.user_level"
@@ -154,7 +154,7 @@ class PrivacyConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PrivacyConfig:
         """Builds from the ``[privacy]`` table; unknown keys and wrong types raise :class:`ConfigError`."""
-        return dataclass_from_dict(cls, values, prefix=f"{SECTION}.")
+        return dataclass_from_dict(cls, values, prefix=f"{SECTION}.", finite=True)
 
     def validate(
         self,

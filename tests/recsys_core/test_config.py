@@ -141,3 +141,33 @@ def test_a_nan_setting_is_refused_naming_its_key(values: dict, key: str) -> None
 
     with pytest.raises(ConfigError, match=f"{key}.*NaN"):
         FederatedConfig.from_dict(values).validate()
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("local", "learning_rate"), ("local", "proximal_mu"), ("server", "server_learning_rate"),
+    ("model", "dropout"), ("privacy", "user_level.clip_norm"),
+])
+@pytest.mark.parametrize("infinity", [math.inf, -math.inf])
+def test_an_infinite_setting_is_refused_naming_its_key(section: str, key: str, infinity: float) -> None:
+    # inf passes every "> 0" check; a run with an infinite learning rate trained nothing and exited 0.
+    from recsys_core.experiment import ExperimentConfig
+    from recsys_core.federated.config import FederatedConfig
+
+    values: dict = {"model": {"name": "neumf", "options": {key: infinity}}} if section == "model" else {}
+    if section != "model":
+        leaf: dict = values.setdefault(section, {})
+        *tables, name = key.split(".")
+        for table in tables:
+            leaf = leaf.setdefault(table, {})
+        leaf[name] = infinity
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: is -?inf; give a finite number"):
+        FederatedConfig.from_dict(values).validate()
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: is -?inf; give a finite number"):
+        ExperimentConfig.from_dict({"train": {"learning_rate": infinity}})
+
+
+def test_an_infinite_budget_still_means_no_budget() -> None:
+    from recsys_core.federated.config import FederatedConfig
+
+    config = FederatedConfig.from_dict({"privacy": {"user_level": {"target_epsilon": math.inf}}})
+    assert config.privacy.user_level.target_epsilon == math.inf

@@ -100,6 +100,10 @@ def test_a_consistently_rewritten_run_is_caught_only_by_the_head_kept_elsewhere(
 def test_bad_input_gets_one_clear_error(private_run: Path, tmp_path: Path, capsys) -> None:
     assert main(["audit", str(tmp_path / "nowhere")]) == 2
     assert "not a fedrec run directory (no config.json)" in capsys.readouterr().err
+    for devices in ("-5", "0"):  # refused before any audit work, and before the run directory is read
+        assert main(["audit", str(private_run), f"--item-set-devices={devices}"]) == 2
+        assert f"--item-set-devices: the item-set attack needs at least 1 device, got {devices}" in \
+            capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
     run = copy_of(private_run, tmp_path)
     record = json.loads((run / "canaries.json").read_text())

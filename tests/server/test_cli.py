@@ -68,6 +68,59 @@ def test_bad_data_file_gives_one_clear_line(
     assert "Traceback" not in error
 
 
+TOO_SMALL_LOGS = {
+    # One user who has seen all six items: no negative to train or rank against.
+    "one-user": ("user,item,time\n" + "".join(f"u1,i{item},{item}\n" for item in range(6)),
+                 "user u1 has interacted with all 6 items of the catalogue"),
+    # Five users of one item: one row each, after repeats are dropped, so nobody is held out.
+    "one-item": ("user,item,time\n" + "".join(f"u{user},i1,{user}\n" for user in range(5)) + "u0,i1,9\n",
+                 "data.split: the validation set is empty"),
+    "one-row": ("user,item,time\nu1,i1,1\n", "data.split: the validation set is empty"),
+}
+
+
+@pytest.mark.parametrize("command", [
+    ["train"],
+    ["simulate", "--model", "neumf", "--not-private", "--rounds", "1", "--devices-per-round", "1"],
+    ["simulate", "--model", "popularity", "--not-private", "--rounds", "1", "--devices-per-round", "1",
+     "--engine", "cohort"],
+], ids=["train", "simulate-flower", "simulate-cohort"])
+@pytest.mark.parametrize("log", sorted(TOO_SMALL_LOGS))
+def test_a_log_too_small_to_evaluate_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], log: str
+) -> None:
+    text, message = TOO_SMALL_LOGS[log]
+    path = tmp_path / f"{log}.csv"
+    path.write_text(text, encoding="utf-8")
+    runs = tmp_path / "runs"
+    code = main([*command, "--dataset", "file", "--output-dir", str(runs), "--set", f"data.path={str(path)!r}",
+                 "--set", 'data.columns.user="user"', "--set", 'data.columns.item="item"',
+                 "--set", 'data.columns.timestamp="time"'])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert message in " ".join(captured.err.split())
+    assert "Traceback" not in captured.err + captured.out
+    # Refused before Ray started or a run directory was made.
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_device_without_a_held_out_user_is_counted_as_evaluated_not_failed(tmp_path: Path) -> None:
+    rows = [f"u{user},i{(user * 3 + step) % 20},{step}" for user in range(12) for step in range(6)]
+    rows += ["short1,i1,1", "short2,i2,1", "short2,i3,2"]  # too short to hold anything out
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,time\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    runs = tmp_path / "runs"
+    code = main(["simulate", "--engine", "cohort", "--model", "popularity", "--not-private", "--rounds", "1",
+                 "--devices-per-round", "14", "--dataset", "file", "--output-dir", str(runs),
+                 "--set", f"data.path={str(path)!r}", "--set", 'data.columns.user="user"',
+                 "--set", 'data.columns.item="item"', "--set", 'data.columns.timestamp="time"'])
+    assert code == 0
+    (run,) = runs.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_failures"] == 0
+    assert 0 < summary["test"]["full/hr@10"] <= 1
+
+
 def test_missing_dataset_says_where_to_put_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "--dataset", "ml-100k", "--data-dir", str(tmp_path)])
     error = " ".join(capsys.readouterr().err.split())

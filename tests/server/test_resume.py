@@ -8,6 +8,7 @@ without the simulation engine: every case is decided before the data is read or 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,17 @@ def test_an_empty_rounds_file_is_refused_not_resealed(finished_run: Path, capsys
     assert f"{finished_run / 'rounds.jsonl'} holds no records but {finished_run / 'checkpoint'} is after round 3" \
         in error
     assert "rounds 1–3 have no record" in error and "do not match the checkpoint" in error
+
+
+def test_a_sealed_run_stripped_of_its_records_and_checkpoint_is_refused_not_resealed(finished_run: Path,
+                                                                                   capsys) -> None:
+    (finished_run / "rounds.jsonl").write_text("")
+    shutil.rmtree(finished_run / "checkpoint")
+    (finished_run / "summary.json").unlink()
+    seal = (finished_run / "record-chain.json").read_bytes()
+    error = refused(capsys, ["simulate", "--resume", str(finished_run)], finished_run)
+    assert f"{finished_run / 'record-chain.json'} seals a finished run" in error and "records were removed" in error
+    assert (finished_run / "record-chain.json").read_bytes() == seal
 
 
 def test_a_record_missing_before_the_checkpoint_is_refused(finished_run: Path, capsys) -> None:

@@ -10,6 +10,7 @@ import pytest
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
+from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.manifest import MANIFEST_FILE, read_manifest
@@ -242,10 +243,18 @@ def test_devices_out_of_privacy_budget_decline_and_are_counted(tmp_path: Path) -
                                    "target_delta": 1e-3}}
     values["server"]["evaluate_every"] = 0
     progress: list[tuple[str, int, int]] = []
-    directory, _ = run_federated_simulation(FederatedConfig.from_dict(values),
-                                            on_device=lambda *call: progress.append(call))
-    # Flower's engine reports each exchange as it starts and ends, for the progress display.
+    phases: list[str] = []
+    config = FederatedConfig.from_dict(values)
+    # No round aggregated anything: the run fails rather than print a table for the untrained model.
+    with pytest.raises(FedrecError, match="no round aggregated an update, so the model is the untrained initial"):
+        run_federated_simulation(config, on_device=lambda *call: progress.append(call), on_phase=phases.append)
+    (run,) = Path(config.output_dir).iterdir()
+    directory = RunDirectory(run)
+    # Flower's engine reports each exchange as it starts and ends, for the progress display,
+    # and names the start-up phases before the first exchange.
     assert progress == [("train", 0, 6), ("train", 6, 6)] * 2 + [("test", 0, N_USERS), ("test", N_USERS, N_USERS)]
+    assert phases[0] == "reading the data"
+    assert phases[1].startswith("starting Ray: ") and f"for {N_USERS:,} devices" in phases[1] and len(phases) == 2
     for record in directory.read_rounds():
         assert record.declined and len(record.declined) == record.sampled
         assert record.participants == 0 and not record.failures
@@ -410,3 +419,32 @@ def test_a_simulation_whose_final_test_gets_no_metrics_fails_instead_of_printing
     monkeypatch.setattr(cohort, "evaluate_on_device", unable)
     with pytest.raises(FedrecError, match=r"the run ended without test metrics .* devices failed the test"):
         run_federated_simulation(FederatedConfig.from_dict(values), run_dir=str(tmp_path / "run"))
+
+
+def test_failing_devices_print_no_tracebacks_and_a_run_that_aggregated_nothing_fails(tmp_path: Path, capfd) -> None:
+    # Every device raises: Flower would log each error with its traceback (24 of them, ~1,900 lines).
+    config = tmp_path / "failing.toml"
+    config.write_text(f"""private = false
+output_dir = "{tmp_path / 'runs'}"
+[data.synthetic]
+n_users = {N_USERS}
+n_items = 40
+seed = 2
+[model]
+name = "neumf"
+[model.options]
+gmf_dim = 4
+mlp_layers = [8, 4]
+[server]
+rounds = 2
+devices_per_round = 6
+min_devices = 3
+evaluate_every = 0
+[simulation]
+failing_partitions = {list(range(N_USERS))}
+""")
+    assert main(["simulate", "--config", str(config)]) == 2
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "no round aggregated an update, so the model is the untrained initial one" in " ".join(captured.err.split())
+    assert "0/6 devices (6 failed)" in captured.out

@@ -34,7 +34,6 @@ def test_defaults_and_a_full_table_are_valid():
     (both(local={"noise_multiplier": 0.0}), {}, "privacy.local.noise_multiplier"),
     (both(local={"noise_multiplier": -1.0}), {}, "privacy.local.noise_multiplier"),
     (both(user_level={"noise_multiplier": 0.0}), {}, "privacy.user_level.noise_multiplier"),
-    (both(user_level={"noise_multiplier": math.inf}), {}, "privacy.user_level.noise_multiplier"),
     (both(local={"per_sample_clip_norm": 0.0}), {}, "privacy.local.per_sample_clip_norm"),
     (both(user_level={"clip_norm": -0.5}), {}, "privacy.user_level.clip_norm"),
     (both(local={"target_epsilon": 0.0}), {}, "privacy.local.target_epsilon"),
@@ -53,6 +52,13 @@ def test_bad_settings_raise_one_error_naming_the_key(config, checks, key):
     with pytest.raises(ConfigError) as caught:
         config.validate(**checks)
     assert str(caught.value).startswith(f"{key}: ")
+
+
+def test_an_infinite_setting_is_refused_as_it_is_read():
+    # An infinite noise multiplier or clip norm passes "> 0"; only the budget may be infinite (no budget).
+    with pytest.raises(ConfigError, match="privacy.user_level.noise_multiplier: is inf; give a finite number"):
+        both(user_level={"noise_multiplier": math.inf})
+    assert both(user_level={"target_epsilon": math.inf}).user_level.target_epsilon == math.inf
 
 
 def test_a_nan_setting_is_refused_as_it_is_read():
