@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -102,8 +103,18 @@ def checked_attack_size(devices: object) -> int:
     return devices
 
 
-def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> dict[str, Any]:
-    """Audits one run directory, writes ``audit.json``, ``audit.md`` and ``audit.png`` into it."""
+#: Told each phase of an audit as it starts, and each device replayed, for a progress line.
+AuditProgress = Callable[[str], None]
+
+
+def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions(),
+              on_phase: AuditProgress | None = None) -> dict[str, Any]:
+    """Audits one run directory, writes ``audit.json``, ``audit.md`` and ``audit.png`` into it.
+
+    ``on_phase`` hears what the audit is doing: its phases, and each device whose update it replays
+    (the replays are most of an audit's time).
+    """
+    say: AuditProgress = on_phase or (lambda _: None)
     options = replace(options, expected_head=checked_head(options.expected_head),
                       item_set_devices=checked_attack_size(options.item_set_devices))
     directory, config_values = open_run_directory(run_dir, "fedrec audit")  # creates nothing, names what is wrong
@@ -114,8 +125,10 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
     ledger, ledger_problem = directory.read_ledger()
 
     result: dict[str, Any] = {"run_directory": str(directory.path)}
+    say("integrity: checking the record chain")
     result["integrity"] = directory.verify_integrity(options.expected_head)
     formal_checks: list[Check] = []
+    say("formal checks: recomputing epsilon with two accountants")
     if ledger is not None:
         formal_checks = recompute_with_two_accountants(ledger, str(directory.ledger_file))
         try:
@@ -136,11 +149,13 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions()) -> di
         "claims": claims,
         "accountant_libraries": {name: metadata.version(name) for name in ("opacus", "dp-accounting")}}
 
+    say("reading the data and the released model")
     data = load_federated_data(config.data, config.partition)
     bundle = read_bundle(directory.path / "final-model")
     result["canaries"] = _canary_audit(directory.path, config, data, bundle.shared_parameters, claims,
-                                       options.confidence)
-    result["item_set"] = _item_set_audit(config, data, bundle.shared_parameters, options)
+                                       options.confidence, say)
+    result["item_set"] = _item_set_audit(config, data, bundle.shared_parameters, options, say)
+    say("writing audit.json, audit.md and audit.png")
     result["verdict"] = _verdict(result, formal_checks, claims)
     write_json(directory.path / AUDIT_FILE, result)
     _write_plot(directory.path / PLOT_FILE, result)
@@ -219,7 +234,7 @@ def canary_scores(model: Recommender, plan: CanaryPlan, history: Any, batch: int
 
 
 def _canary_audit(path: Path, config: FederatedConfig, data: FederatedData, shared: Arrays,
-                  claims: dict[str, dict[str, Any]], confidence: float) -> dict[str, Any]:
+                  claims: dict[str, dict[str, Any]], confidence: float, say: AuditProgress) -> dict[str, Any]:
     """The one-run audit twice: on the released model, and on what the server sees of one round."""
     plan = data.canaries
     if plan is None:
@@ -228,6 +243,7 @@ def _canary_audit(path: Path, config: FederatedConfig, data: FederatedData, shar
     if recorded != json.loads(json.dumps(plan.to_dict(data.split.train))):
         raise FedrecError(f"{path / CANARIES_FILE}: does not match the canaries the config draws; the record was "
                           "edited, or the data differs from the run's")
+    say(f"canaries: scoring {plan.count} canaries on the released and the initial model")
     known = without_canaries(data.split.train, plan)
     history = known.select(np.isin(known.user_ids, plan.users))
     final = canary_scores(_scoring_model(config, data, shared, history), plan, history)
@@ -240,7 +256,7 @@ def _canary_audit(path: Path, config: FederatedConfig, data: FederatedData, shar
                          "parameters refit to their non-canary data")
     released["membership"]["loss_threshold"] = _membership(final[plan.included], final[~plan.included])
     secure = config.secure_aggregation.enabled
-    server = _one_run(_server_view_scores(config, data, shared, plan), plan, claims[SERVER_VIEW], confidence)
+    server = _one_run(_server_view_scores(config, data, shared, plan, say), plan, claims[SERVER_VIEW], confidence)
     server["score"] = ("how far the canary's item row moved towards its user's positives in the update the server "
                        "sees of one more round from the final model: " + (
                            "the secure sum over groups of devices_per_round canary devices" if secure else
@@ -261,7 +277,7 @@ def _one_run(scores: np.ndarray, plan: CanaryPlan, claim: dict[str, Any], confid
 
 
 def _server_view_scores(config: FederatedConfig, data: FederatedData, shared: Arrays,
-                        plan: CanaryPlan) -> np.ndarray:
+                        plan: CanaryPlan, say: AuditProgress) -> np.ndarray:
     """Each canary's score in what the server sees when its device trains once more from the final model.
 
     Rows its device did not touch score below every touched row. Under secure aggregation
@@ -269,10 +285,8 @@ def _server_view_scores(config: FederatedConfig, data: FederatedData, shared: Ar
     distinct, so each canary is scored on its own item's row of its group's sum).
     """
     n_items = data.catalog.n_items
-    updates: list[Arrays | None] = []
-    for user in plan.users.tolist():
-        partition = int(data.partitioners[0].assignment[user])
-        updates.append(_one_update(config, data, shared, partition))
+    partitions = [int(data.partitioners[0].assignment[user]) for user in plan.users.tolist()]
+    updates = _replayed_updates(config, data, shared, partitions, say, "canaries, server's view")
     scores = np.full(plan.count, -np.inf)
     group = config.server.devices_per_round if config.secure_aggregation.enabled else 1
     order = np.random.default_rng([config.seed, 0xA0D2]).permutation(plan.count)
@@ -300,6 +314,16 @@ def _membership(members: np.ndarray, nonmembers: np.ndarray) -> dict[str, Any]:
 ITEM_SET_VIEWS = ("raw", "aggregate", "aggregate_without_user")
 
 
+def _replayed_updates(config: FederatedConfig, data: FederatedData, shared: Arrays, partitions: list[int],
+                      say: AuditProgress, what: str) -> list[Arrays | None]:
+    """:func:`_one_update` of each partition in turn, telling ``say`` which device of how many it replays."""
+    updates = []
+    for done, partition in enumerate(partitions):
+        say(f"{what}: replaying device {done + 1:,} of {len(partitions):,} (one more round from the final model)")
+        updates.append(_one_update(config, data, shared, partition))
+    return updates
+
+
 def _one_update(config: FederatedConfig, data: FederatedData, shared: Arrays, partition: int) -> Arrays | None:
     """What one device would send in one more round from the final model; None if it would send nothing."""
     split = data.device_split(partition)
@@ -321,22 +345,20 @@ def _one_update(config: FederatedConfig, data: FederatedData, shared: Arrays, pa
 
 
 def _client_updates(config: FederatedConfig, data: FederatedData, shared: Arrays,
-                    options: AuditOptions) -> list[tuple[Arrays, np.ndarray]]:
+                    options: AuditOptions, say: AuditProgress) -> list[tuple[Arrays, np.ndarray]]:
     """Updates of randomly chosen clients, each with its true training items."""
     generator = np.random.default_rng([options.seed, 0xA0D1])
     count = min(options.item_set_devices, data.num_devices)
-    updates = []
-    for partition in np.sort(generator.choice(data.num_devices, size=count, replace=False)).tolist():
-        update = _one_update(config, data, shared, partition)
-        if update is not None:
-            updates.append((update, data.device_split(partition).train.item_ids))
-    return updates
+    partitions = np.sort(generator.choice(data.num_devices, size=count, replace=False)).tolist()
+    updates = _replayed_updates(config, data, shared, partitions, say, "item-set attack")
+    return [(update, data.device_split(partition).train.item_ids)
+            for partition, update in zip(partitions, updates, strict=True) if update is not None]
 
 
 def _item_set_audit(config: FederatedConfig, data: FederatedData, shared: Arrays,
-                    options: AuditOptions) -> dict[str, Any]:
+                    options: AuditOptions, say: AuditProgress) -> dict[str, Any]:
     n_items = data.catalog.n_items
-    updates = _client_updates(config, data, shared, options)
+    updates = _client_updates(config, data, shared, options, say)
     raw = [attack_update(item_rows(update, n_items), items) for update, items in updates]
     group = max(1, min(config.server.devices_per_round, len(updates)))
     aggregated: list[ItemSetGuess] = []

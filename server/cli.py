@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recsys_core.config import apply_overrides, read_toml
@@ -350,10 +350,13 @@ def command_audit(args: argparse.Namespace) -> int:
     from server.audit import REPORT_FILE, AuditOptions, audit_run, checked_head
 
     expected_head = checked_head(args.expected_head)  # before any audit work
-    with console.status("Auditing: integrity, two accountants, canaries, item-set inference"):
+    with Progress(SpinnerColumn(), TextColumn("Auditing: {task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        phase = progress.add_task("reading the run", total=None)
         result = audit_run(args.run_dir, AuditOptions(expected_head=expected_head,
                                                       item_set_devices=args.item_set_devices,
-                                                      data_dir=args.data_dir))
+                                                      data_dir=args.data_dir),
+                           on_phase=lambda text: progress.update(phase, description=text))
     table = Table(title=f"Privacy audit of {args.run_dir}")
     table.add_column("part")
     table.add_column("result")

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from recsys_core.audit import hash_chain
-from recsys_core.errors import FedrecError
+from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.federated.cohort_state import COHORT_STATES_FILE, CohortStates, previous_generation
+from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.records import RoundRecord, round_record_from_dict
 from recsys_core.federated.state_file import read_generations
 from recsys_core.files import DAMAGED_FILE_ERRORS, file_sha256, write_atomically
@@ -83,6 +84,11 @@ def open_run_directory(path: str | Path, use: str) -> tuple[RunDirectory, dict[s
     if "server" not in values and ("train" in values or any((folder / name).exists() for name in TRAIN_RUN_FILES)):
         raise FedrecError(f"{folder}: this is a fedrec train run directory, not a simulate run; {use} works on the "
                           "folders fedrec simulate writes (rounds.jsonl, checkpoint/, record-chain.json)")
+    try:
+        FederatedConfig.from_dict(values)
+    except ConfigError as error:  # named here: a bad value in the file is not one from the command line
+        raise FedrecError(f"{config_path}: {error}; restore it from a backup: the record chain starts from its "
+                          "exact content") from None
     return RunDirectory(folder), values
 
 

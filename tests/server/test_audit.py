@@ -42,8 +42,18 @@ def copy_of(run: Path, tmp_path: Path) -> Path:
 
 def test_an_untouched_dp_run_passes_with_every_part_reported(private_run: Path, tmp_path: Path) -> None:
     run = copy_of(private_run, tmp_path)
-    result = audit_run(run, AuditOptions(expected_head=(run / "head.txt").read_text(), item_set_devices=8))
+    phases: list[str] = []
+    result = audit_run(run, AuditOptions(expected_head=(run / "head.txt").read_text(), item_set_devices=8),
+                       on_phase=phases.append)
     assert result["verdict"] == {"result": "PASS", "reasons": [], "note": None}
+    # Progress: each phase, and each replayed device of both attacks, counted out of its total.
+    assert phases[:3] == ["integrity: checking the record chain",
+                          "formal checks: recomputing epsilon with two accountants",
+                          "reading the data and the released model"]
+    assert phases[-1] == "writing audit.json, audit.md and audit.png"
+    assert sum("canaries, server's view: replaying device" in phase for phase in phases) == 12
+    assert [phase.split(" (")[0] for phase in phases if phase.startswith("item-set attack")] == \
+        [f"item-set attack: replaying device {done} of 8" for done in range(1, 9)]
     assert result["integrity"]["passed"] and result["integrity"]["rounds"] == 4
     names = {check["name"] for check in result["formal"]["checks"]}
     assert {"recomputed by the run's accountant", "local epsilons by a second accountant",

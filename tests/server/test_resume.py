@@ -8,6 +8,7 @@ without the simulation engine: every case is decided before the data is read or 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -191,11 +192,19 @@ def test_what_is_not_a_simulate_run_gets_one_clear_error(tmp_path: Path, capsys,
     (lambda text: text[: len(text) // 2], "damaged or truncated, not valid JSON (line"),
     (lambda text: "", "damaged or truncated, not valid JSON (line 1, column 1"),
     (lambda text: "[1, 2]", "damaged, holds a JSON list, not the run's config object"),
-], ids=["truncated", "empty", "not-an-object"])
+    (lambda text: b"\x80\xff\x00binary", "unreadable ("),
+    (lambda text: json.dumps({**json.loads(text), "seed": "seven"}), "seed: expected int, got 'seven'"),
+    (lambda text: json.dumps({**json.loads(text), "local": {**json.loads(text)["local"], "learning_rate": math.nan}}),
+     "local.learning_rate: is NaN"),
+], ids=["truncated", "empty", "not-an-object", "binary", "wrong-type", "nan-value"])
 def test_a_damaged_config_gets_one_clear_error(finished_run: Path, capsys, command: list[str], content: Any,
                                               words: str) -> None:
     config = finished_run / "config.json"
-    config.write_text(content(config.read_text()))
+    damaged = content(config.read_text())
+    if isinstance(damaged, bytes):
+        config.write_bytes(damaged)
+    else:
+        config.write_text(damaged)
     assert f"{config}: {words}" in refused(capsys, [*command, str(finished_run)], finished_run)
 
 
