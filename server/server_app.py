@@ -25,6 +25,7 @@ from recsys_core.federated.cohort import DeviceProgress
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.manifest import MANIFEST_FILE, FederationManifest, ManifestError, read_manifest
 from recsys_core.run_records import environment_record, new_run_directory, write_json
+from server.prompt_grid import PromptGrid
 from server.round_loop import require_test_metrics
 from server.rounds import FederatedRun, RoundCallback
 from server.run_directory import NothingToResumeError, RunDirectory, open_run_directory
@@ -133,6 +134,7 @@ def main(grid: Grid, context: Context) -> None:
     manifest = run_manifest(directory, str(run_config.get("manifest") or "") or None)
     signing_key_path = str(run_config.get(BUNDLE_SIGNING_KEY_RUN_CONFIG) or "")
     signing_key = load_signing_key(signing_key_path) if signing_key_path else None
-    summary = FederatedRun(config, directory, manifest, bundle_signing_key=signing_key).run(grid, resume=resume)
+    summary = FederatedRun(config, directory, manifest, bundle_signing_key=signing_key).run(PromptGrid(grid),
+                                                                                          resume=resume)
     # Flower then marks the run failed (`flwr ls`), so a deployment that lost its devices is not a success.
     require_test_metrics(config, directory, summary)
