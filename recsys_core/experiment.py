@@ -18,7 +18,7 @@ from recsys_core.data.config import DataConfig
 from recsys_core.data.loading import load_interactions
 from recsys_core.data.splits import DatasetSplit, split_log
 from recsys_core.errors import ConfigError
-from recsys_core.evaluation import EvaluationConfig
+from recsys_core.metrics import EvaluationConfig
 from recsys_core.models import CatalogInfo, Recommender, build_model, model_class, warn_if_weights_ignored
 from recsys_core.models.base import num_parameters
 from recsys_core.run_records import environment_record, new_run_directory, strict_json_dumps, write_json

@@ -22,7 +22,8 @@ from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit
 from recsys_core.errors import ConfigError, FedrecError
-from recsys_core.evaluation import EvaluationConfig, MetricSums, evaluate_ranking, require_an_unseen_item
+from recsys_core.evaluation import evaluate_ranking, require_an_unseen_item
+from recsys_core.metrics import EvaluationConfig, MetricSums
 from recsys_core.models.base import Recommender
 
 OptimizerName = Literal["adam", "adagrad", "sgd"]

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recsys_core.evaluation import metric_names
 from recsys_core.federated.aggregation import Arrays, RoundSum, UserLevelSum, add_round_sums, sum_plain_updates
 from recsys_core.federated.cohort import DeviceError, DeviceProgress, evaluate_cohort, train_cohort
 from recsys_core.federated.cohort_batch import evaluate_cohort_batched, evaluation_blockers, train_one_step_cohort
@@ -35,6 +34,7 @@ from recsys_core.federated.manifest import FederationManifest
 from recsys_core.federated.records import AccountantHistory, DeviceFailure
 from recsys_core.federated.robust import PlainUpdate, screen_updates
 from recsys_core.federated.wire import EvaluateReply, MalformedReplyError, TrainReply, update_problem
+from recsys_core.metrics import metric_names
 from recsys_core.privacy.accountant import PrivacyAccountant
 from recsys_core.training import torch_threads
 from server.round_loop import RoundCallback, RoundLoop, TrainingExchange, sum_evaluations

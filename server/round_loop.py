@@ -29,7 +29,6 @@ from recsys_core.audit.canaries import CANARIES_FILE
 from recsys_core.bundle import ModelBundle, write_bundle
 from recsys_core.config import dataclass_to_dict
 from recsys_core.errors import FedrecError
-from recsys_core.evaluation import MetricSums
 from recsys_core.federated.aggregation import (
     Arrays,
     RoundResult,
@@ -45,6 +44,7 @@ from recsys_core.federated.records import AccountantHistory, DeviceFailure, Roun
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from recsys_core.federated.state import state_to_arrays
 from recsys_core.federated.wire import EvaluateReply
+from recsys_core.metrics import MetricSums
 from recsys_core.privacy.ledger import write_ledger
 from recsys_core.privacy.secrets import (
     CENTRAL_NOISE_SECRET,

@@ -16,7 +16,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
-from recsys_core.evaluation import metric_names
 from recsys_core.federated.aggregation import Arrays, round_gate, sum_plain_updates
 from recsys_core.federated.cohort import DeviceProgress
 from recsys_core.federated.records import AccountantHistory, DeviceFailure
@@ -37,6 +36,7 @@ from recsys_core.federated.wire import (
     reported_partition,
     update_problem,
 )
+from recsys_core.metrics import metric_names
 from server.round_loop import RoundCallback, RoundLoop, TrainingExchange, sum_evaluations
 from server.secure_aggregation import (
     NO_REPLY,

@@ -13,12 +13,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from recsys_core.evaluation import MetricSums
 from recsys_core.federated.cohort_state import CohortStates
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData
 from recsys_core.federated.device import evaluate_on_device, train_on_device
 from recsys_core.federated.state import Arrays, TrainOutcome
+from recsys_core.metrics import MetricSums
 
 #: Called after each device with (exchange: "train", "valid" or "test"; devices done; devices in it).
 DeviceProgress = Callable[[str, int, int], None]

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from recsys_core.data.sampling import SeenItems
-from recsys_core.evaluation import MetricSums
 from recsys_core.federated.aggregation import RoundSum
 from recsys_core.federated.cohort_state import CohortStates
 from recsys_core.federated.config import FederatedConfig
@@ -44,6 +43,7 @@ from recsys_core.federated.device_model import (
     load_device_model,
 )
 from recsys_core.federated.state import Arrays, DeviceState, state_to_arrays
+from recsys_core.metrics import MetricSums
 from recsys_core.models import CatalogInfo, Recommender, model_class
 from recsys_core.models.base import Batch
 from recsys_core.training import evaluate_model, seeded

@@ -12,8 +12,8 @@ from recsys_core.config import dataclass_from_dict, dataclass_to_dict
 from recsys_core.data.config import DataConfig
 from recsys_core.data.partitions import PartitionConfig
 from recsys_core.errors import ConfigError
-from recsys_core.evaluation import EvaluationConfig
 from recsys_core.experiment import ModelSection
+from recsys_core.metrics import EvaluationConfig
 from recsys_core.models import model_class
 from recsys_core.models.base import ModelConfig, config_from_dict
 from recsys_core.privacy.config import PrivacyConfig

@@ -16,7 +16,6 @@ import torch
 
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit
-from recsys_core.evaluation import MetricSums
 from recsys_core.federated.config import FederatedConfig, require_gradient_model
 from recsys_core.federated.device_model import device_seed, fresh_device_model, load_device_model
 from recsys_core.federated.private_round import train_with_local_dp
@@ -28,6 +27,7 @@ from recsys_core.federated.state import (
     optimizer_state_to_arrays,
     state_to_arrays,
 )
+from recsys_core.metrics import MetricSums
 from recsys_core.models import CatalogInfo, Recommender
 from recsys_core.privacy.secrets import USER_LEVEL_SHARE_SECRET, secret_generator
 from recsys_core.training import evaluate_model, make_optimizer, run_local_epochs, seeded

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys_core.evaluation import EvaluationConfig, MetricSums, metric_names
 from recsys_core.federated.aggregation import RoundSum
 from recsys_core.federated.config import FederatedConfig
+from recsys_core.metrics import EvaluationConfig, MetricSums, metric_names
 from recsys_core.privacy.user_level import distributed_noise_std
 from recsys_core.secure_aggregation.layout import Segment, VectorLayout
 

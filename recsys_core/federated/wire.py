@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from recsys_core.errors import FedrecError
-from recsys_core.evaluation import MetricSums
+from recsys_core.metrics import MetricSums
 from recsys_core.privacy.accountant import PrivacyAccountant
 
 PARAMETERS_RECORD = "arrays"

@@ -28,8 +28,8 @@ import torch
 
 from recsys_core.config import apply_overrides, read_toml
 from recsys_core.data.sampling import SeenItems
-from recsys_core.evaluation import EvaluationConfig
 from recsys_core.experiment import ExperimentConfig, ExperimentResult, run_experiment
+from recsys_core.metrics import EvaluationConfig
 from recsys_core.run_records import environment_record
 from recsys_core.training import evaluate_model
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from recsys_core.config import apply_overrides, read_toml
-from recsys_core.evaluation import MetricSums
 from recsys_core.federated.aggregation import apply_round, server_optimizer, sum_plain_updates
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData, load_federated_data
@@ -30,6 +29,7 @@ from recsys_core.federated.device import evaluate_on_device, train_on_device
 from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.sampling import EVALUATION, TRAINING, sample_partitions
 from recsys_core.federated.state import DeviceState, state_to_arrays
+from recsys_core.metrics import MetricSums
 
 Arrays = dict[str, np.ndarray]
 

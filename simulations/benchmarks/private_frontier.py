@@ -42,8 +42,9 @@ from recsys_core.data.config import DataConfig
 from recsys_core.data.loading import load_interactions
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit, split_log
-from recsys_core.evaluation import EvaluationConfig, paired_difference
+from recsys_core.evaluation import paired_difference
 from recsys_core.federated.main_job import SURVIVING_FRACTION
+from recsys_core.metrics import EvaluationConfig
 from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.models.base import config_from_dict
 from recsys_core.models.item_knn import ItemKNNConfig

@@ -128,3 +128,17 @@ def test_a_device_writes_state_only_when_it_has_some_to_keep(tmp_path: Path, mod
     # SASRec keeps nothing between rounds (no private parameters, plain SGD, no accountant): no file per round.
     assert (tmp_path / "devices" / "device-0.npz").exists() is keeps_state
     assert bool(context.state.array_records) is keeps_state
+
+
+def test_the_clientapp_answers_queries_without_loading_torch() -> None:
+    # A deployed SuperNode starts a ClientApp process per message: the describe and unmask queries of
+    # secure aggregation must not pay torch's import (about 2 s a process on 2 cores), only train and evaluate.
+    import subprocess
+    import sys
+
+    probe = ("import sys, client.client_app as app; "
+             "assert 'torch' not in sys.modules, 'torch'; "
+             "from client.device_handlers import handle_train; "
+             "assert 'torch' in sys.modules")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr

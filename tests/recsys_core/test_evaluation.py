@@ -13,15 +13,13 @@ from recsys_core.data.interactions import IdMap, InteractionLog
 from recsys_core.data.sampling import SeenItems
 from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.evaluation import (
-    EvaluationConfig,
-    MetricSums,
     _sampled_ranking,
     evaluate_ranking,
-    metric_names,
     metrics_from_ranks,
     paired_difference,
     sample_evaluation_negatives,
 )
+from recsys_core.metrics import EvaluationConfig, MetricSums, metric_names
 
 SCORES = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7]])
 

@@ -11,7 +11,7 @@ from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.splits import SplitConfig, split_log
 from recsys_core.data.synthetic import SyntheticConfig, generate_synthetic
 from recsys_core.errors import ConfigError, FedrecError
-from recsys_core.evaluation import EvaluationConfig
+from recsys_core.metrics import EvaluationConfig
 from recsys_core.models import CatalogInfo, build_model
 from recsys_core.training import TrainConfig, make_optimizer, run_local_epochs, seeded, train_model
 

@@ -7,7 +7,6 @@ import pytest
 from model_options import SMALL_OPTIONS
 
 from recsys_core.errors import ConfigError
-from recsys_core.evaluation import MetricSums
 from recsys_core.federated.aggregation import sum_plain_updates
 from recsys_core.federated.cohort import evaluate_cohort, train_cohort
 from recsys_core.federated.cohort_batch import evaluate_cohort_batched, evaluation_blockers, train_one_step_cohort
@@ -16,6 +15,7 @@ from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.device_model import build_device_model
 from recsys_core.federated.state import TrainOutcome, state_to_arrays
+from recsys_core.metrics import MetricSums
 
 # Randomness inside the forward pass (dropout, a VAE's draw) is drawn per cohort, not per device: switched off
 # here so the two paths must agree to float rounding.

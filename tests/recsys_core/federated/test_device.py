@@ -8,7 +8,6 @@ import torch
 from federated_test_helpers import SMALL, config, global_shared
 from model_options import SMALL_OPTIONS
 
-from recsys_core.evaluation import MetricSums
 from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.device import (
     SimulatedDeviceError,
@@ -18,6 +17,7 @@ from recsys_core.federated.device import (
 )
 from recsys_core.federated.device_model import build_device_model, load_device_model
 from recsys_core.federated.state import DeviceState, state_to_arrays
+from recsys_core.metrics import MetricSums
 from recsys_core.models import MODELS, CatalogInfo, build_model
 from recsys_core.training import evaluate_model, seeded
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_core.evaluation import EvaluationConfig, MetricSums, metric_names
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.secure_payload import (
     evaluation_layout,
@@ -16,6 +15,7 @@ from recsys_core.federated.secure_payload import (
     training_values,
     update_clip_range,
 )
+from recsys_core.metrics import EvaluationConfig, MetricSums, metric_names
 
 RECEIVED = {"item.weight": np.zeros((3, 2), dtype=np.float32), "bias": np.zeros(2, dtype=np.float32)}
 

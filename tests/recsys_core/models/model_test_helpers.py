@@ -11,7 +11,7 @@ from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.sampling import SeenItems
 from recsys_core.data.splits import DatasetSplit, SplitConfig, split_log
 from recsys_core.data.synthetic import SyntheticConfig, generate_synthetic
-from recsys_core.evaluation import EvaluationConfig
+from recsys_core.metrics import EvaluationConfig
 from recsys_core.models import CatalogInfo, Recommender, build_model
 from recsys_core.training import TrainConfig, TrainingResult, seeded, train_model
 
