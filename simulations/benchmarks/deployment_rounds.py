@@ -69,6 +69,7 @@ def deployed(folder: Path, rounds: int) -> list[float]:
 
 
 def simulated(folder: Path, rounds: int) -> list[float]:
+    folder.mkdir(parents=True, exist_ok=True)
     values = read_toml(run_config(folder, rounds, DEVICES))
     values["output_dir"] = str(folder / "simulated")
     directory, _ = run_federated_simulation(FederatedConfig.from_dict(values))
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="fedrec-deployment-rounds-"))
     print(f"deploying 3 SuperNodes for {args.rounds} rounds (workspace {folder}) ...", flush=True)
     deployed_seconds = deployed(folder / "deployed", args.rounds)
+    print(f"deployed rounds (s): {[round(seconds, 1) for seconds in deployed_seconds]}", flush=True)
     print(f"simulating the same config for {args.rounds} rounds ...", flush=True)
     simulated_seconds = simulated(folder / "simulated", args.rounds)
     imports = {
