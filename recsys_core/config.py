@@ -44,8 +44,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """Reads a TOML file; a missing or malformed file is one clear :class:`ConfigError`."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        # A byte-order mark (Windows editors write one) is not TOML, but it is no reason to refuse the file.
+        return tomllib.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:
@@ -111,6 +111,9 @@ def _convert(value: Any, expected: Any, key: str, decoders: Decoders, finite: bo
             raise ConfigKeyError(key, f"expected {_type_name(expected)}, got {value!r}")
         if not isinstance(value, expected):
             raise ConfigKeyError(key, f"expected {_type_name(expected)}, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            # TOML integers are 64-bit; a longer one (--set accepts it) would run a round count forever.
+            raise ConfigKeyError(key, f"{value} does not fit in 64 bits; give a smaller number")
         if isinstance(value, float) and math.isnan(value):
             # NaN passes no comparison, so a range check below would let it through; no setting means NaN.
             raise ConfigKeyError(key, "is NaN; give a number")

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from recsys_core.errors import FedrecError
+
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], object], keep_previous: Path | None = None) -> None:
     """Writes ``path`` through ``write`` into a temporary file beside it, fsyncs it and renames it into place.
@@ -20,6 +22,8 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], object], keep
     there (a second generation to fall back on).
     """
     path = Path(path)
+    if path.is_dir():  # os.replace would fail only after the whole file was written, with a raw OSError
+        raise FedrecError(f"{path}: is a folder; give the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

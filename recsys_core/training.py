@@ -53,6 +53,8 @@ class TrainConfig:
             raise ConfigError(f"train.learning_rate: must be positive, got {self.learning_rate}")
         if self.weight_decay < 0 or self.patience < 0:
             raise ConfigError("train.weight_decay and train.patience must not be negative")
+        if self.seed < 0:  # numpy's SeedSequence takes non-negative integers only
+            raise ConfigError(f"train.seed: must not be negative, got {self.seed}")
         if self.optimizer not in ("adam", "adagrad", "sgd"):
             raise ConfigError(f"train.optimizer: unknown {self.optimizer!r}; use adam, adagrad or sgd")
         return self

@@ -47,13 +47,14 @@ from recsys_core.audit.item_set import (
     touched_rows,
 )
 from recsys_core.audit.statistics import best_guess_epsilon_lower_bound, clopper_pearson, roc_auc, tpr_at_fpr
-from recsys_core.bundle import read_bundle
+from recsys_core.bundle import BundleError, read_bundle
 from recsys_core.data.splits import DatasetSplit
 from recsys_core.errors import FedrecError
 from recsys_core.federated.config import FederatedConfig
 from recsys_core.federated.data import FederatedData, load_federated_data
 from recsys_core.federated.device import SimulatedDeviceError, refit_private_parameters, train_on_device
 from recsys_core.federated.device_model import build_device_model
+from recsys_core.federated.manifest import MANIFEST_FILE
 from recsys_core.federated.state import state_to_arrays
 from recsys_core.models import CatalogInfo, Recommender, build_model, model_class
 from recsys_core.privacy.ledger import PrivacyLedger
@@ -150,11 +151,29 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions(),
         "accountant_libraries": {name: metadata.version(name) for name in ("opacus", "dp-accounting")}}
 
     say("reading the data and the released model")
-    data = load_federated_data(config.data, config.partition)
-    bundle = read_bundle(directory.path / "final-model")
-    result["canaries"] = _canary_audit(directory.path, config, data, bundle.shared_parameters, claims,
-                                       options.confidence, say)
-    result["item_set"] = _item_set_audit(config, data, bundle.shared_parameters, options, say)
+    bundle_path = directory.path / "final-model"
+    if not bundle_path.exists():
+        raise FedrecError(f"{directory.path}: has no final-model/, so the run has not finished (or its model was "
+                          f"removed); finish it with `fedrec simulate --resume {directory.path}`, then audit it")
+    try:
+        bundle = read_bundle(bundle_path)
+    except BundleError as error:
+        # The released model was damaged or edited after the run wrote it: an integrity failure of this run,
+        # and nothing the empirical attacks could measure.
+        result["integrity"]["passed"] = False
+        result["integrity"]["problems"].append(f"final-model/ (the released model) fails its check: {error}")
+        result["canaries"] = {"planted": 0, "note": "not measured: the released model fails its integrity check"}
+        result["item_set"] = None
+    else:
+        data = load_federated_data(config.data, config.partition)
+        if not data.manifest(config.data.dataset).written_at(directory.path / MANIFEST_FILE):
+            # The server trusted its bounds (a device's largest example count) while the run went on.
+            result["integrity"]["passed"] = False
+            result["integrity"]["problems"].append(f"{MANIFEST_FILE}: does not match the federation the data "
+                                                   "gives: edited after the run, or the data changed")
+        result["canaries"] = _canary_audit(directory.path, config, data, bundle.shared_parameters, claims,
+                                           options.confidence, say)
+        result["item_set"] = _item_set_audit(config, data, bundle.shared_parameters, options, say)
     say("writing audit.json, audit.md and audit.png")
     result["verdict"] = _verdict(result, formal_checks, claims)
     write_json(directory.path / AUDIT_FILE, result)
@@ -446,6 +465,9 @@ def report_markdown(result: dict[str, Any]) -> str:
     else:
         lines.append(canaries["note"])
     item_set = result["item_set"]
+    if item_set is None:
+        return "\n".join([*lines, "", "## Item-set inference against client updates", "",
+                           "Not run: the released model fails its integrity check.", ""])
     lines += ["", "## Item-set inference against client updates", "", item_set["note"] + ".", "",
               "Accuracy intervals are exact (Clopper-Pearson) at the audit's confidence.", "",
               "| what the attacker sees | users | top-k precision | chance | ratio | largest-k precision | "
@@ -481,7 +503,7 @@ def _write_plot(path: Path, result: dict[str, Any]) -> None:
     canary_axis.set(title="canaries: accuracy of the top-k guesses", xlabel="k (guesses of 'included')",
                     ylabel="fraction right")
     views = ITEM_SET_VIEWS
-    item_set = result["item_set"]
+    item_set = result["item_set"] or {view: {"top_k_precision": 0.0, "chance_precision": 0.0} for view in views}
     positions = np.arange(len(views))
     item_axis.bar(positions - 0.2, [item_set[view]["top_k_precision"] for view in views], 0.4, label="attack")
     item_axis.bar(positions + 0.2, [item_set[view]["chance_precision"] for view in views], 0.4, label="chance")

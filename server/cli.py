@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from recsys_core.config import apply_overrides, read_toml
-from recsys_core.errors import FedrecError
+from recsys_core.config import apply_overrides, parse_override, read_toml
+from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.models import MODELS
 
 console = Console()
@@ -191,11 +192,11 @@ def command_simulate(args: argparse.Namespace) -> int:
         from server.run_directory import NothingToResumeError, open_run_directory
 
         resumed, values = open_run_directory(args.resume, "--resume")
-        config = FederatedConfig.from_dict(apply_overrides(values, list(args.set or [])))
+        config = FederatedConfig.from_dict(apply_overrides(values, resume_overrides(list(args.set or []))))
         try:  # checked here, before the data is read and Ray starts; the run checks it again
             resumed.resume_from(config.server.rounds)
         except NothingToResumeError as complete:
-            console.print(str(complete), highlight=False, soft_wrap=True)
+            console.print(escape(str(complete)), highlight=False, soft_wrap=True)
             return 0
     else:
         values = _config_values(args, SIMULATE_FLAGS)
@@ -375,15 +376,19 @@ def command_audit(args: argparse.Namespace) -> int:
     else:
         table.add_row("canaries", "none planted: fedrec simulate --audit-canaries M gives an empirical bound")
     item_set = result["item_set"]
-    view = item_set[item_set["server_view"]]
+
     def best(values: dict[str, Any]) -> float:
         guesses = (values["top_k_precision"], values.get("largest_k_precision", float("nan")))
         return max(guess for guess in guesses if guess == guess)  # NaN: a guess the audit did not make
 
-    row = f"{best(view):.3f} vs chance {view['chance_precision']:.3f}"
-    if item_set["server_view"] == "aggregate" and "aggregate_without_user" in item_set:
-        row += f" ({best(item_set['aggregate_without_user']):.3f} from the sum without the user)"
-    table.add_row(f"item-set precision ({item_set['server_view']} updates)", row)
+    if item_set is None:
+        table.add_row("item-set precision", "not measured: the released model fails its integrity check")
+    else:
+        view = item_set[item_set["server_view"]]
+        row = f"{best(view):.3f} vs chance {view['chance_precision']:.3f}"
+        if item_set["server_view"] == "aggregate" and "aggregate_without_user" in item_set:
+            row += f" ({best(item_set['aggregate_without_user']):.3f} from the sum without the user)"
+        table.add_row(f"item-set precision ({item_set['server_view']} updates)", row)
     table.add_row("verdict", f"[bold]{result['verdict']['result']}[/]")
     console.print(table)
     for reason in result["verdict"]["reasons"]:
@@ -466,12 +471,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What ``--set`` may change when a run resumes: its length, and how this machine runs it. Anything
+#: else (the seed, the model, the privacy settings) would make the records and the ledger describe a
+#: run that did not happen.
+RESUMABLE_KEYS = ("server.rounds", "data.data_dir", "simulation.max_workers", "simulation.cohort_threads",
+                  "simulation.num_cpus_per_device", "simulation.torch_threads_per_device")
+
+
+def resume_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` if each names a key a resumed run may change; else one error naming the first that does not."""
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(f"--set {key}: a resumed run keeps the settings it started with (config.json); only "
+                              f"{', '.join(RESUMABLE_KEYS)} may change on --resume. Start a new run to change {key}")
+    return overrides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except FedrecError as error:
-        error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # Escaped: a path, column name or value in the message may look like rich markup ("[parquet]").
+        error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         error_console.print("interrupted")

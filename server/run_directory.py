@@ -211,6 +211,12 @@ class RunDirectory:
                 raise FedrecError(f"cannot resume: {self.rounds_file}, record {number}: no round number "
                                   f"({value!r}); the records are damaged; nothing was changed")
             recorded.append(value)
+        # Round 1's record chains from config.json; other orders are the out-of-order checks' business.
+        first_link = lines[0].get(hash_chain.CHAIN_KEY) if lines and lines[0].get("round") == 1 else None
+        if isinstance(first_link, dict) and first_link.get("previous") != self.genesis():
+            raise FedrecError(f"cannot resume: {self.path / 'config.json'} is not the config this run started with "
+                              f"(the first record of {self.rounds_file} chains from another); restore it, or start a "
+                              "new run with the new settings; nothing was changed")
         in_order = recorded == list(range(1, len(recorded) + 1))
         if in_order and len(recorded) >= rounds and self.chain_file.exists() and (self.path / SUMMARY_FILE).exists():
             raise NothingToResumeError(self.path, len(recorded))
@@ -356,6 +362,12 @@ class RunDirectory:
             record = manifest.get("record")
             if not isinstance(completed_round, int) or not (record is None or isinstance(record, dict)):
                 raise FedrecError(f"{damaged} (latest.json: bad completed_round or record); {advice}")
+            # Its round, its arrays' name and its record's round are written together: one edited alone
+            # would make --resume apply a round twice or skip one.
+            if manifest["arrays"] != f"round-{completed_round}.npz" or (
+                    record is not None and record.get("round") != completed_round):
+                raise FedrecError(f"{damaged} (latest.json: completed_round {completed_round} does not match its "
+                                  f"arrays {manifest['arrays']!r} and record); {advice}")
         except DAMAGED_FILE_ERRORS as error:
             raise FedrecError(f"{damaged} ({type(error).__name__}: {error}); {advice}") from None
         return Checkpoint(

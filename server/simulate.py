@@ -74,8 +74,15 @@ def provision_federation(config: FederatedConfig, directory: RunDirectory, data:
     Each simulated device keeps its durable state in a file of its own; the launcher, not
     the server, names the folder, and Ray's workers inherit the environment variable.
     """
-    if not (directory.path / MANIFEST_FILE).exists():
-        data.manifest(config.data.dataset).write(directory.path / MANIFEST_FILE)
+    path = directory.path / MANIFEST_FILE
+    manifest = data.manifest(config.data.dataset)
+    if not path.exists():
+        manifest.write(path)
+    elif not manifest.written_at(path):
+        # The server trusts the kept manifest's bounds (e.g. max_training_rows caps a device's weight).
+        raise FedrecError(f"{path}: does not match the federation this data gives; it was edited, or the data "
+                          "changed since the run started. Restore it (or the data), or start a new run; nothing "
+                          "was changed")
     os.environ[DEVICE_STATE_DIR_ENV] = str(directory.devices)
 
 

@@ -149,6 +149,8 @@ class EncryptedStore:
 
     def load(self) -> Arrays:
         """The stored arrays; raises :class:`WrongKeyError` or :class:`StoreError` naming the file."""
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder, not a store; give the path of the store file")
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:

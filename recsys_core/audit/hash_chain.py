@@ -100,6 +100,9 @@ def verify_chain(records: Sequence[Mapping[str, Any]], genesis: str) -> list[Cha
             elif link["previous"] == genesis:
                 problems.append(ChainProblem(where, "reordered or re-started: it links to the run's start, but "
                                                     "records come before it"))
+            elif index == 0:
+                problems.append(ChainProblem(where, "does not chain from config.json: config.json was edited after "
+                                                    "the run started, or records before this one were removed"))
             else:
                 problems.append(ChainProblem(where, "the record it links to is missing: one or more records before "
                                                     "it were removed"))

@@ -58,7 +58,7 @@ class DataConfig:
         if self.dataset == GENERIC_FILE_DATASET:
             if not self.path:
                 raise ConfigError("data.path: required when data.dataset = 'file'")
-            dataclass_from_dict(ColumnMapping, self.columns, prefix="data.columns.")
+            dataclass_from_dict(ColumnMapping, self.columns, prefix="data.columns.").validate()
             return self
         changed = [key for key, is_default in (("file_format", self.file_format == "auto"),
                                                ("encoding", normalized_encoding(self.encoding) == "utf-8"))

@@ -57,6 +57,16 @@ class ColumnMapping:
     timestamp: str | None = None
     weight: str | None = None
 
+    def validate(self) -> ColumnMapping:
+        """Refuses one column named for two roles: the loader reads each column as one thing."""
+        seen: dict[str, str] = {}
+        for role, column in self.mapped().items():
+            if column in seen:
+                raise ConfigError(f"data.columns.{seen[column]} and data.columns.{role} both name column {column!r}; "
+                                  "map each role to a column of its own")
+            seen[column] = role
+        return self
+
     def mapped(self) -> dict[str, str]:
         """Role (``user``, ``item``, ...) to column name, for the columns that are mapped."""
         roles = {
@@ -89,7 +99,7 @@ def load_interactions_file(
     keys ``data.file_format`` and ``data.encoding`` that set these.
     """
     path = Path(path)
-    mapping = mapping or ColumnMapping()
+    mapping = (mapping or ColumnMapping()).validate()
     resolved = _format_from_extension(path) if file_format in (None, "auto") else file_format
     if resolved == "parquet":
         if normalized_encoding(encoding) != "utf-8":
@@ -103,6 +113,9 @@ def load_interactions_file(
         raise ConfigError(
             f"{FILE_FORMAT_KEY}: unknown file format {resolved!r}; set it to \"csv\", \"tsv\" or \"parquet\""
         )
+    for role in ("rating", "weight"):
+        if role in columns:
+            _check_single_precision(path, columns[role], f"the {role} column {getattr(mapping, role)!r}", line_numbers)
     weights = columns.get("weight")
     if weights is not None:
         _check_non_negative(path, weights, f"the weight column {mapping.weight!r}", line_numbers)
@@ -116,18 +129,28 @@ def load_interactions_file(
     )
 
 
+def _where(line_numbers: np.ndarray | None, index: int) -> tuple[str, int | None]:
+    """How an error names row ``index``: by its line (delimited files) or its row (Parquet)."""
+    return ("", int(line_numbers[index])) if line_numbers is not None else (f" in row {index + 1}", None)
+
+
+def _check_single_precision(path: Path, values: np.ndarray, what: str, line_numbers: np.ndarray | None) -> None:
+    """Ratings and weights are kept as float32: a finite value beyond its range would become infinite."""
+    too_large = np.flatnonzero(np.abs(values) > np.finfo(np.float32).max)
+    if len(too_large):
+        suffix, line = _where(line_numbers, int(too_large[0]))
+        raise DataFormatError(path, f"{what} has the value {values[too_large[0]]:g}{suffix}, beyond what a rating or "
+                                    f"weight can hold (about {np.finfo(np.float32).max:.1e})", line=line)
+
+
 def _check_non_negative(path: Path, values: np.ndarray, what: str, line_numbers: np.ndarray | None) -> None:
     """A weight is a count or an amount: a negative one is a data error, named with its line (or row)."""
     negative = np.flatnonzero(values < 0)
     if len(negative) == 0:
         return
-    first = int(negative[0])
-    if line_numbers is None:
-        raise DataFormatError(path, f"{what} has the negative value {values[first]:g} in row {first + 1}; "
-                                    "a weight counts plays or amounts, so it must be >= 0")
-    raise DataFormatError(path, f"{what} has the negative value {values[first]:g}; "
-                                "a weight counts plays or amounts, so it must be >= 0",
-                          line=int(line_numbers[first]))
+    suffix, line = _where(line_numbers, int(negative[0]))
+    raise DataFormatError(path, f"{what} has the negative value {values[negative[0]]:g}{suffix}; "
+                                "a weight counts plays or amounts, so it must be >= 0", line=line)
 
 
 def _format_from_extension(path: Path) -> FileFormat:
@@ -162,7 +185,7 @@ def _missing_column_error(
 def _read_delimited(
     path: Path, mapping: ColumnMapping, delimiter: str, encoding: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The mapped columns, and each row's line when a weight needs checking after the parse."""
+    """The mapped columns, and each row's line when a rating or weight needs checking after the parse."""
     header = read_header(path, delimiter, encoding, encoding_key=ENCODING_KEY)
     roles = {column: role for role, column in mapping.mapped().items()}
     for role, column in mapping.mapped().items():
@@ -186,7 +209,7 @@ def _read_delimited(
     ]
     table = read_table(
         path, fields, delimiter=delimiter, encoding=encoding, header=header, encoding_key=ENCODING_KEY,
-        with_line_numbers=mapping.weight is not None,
+        with_line_numbers=mapping.weight is not None or mapping.rating is not None,
     )
     return table.columns, table.line_numbers
 

@@ -495,7 +495,8 @@ def _parse_timestamps(
 def _parse_ids(
     values: Sequence[str], field: Field, path: str | Path, line_numbers: np.ndarray
 ) -> np.ndarray:
-    text = np.asarray(values, dtype=np.str_)
+    # Spaces around an id ("u1, i3") are layout, not part of it: kept, " i3" and "i3" would be two items.
+    text = np.char.strip(np.asarray(values, dtype=np.str_))
     empty = np.flatnonzero(text == "")
     if len(empty):
         index = int(empty[0])

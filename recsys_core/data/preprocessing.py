@@ -190,13 +190,25 @@ def preprocess(log: InteractionLog, config: PreprocessingConfig) -> InteractionL
     towards it, and the weights so that a pair's plays add up before ``min_weight``.
     """
     config.validate()
-    log = to_implicit(log, config.min_rating)
+    log = _kept(log, to_implicit(log, config.min_rating), f"data.preprocessing.min_rating = {config.min_rating}")
     if config.deduplicate:
         log = drop_duplicate_interactions(log, keep="first")
-    log = apply_weights(log, config.min_weight, config.weight_transform)
+    log = _kept(log, apply_weights(log, config.min_weight, config.weight_transform),
+                "the weights: every row weighs 0" if config.min_weight is None
+                else f"data.preprocessing.min_weight = {config.min_weight}")
     if config.min_user_interactions > 0 or config.min_item_interactions > 0:
-        log = k_core(log, config.min_user_interactions, config.min_item_interactions)
+        log = _kept(log, k_core(log, config.min_user_interactions, config.min_item_interactions),
+                    f"the k-core (data.preprocessing.min_user_interactions = {config.min_user_interactions}, "
+                    f"min_item_interactions = {config.min_item_interactions})")
     return compact_ids(log)
+
+
+def _kept(before: InteractionLog, after: InteractionLog, step: str) -> InteractionLog:
+    """``after``, unless the step emptied a log that had rows: that is one error naming the step."""
+    if after.n_interactions == 0 and before.n_interactions > 0:
+        raise ConfigError(f"{step} removes all {before.n_interactions:,} interactions of {before.name!r}; "
+                          "relax it or check the column it reads")
+    return after
 
 
 def _check_threshold(threshold: object, name: str = "min_rating") -> float:

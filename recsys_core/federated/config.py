@@ -205,6 +205,13 @@ class FederatedConfig:
                               f"{self.simulation.cohort_threads}")
         if not 0.0 <= self.simulation.failure_probability < 1.0:
             raise ConfigError("simulation.failure_probability: must be in [0, 1)")
+        if self.seed < 0:  # numpy's SeedSequence takes non-negative integers only
+            raise ConfigError(f"seed: must not be negative, got {self.seed}")
+        outside = [partition for partition in self.simulation.failing_partitions
+                   if partition < 0 or (num_devices is not None and partition >= num_devices)]
+        if outside:
+            raise ConfigError(f"simulation.failing_partitions: {outside} name no device; the partitions are 0 to "
+                              f"{'N - 1' if num_devices is None else num_devices - 1}")
         self._validate_counting_release()
         self.privacy.validate(num_users=num_devices, min_local_examples=min_local_examples,
                               devices_per_round=self.server.devices_per_round)

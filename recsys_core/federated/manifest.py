@@ -31,7 +31,7 @@ from recsys_core.config import dataclass_from_dict, dataclass_to_dict
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.errors import ConfigError, FedrecError
 from recsys_core.models.base import CatalogInfo, training_counts
-from recsys_core.run_records import write_json
+from recsys_core.run_records import strict_json_dumps, write_json
 
 MANIFEST_FILE = "federation.json"
 MANIFEST_FORMAT = 1
@@ -128,6 +128,15 @@ class FederationManifest:
     def write(self, path: str | Path) -> Path:
         write_json(path, dataclass_to_dict(self))
         return Path(path)
+
+    def written_at(self, path: str | Path) -> bool:
+        """Whether the file at ``path`` holds exactly this manifest (as :meth:`write` writes it)."""
+        path = Path(path)
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return bool(kept == json.loads(strict_json_dumps(dataclass_to_dict(self), path)))
 
 
 def read_manifest(path: str | Path) -> FederationManifest:

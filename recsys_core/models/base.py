@@ -85,6 +85,9 @@ class ModelConfig:
                 raise ConfigError(f"model.{config_field.name}: is {value}; give a finite number")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"model.{config_field.name}: must not be negative, got {value}")
+            # A dropout of 1 or more would drop everything (torch refuses it only when the model is built).
+            if config_field.name == "dropout" and not 0.0 <= value < 1.0:
+                raise ConfigError(f"model.dropout: must lie in [0, 1), got {value}")
 
 
 class Recommender(nn.Module, ABC):

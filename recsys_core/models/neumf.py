@@ -22,6 +22,7 @@ from torch.nn import functional
 
 from recsys_core.data.interactions import InteractionLog
 from recsys_core.data.sampling import SeenItems, sample_unseen_items
+from recsys_core.errors import ConfigError
 from recsys_core.models.base import Batch, CatalogInfo, ModelConfig, Recommender
 
 #: Every embedding's initial normal draw (He et al.).
@@ -36,6 +37,14 @@ class NeuMFConfig(ModelConfig):
     negatives_per_positive: int = 4
     #: Pairs scored at once by :meth:`NeuMF.score`; bounds memory on large catalogues.
     score_chunk_pairs: int = 1_000_000
+
+    def validate(self) -> None:
+        super().validate()
+        layers = self.mlp_layers
+        # The first width is the user and item embeddings side by side: at least 1 + 1.
+        if not layers or layers[0] < 2 or min(layers) < 1:
+            raise ConfigError(f"model.mlp_layers: needs widths of at least 1, the first at least 2 (the user and "
+                              f"item embeddings side by side), e.g. [64, 32, 16]; got {list(layers)}")
 
 
 class NeuMF(Recommender):

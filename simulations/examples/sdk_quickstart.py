@@ -16,6 +16,7 @@ from pathlib import Path
 
 from client.sdk.device import Device
 from client.sdk.store import KeySource
+from recsys_core.errors import FedrecError
 
 
 def make_bundle(output: Path) -> Path:
@@ -56,5 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main`, with the SDK's own errors (a damaged bundle or store, a wrong key) as one line."""
+    try:
+        return main(argv)
+    except FedrecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

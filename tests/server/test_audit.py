@@ -107,6 +107,35 @@ def test_a_consistently_rewritten_run_is_caught_only_by_the_head_kept_elsewhere(
         "PASS"
 
 
+def test_a_released_model_changed_after_the_run_fails_integrity(private_run: Path, tmp_path: Path, capsys) -> None:
+    run = copy_of(private_run, tmp_path)
+    parameters = run / "final-model" / "parameters.npz"
+    data = bytearray(parameters.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    parameters.write_bytes(bytes(data))
+    assert main(["audit", str(run), "--item-set-devices", "4"]) == 1  # a FAIL, not an input error
+    assert "final-model/ (the released model) fails its check" in " ".join(capsys.readouterr().out.split())
+    result = json.loads((run / "audit.json").read_text())
+    assert result["verdict"]["result"] == "FAIL" and result["item_set"] is None
+    assert "Not run: the released model fails its integrity check." in (run / "audit.md").read_text()
+
+
+def test_an_edited_federation_manifest_fails_integrity(private_run: Path, tmp_path: Path) -> None:
+    run = copy_of(private_run, tmp_path)
+    values = json.loads((run / "federation.json").read_text())
+    values["max_training_rows"] = 10**9
+    (run / "federation.json").write_text(json.dumps(values))
+    reasons = audit_run(run, AuditOptions(item_set_devices=4))["verdict"]["reasons"]
+    assert any("federation.json: does not match the federation the data gives" in reason for reason in reasons)
+
+
+def test_an_unfinished_run_is_told_to_finish_first(private_run: Path, tmp_path: Path, capsys) -> None:
+    run = copy_of(private_run, tmp_path)
+    shutil.rmtree(run / "final-model")
+    assert main(["audit", str(run)]) == 2
+    assert f"fedrec simulate --resume {run}`, then audit it" in " ".join(capsys.readouterr().err.split())
+
+
 def test_bad_input_gets_one_clear_error(private_run: Path, tmp_path: Path, capsys) -> None:
     assert main(["audit", str(tmp_path / "nowhere")]) == 2
     assert "not a fedrec run directory (no config.json)" in capsys.readouterr().err

@@ -186,3 +186,58 @@ def test_a_model_chosen_by_name_starts_from_its_tuned_settings(tmp_path: Path, m
     assert config["model"]["options"]["gmf_dim"] == 6 and config["train"]["epochs"] == 1
     # A model without a tuned config for the dataset keeps the model's defaults, silently.
     assert server.cli.tuned_config("synthetic", "sasrec") is None
+
+
+def file_run(tmp_path: Path, *extra: str, command: str = "train", text: str | None = None) -> list[str]:
+    path = tmp_path / "log.csv"
+    path.write_text(text or "user,item,time\n" + "".join(f"u{u},i{(u + s) % 9},{s}\n" for u in range(6)
+                                                         for s in range(5)), encoding="utf-8")
+    return [command, "--dataset", "file", "--output-dir", str(tmp_path / "runs"), "--set", f"data.path={str(path)!r}",
+            "--set", 'data.columns.user="user"', "--set", 'data.columns.item="item"', *extra]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    # Text that looks like rich markup is printed as it is, not eaten.
+    (["--set", 'data.columns.user="[/bold]"'], "the user column '[/bold]' is not in the file"),
+    (["--set", 'data.columns.item="user"'], "data.columns.user and data.columns.item both name column 'user'"),
+    (["--seed", "-1"], "train.seed: must not be negative, got -1"),
+    (["--model", "neumf", "--set", "model.options.mlp_layers=[]"], "model.mlp_layers: needs widths of at least 1"),
+    (["--model", "neumf", "--set", "model.options.dropout=2.0"], "model.dropout: must lie in [0, 1), got 2.0"),
+    (["--set", "train.epochs=99999999999999999999"], "train.epochs: 99999999999999999999 does not fit in 64 bits"),
+], ids=["markup", "one-column-two-roles", "negative-seed", "empty-mlp", "dropout-2", "beyond-64-bits"])
+def test_more_bad_input_gets_one_clear_line_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            extra: list[str], message: str) -> None:
+    assert main(file_run(tmp_path, *extra)) == 2
+    captured = capsys.readouterr()
+    assert message in " ".join(captured.err.split()) and "Traceback" not in captured.err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--seed", "-1"], "seed: must not be negative, got -1"),
+    (["--set", "simulation.failing_partitions=[999]"], "simulation.failing_partitions: [999] name no device"),
+], ids=["negative-seed", "failing-partition-out-of-range"])
+def test_simulate_refuses_settings_that_name_nothing_real(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          extra: list[str], message: str) -> None:
+    argv = file_run(tmp_path, "--model", "popularity", "--not-private", "--engine", "cohort", "--rounds", "1",
+                    "--devices-per-round", "3", *extra, command="simulate")
+    argv.insert(argv.index("--dataset") + 2, "--set")
+    argv.insert(argv.index("--dataset") + 3, 'data.columns.timestamp="time"')
+    assert main(argv) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_toml_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    from recsys_core.config import read_toml
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[train]\nepochs = 3\n")
+    assert read_toml(path) == {"train": {"epochs": 3}}
+
+
+def test_writing_a_file_where_a_folder_is_names_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "out").mkdir()
+    assert main(["manifest", "--output", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'out'}: is a folder; give the path of a file to write" in \
+        " ".join(capsys.readouterr().err.split())

@@ -133,6 +133,45 @@ def test_a_sealed_run_stripped_of_its_records_and_checkpoint_is_refused_not_rese
     assert (finished_run / "record-chain.json").read_bytes() == seal
 
 
+@pytest.mark.parametrize("override", ["seed=5", "privacy.user_level.noise_multiplier=0.3", "model.name=\"sasrec\""])
+def test_a_resumed_run_refuses_a_changed_setting(finished_run: Path, capsys, override: str) -> None:
+    # Changing them mid-run would make the records and the ledger describe a run that did not happen.
+    error = refused(capsys, ["simulate", "--resume", str(finished_run), "--set", override], finished_run)
+    key = override.split("=")[0]
+    assert f"--set {key}: a resumed run keeps the settings it started with" in error
+    assert "only server.rounds, data.data_dir" in error
+
+
+def test_an_edited_config_json_is_refused_on_resume(finished_run: Path, capsys) -> None:
+    config = finished_run / "config.json"
+    values = json.loads(config.read_text())
+    values["seed"] = values.get("seed", 0) + 1  # still a valid config: only the chain can tell
+    config.write_text(json.dumps(values))
+    (finished_run / "summary.json").unlink()  # so that resume does not stop at "complete"
+    error = refused(capsys, ["simulate", "--resume", str(finished_run)], finished_run)
+    assert f"{config} is not the config this run started with" in error
+
+
+def test_an_edited_federation_manifest_is_refused_on_resume(finished_run: Path, capsys) -> None:
+    manifest = finished_run / "federation.json"
+    values = json.loads(manifest.read_text())
+    values["max_training_rows"] = 10**9  # would let one device outweigh the others
+    manifest.write_text(json.dumps(values))
+    (finished_run / "summary.json").unlink()
+    error = refused(capsys, ["simulate", "--resume", str(finished_run)], finished_run)
+    assert f"{manifest}: does not match the federation this data gives" in error
+
+
+def test_a_checkpoint_whose_round_was_edited_is_refused(finished_run: Path, capsys) -> None:
+    latest = finished_run / "checkpoint" / "latest.json"
+    manifest = json.loads(latest.read_text())
+    manifest["completed_round"] -= 1  # would replay the last round a second time
+    latest.write_text(json.dumps(manifest))
+    (finished_run / "summary.json").unlink()
+    error = refused(capsys, ["simulate", "--resume", str(finished_run)], finished_run)
+    assert "checkpoint is damaged (latest.json: completed_round" in error and "does not match its arrays" in error
+
+
 def test_a_record_missing_before_the_checkpoint_is_refused(finished_run: Path, capsys) -> None:
     lines = (finished_run / "rounds.jsonl").read_text().splitlines(keepends=True)
     (finished_run / "rounds.jsonl").write_text(lines[0] + lines[2])

@@ -133,3 +133,13 @@ def test_scrypt_costs_outside_their_bounds_are_refused_before_any_work(tmp_path:
     path.write_bytes(data[:12] + len(forged).to_bytes(4, "big") + forged + data[16 + length:])
     with pytest.raises(StoreError, match=f"scrypt {field} = {value} is outside"):
         EncryptedStore(path, KeySource.from_passphrase("pw")).load()
+
+
+def test_a_folder_where_the_store_should_be_is_named(tmp_path: Path) -> None:
+    from client.sdk.device import Device
+
+    (tmp_path / "device.store").mkdir()
+    with pytest.raises(StoreError, match="device.store: is a folder, not a store"):
+        EncryptedStore(tmp_path / "device.store", KEY).load()
+    with pytest.raises(StoreError, match="is a folder, not a store"):
+        Device.open(tmp_path / "device.store", KEY)

@@ -167,3 +167,10 @@ def test_the_keys_can_be_set_on_the_command_line(tmp_path: Path) -> None:
     data = ExperimentConfig.from_dict(values).data
     assert (data.file_format, data.encoding) == ("tsv", "latin-1")
     assert load_interactions(data).n_items == 3
+
+
+def test_spaces_around_ids_do_not_make_new_ids(tmp_path: Path) -> None:
+    path = tmp_path / "plays.csv"
+    path.write_text("user,item\nana, Low\nana,Can \nbo,Low\nbo ,Can\n", encoding="utf-8")
+    log = load_interactions(file_config(path))
+    assert sorted(log.user_map.original_ids) == ["ana", "bo"] and sorted(log.item_map.original_ids) == ["Can", "Low"]

@@ -303,6 +303,7 @@ def test_generic_parquet(tmp_path: Path) -> None:
             "item": [3, 1, 2],
             "weight": [1.0, 2.0, 0.5],
             "when": pa.array([3_000, 1_000, 2_000], type=pa.timestamp("ms")),
+            "tag": ["x", "y", "z"],
         }
     )
     pq.write_table(table, path)
@@ -315,4 +316,4 @@ def test_generic_parquet(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="the item column 'product' is not in the file"):
         load_interactions_file(path, ColumnMapping(user="user", item="product"))
     with pytest.raises(DataFormatError, match="has type string; expected numbers"):
-        load_interactions_file(path, ColumnMapping(user="item", item="item", rating="user"))
+        load_interactions_file(path, ColumnMapping(user="user", item="item", rating="tag"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,25 @@ def test_a_model_that_ignores_weights_says_so_once(caplog: pytest.LogCaptureFixt
     (record,) = caplog.records
     assert "sasrec ignores the interaction weights of plays" in record.getMessage()
     assert "mult_dae, mult_vae, neumf weigh interactions by them" in record.getMessage()
+
+
+@pytest.mark.parametrize("column", ["plays", "stars"])
+def test_a_rating_or_weight_beyond_single_precision_names_its_line(tmp_path: Path, column: str) -> None:
+    row = "bo,Can,1e300,4" if column == "plays" else "bo,Can,2,1e300"
+    path = plays_file(tmp_path, f"user,artist,plays,stars\nana,Low,3,4\n{row}\n")
+    config = ExperimentConfig.from_dict({"data": {
+        "dataset": "file", "path": str(path),
+        "columns": {"user": "user", "item": "artist", "weight": "plays", "rating": "stars"}}})
+    role = "weight" if column == "plays" else "rating"
+    with raises_at(path, 3, f"the {role} column", "1e+300, beyond what a rating or weight can hold"):
+        load_interactions(config.data)
+
+
+@pytest.mark.parametrize(("preprocessing", "step"), [
+    ({"min_weight": 1e6}, "data.preprocessing.min_weight = 1000000.0 removes all 8 interactions of 'plays'"),
+    ({"min_user_interactions": 50}, "the k-core (data.preprocessing.min_user_interactions = 50"),
+])
+def test_a_filter_that_removes_every_row_says_which(tmp_path: Path, preprocessing: dict, step: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(step)):
+        load_interactions(plays_config(plays_file(tmp_path), **preprocessing).data)
+
