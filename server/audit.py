@@ -128,6 +128,11 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions(),
     result: dict[str, Any] = {"run_directory": str(directory.path)}
     say("integrity: checking the record chain")
     result["integrity"] = directory.verify_integrity(options.expected_head)
+    try:  # the checkpoint is what --resume continues from: one that contradicts itself is tampering too
+        directory.read_checkpoint()
+    except FedrecError as error:
+        result["integrity"]["passed"] = False
+        result["integrity"]["problems"].append(str(error))
     formal_checks: list[Check] = []
     say("formal checks: recomputing epsilon with two accountants")
     if ledger is not None:

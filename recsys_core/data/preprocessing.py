@@ -194,8 +194,8 @@ def preprocess(log: InteractionLog, config: PreprocessingConfig) -> InteractionL
     if config.deduplicate:
         log = drop_duplicate_interactions(log, keep="first")
     log = _kept(log, apply_weights(log, config.min_weight, config.weight_transform),
-                "the weights: every row weighs 0" if config.min_weight is None
-                else f"data.preprocessing.min_weight = {config.min_weight}")
+                "the weight column (data.columns.weight), where every row weighs 0, which records no interaction,"
+                if config.min_weight is None else f"data.preprocessing.min_weight = {config.min_weight}")
     if config.min_user_interactions > 0 or config.min_item_interactions > 0:
         log = _kept(log, k_core(log, config.min_user_interactions, config.min_item_interactions),
                     f"the k-core (data.preprocessing.min_user_interactions = {config.min_user_interactions}, "
@@ -207,7 +207,7 @@ def _kept(before: InteractionLog, after: InteractionLog, step: str) -> Interacti
     """``after``, unless the step emptied a log that had rows: that is one error naming the step."""
     if after.n_interactions == 0 and before.n_interactions > 0:
         raise ConfigError(f"{step} removes all {before.n_interactions:,} interactions of {before.name!r}; "
-                          "relax it or check the column it reads")
+                          "relax the setting, or check the column it reads")
     return after
 
 

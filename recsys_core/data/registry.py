@@ -334,6 +334,10 @@ def fetch_dataset(spec: DatasetSpec, folder: Path, show_progress: bool = True) -
 
 
 def _not_found_message(spec: DatasetSpec, folder: Path, missing: list[str]) -> str:
+    if folder.parent.is_file():  # --data-dir names a file: nothing can be placed "in" it
+        return (f"the data directory {folder.parent} is a file, not a folder; pass --data-dir (or data.data_dir, "
+                f"${DATA_DIR_ENV}) the folder that holds {folder.name}/, or use --dataset file with "
+                f"data.path = \"{folder.parent}\" for your own log")
     where = (
         f"dataset {spec.name!r} is not in {folder} (missing: {', '.join(missing)}). "
         f"The data directory comes from data_dir, ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR}."

@@ -129,6 +129,16 @@ def test_an_edited_federation_manifest_fails_integrity(private_run: Path, tmp_pa
     assert any("federation.json: does not match the federation the data gives" in reason for reason in reasons)
 
 
+def test_a_checkpoint_that_contradicts_itself_fails_integrity(private_run: Path, tmp_path: Path) -> None:
+    run = copy_of(private_run, tmp_path)
+    latest = run / "checkpoint" / "latest.json"
+    values = json.loads(latest.read_text())
+    values["completed_round"] -= 1  # --resume would replay the last round a second time
+    latest.write_text(json.dumps(values))
+    reasons = audit_run(run, AuditOptions(item_set_devices=4))["verdict"]["reasons"]
+    assert any("checkpoint is damaged (latest.json: completed_round" in reason for reason in reasons)
+
+
 def test_an_unfinished_run_is_told_to_finish_first(private_run: Path, tmp_path: Path, capsys) -> None:
     run = copy_of(private_run, tmp_path)
     shutil.rmtree(run / "final-model")

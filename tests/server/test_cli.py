@@ -241,3 +241,11 @@ def test_writing_a_file_where_a_folder_is_names_the_folder(tmp_path: Path, capsy
     assert main(["manifest", "--output", str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'out'}: is a folder; give the path of a file to write" in \
         " ".join(capsys.readouterr().err.split())
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "good.csv"
+    log.write_text("user,item\n1,2\n")
+    assert main(["train", "--dataset", "ml-100k", "--data-dir", str(log), "--output-dir", str(tmp_path)]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert f"the data directory {log} is a file, not a folder" in error and "--dataset file" in error

@@ -143,9 +143,12 @@ def test_a_rating_or_weight_beyond_single_precision_names_its_line(tmp_path: Pat
 
 @pytest.mark.parametrize(("preprocessing", "step"), [
     ({"min_weight": 1e6}, "data.preprocessing.min_weight = 1000000.0 removes all 8 interactions of 'plays'"),
+    ({"_zero_weights": True}, "the weight column (data.columns.weight), where every row weighs 0, which records "
+                              "no interaction, removes all"),
     ({"min_user_interactions": 50}, "the k-core (data.preprocessing.min_user_interactions = 50"),
 ])
 def test_a_filter_that_removes_every_row_says_which(tmp_path: Path, preprocessing: dict, step: str) -> None:
+    text = "user,artist,plays\nana,Low,0\nbo,Can,0\n" if preprocessing.pop("_zero_weights", False) else PLAYS
     with pytest.raises(ConfigError, match=re.escape(step)):
-        load_interactions(plays_config(plays_file(tmp_path), **preprocessing).data)
+        load_interactions(plays_config(plays_file(tmp_path, text), **preprocessing).data)
 
