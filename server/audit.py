@@ -131,8 +131,7 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions(),
     try:  # the checkpoint is what --resume continues from: one that contradicts itself is tampering too
         directory.read_checkpoint()
     except FedrecError as error:
-        result["integrity"]["passed"] = False
-        result["integrity"]["problems"].append(str(error))
+        _integrity_problem(result, str(error))
     formal_checks: list[Check] = []
     say("formal checks: recomputing epsilon with two accountants")
     if ledger is not None:
@@ -165,17 +164,15 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions(),
     except BundleError as error:
         # The released model was damaged or edited after the run wrote it: an integrity failure of this run,
         # and nothing the empirical attacks could measure.
-        result["integrity"]["passed"] = False
-        result["integrity"]["problems"].append(f"final-model/ (the released model) fails its check: {error}")
+        _integrity_problem(result, f"final-model/ (the released model) fails its check: {error}")
         result["canaries"] = {"planted": 0, "note": "not measured: the released model fails its integrity check"}
         result["item_set"] = None
     else:
         data = load_federated_data(config.data, config.partition)
         if not data.manifest(config.data.dataset).written_at(directory.path / MANIFEST_FILE):
             # The server trusted its bounds (a device's largest example count) while the run went on.
-            result["integrity"]["passed"] = False
-            result["integrity"]["problems"].append(f"{MANIFEST_FILE}: does not match the federation the data "
-                                                   "gives: edited after the run, or the data changed")
+            _integrity_problem(result, f"{MANIFEST_FILE}: does not match the federation the data gives: edited "
+                                       "after the run, or the data changed")
         result["canaries"] = _canary_audit(directory.path, config, data, bundle.shared_parameters, claims,
                                            options.confidence, say)
         result["item_set"] = _item_set_audit(config, data, bundle.shared_parameters, options, say)
@@ -185,6 +182,12 @@ def audit_run(run_dir: str | Path, options: AuditOptions = AuditOptions(),
     _write_plot(directory.path / PLOT_FILE, result)
     (directory.path / REPORT_FILE).write_text(report_markdown(result), encoding="utf-8")
     return result
+
+
+def _integrity_problem(result: dict[str, Any], problem: str) -> None:
+    """Adds a problem the record chain cannot see (a file outside it) to the integrity verdict."""
+    result["integrity"]["passed"] = False
+    result["integrity"]["problems"].append(problem)
 
 
 def _device_spend_checks(directory: RunDirectory, ledger: PrivacyLedger) -> list[Check]:
