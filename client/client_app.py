@@ -13,12 +13,11 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node_config import node_partition_id
-from client.secure_aggregation import device_keys, unmask_record
+from client.secure_aggregation import key_registration, unmask_record
 from recsys_core.federated.wire import (
     CONFIG_RECORD,
     METRICS_RECORD,
     PARTITION_KEY,
-    PUBLIC_KEY_KEY,
     SECURE_ARRAYS_RECORD,
 )
 
@@ -52,5 +51,5 @@ def describe(message: Message, context: Context) -> Message:
     # The public key is registered for secure aggregation: one exchange per run, not per round.
     reply = RecordDict({METRICS_RECORD: MetricRecord({PARTITION_KEY: node_partition_id(context)}),
                         CONFIG_RECORD: ConfigRecord({"role": "fedrec-device",
-                                                     PUBLIC_KEY_KEY: device_keys(context).public_key})})
+                                                     **key_registration(context)})})
     return Message(reply, reply_to=message)

@@ -1,7 +1,9 @@
 """The device's side of secure aggregation: its key pair, masking a reply, answering the unmask request.
 
 The long-term X25519 key pair lives in ``Context.state`` (generated on first use); the
-server registers the public half when it discovers the node. The round's settings and
+server registers the public half when it discovers the node, with the device's endorsement
+of it when the device holds a certified identity (:func:`pinned_identity`). Such a device
+checks every neighbour key the server relays against the authority it pins before masking. The round's settings and
 neighbour keys are kept in ``Context.state`` between the masking and unmasking steps,
 so the device answers the unmask request from its own copy, not the server's, and
 erased when it has answered: it answers once per contribution. It never masks twice
@@ -12,16 +14,38 @@ honest server never repeats a label across restarts (a lying one could, to a res
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from recsys_core.federated.wire import CONFIG_RECORD, PUBLIC_KEY_KEY, SECURE_ARRAYS_RECORD, SECURE_CONFIG_RECORD
+from client.node_config import node_partition_id
+from recsys_core.federated.wire import (
+    CONFIG_RECORD,
+    DEVICE_AUTHORITY_NODE_KEY,
+    DEVICE_STATE_DIR_ENV,
+    DEVICE_STATE_DIR_NODE_KEY,
+    IDENTITY_PATH_NODE_KEY,
+    PUBLIC_KEY_KEY,
+    SECURE_ARRAYS_RECORD,
+    SECURE_CONFIG_RECORD,
+)
+from recsys_core.secure_aggregation.identity import (
+    AUTHORITY_FILE,
+    SIMULATED_IDENTITIES,
+    DeviceIdentity,
+    IdentityError,
+    authenticate_neighbours,
+    read_authority_key,
+    simulated_identity_path,
+)
 from recsys_core.secure_aggregation.keys import DeviceKeys
 from recsys_core.secure_aggregation.protocol import RoundSetup, answer_unmask, mask_contribution
 from recsys_core.secure_aggregation.wire import (
     ExchangeSettings,
+    decode_endorsements,
     decode_neighbours,
     decode_unmask_request,
     encode_contribution,
@@ -45,6 +69,37 @@ def device_keys(context: Context) -> DeviceKeys:
     if KEYS_STATE not in context.state.config_records:
         context.state[KEYS_STATE] = ConfigRecord({"private-key": DeviceKeys.generate().private_key})
     return DeviceKeys(cast(bytes, context.state.config_records[KEYS_STATE]["private-key"]))
+
+
+def pinned_identity(context: Context) -> tuple[DeviceIdentity, bytes] | None:
+    """This device's certified identity and the device authority it pins, or None when it has none.
+
+    A SuperNode names both in its node config (``identity-path``, ``device-authority``); a simulated
+    device finds them where its launcher enrolled it, under its state folder. A device that pins
+    an authority checks every neighbour's key against it before masking.
+    """
+    config = context.node_config
+    if DEVICE_AUTHORITY_NODE_KEY in config:
+        authority = read_authority_key(str(config[DEVICE_AUTHORITY_NODE_KEY]))
+        if IDENTITY_PATH_NODE_KEY not in config:
+            raise IdentityError(f"this SuperNode pins a device authority but its node config names no "
+                                f"{IDENTITY_PATH_NODE_KEY}; add --node-config '{IDENTITY_PATH_NODE_KEY}=\"FILE\"' "
+                                "(fedrec deploy certs wrote supernode-N.identity)")
+        return DeviceIdentity.read(str(config[IDENTITY_PATH_NODE_KEY]), authority), authority
+    state_dir = config.get(DEVICE_STATE_DIR_NODE_KEY) or os.environ.get(DEVICE_STATE_DIR_ENV)
+    enrolled = Path(str(state_dir)) / SIMULATED_IDENTITIES if state_dir else None
+    if enrolled is None or not (enrolled / AUTHORITY_FILE).exists():
+        return None
+    authority = read_authority_key(enrolled / AUTHORITY_FILE)
+    return DeviceIdentity.read(simulated_identity_path(enrolled, node_partition_id(context)), authority), authority
+
+
+def key_registration(context: Context) -> dict[str, bytes]:
+    """What the server registers for this device: its agreement key and, when enrolled, what vouches for it."""
+    public_key = device_keys(context).public_key
+    pinned = pinned_identity(context)
+    endorsement = {} if pinned is None else pinned[0].endorse(context.node_id, public_key).to_wire()
+    return {PUBLIC_KEY_KEY: public_key, **endorsement}
 
 
 def is_secure(message: Message) -> bool:
@@ -74,7 +129,12 @@ def masked_record(message: Message, context: Context, values: dict[str, np.ndarr
     settings = exchange_settings(message)
     if settings.registered_key != keys.public_key:
         raise KeyChangedError("the server holds another public key for this device")
-    neighbours = decode_neighbours(record_arrays(message.content.array_records[SECURE_ARRAYS_RECORD]))
+    arrays = record_arrays(message.content.array_records[SECURE_ARRAYS_RECORD])
+    neighbours = decode_neighbours(arrays)
+    pinned = pinned_identity(context)
+    if pinned is not None:  # before any secret is agreed with a key the server relayed
+        identity, authority = pinned
+        authenticate_neighbours(authority, identity.public_key, neighbours, decode_endorsements(arrays))
     setup = RoundSetup(settings.exchange_id, settings.server_round, context.node_id, neighbours, settings.threshold)
     claim_label(context, settings.exchange_id, settings.server_round)
     codec = settings.layout.codec(settings.max_devices, settings.modulus_bits)
@@ -105,7 +165,7 @@ def add_masked(reply: RecordDict, message: Message, context: Context, values: di
     try:
         reply[SECURE_ARRAYS_RECORD] = masked_record(message, context, values)
     except KeyChangedError:
-        reply.config_records[CONFIG_RECORD][PUBLIC_KEY_KEY] = device_keys(context).public_key
+        reply.config_records[CONFIG_RECORD].update(key_registration(context))
 
 
 def unmask_record(message: Message, context: Context) -> ArrayRecord:

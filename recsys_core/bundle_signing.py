@@ -84,12 +84,12 @@ def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: str | Path) -> bytes:
-    """A pinned public key file (``bundle-signing.pub``): 32 raw bytes."""
+def load_public_key(path: str | Path, purpose: str = "bundle-signing") -> bytes:
+    """A pinned Ed25519 public key file (``bundle-signing.pub``, ``device-authority.pub``): 32 raw bytes."""
     try:
         public = bytes.fromhex(Path(path).read_text(encoding="utf-8").strip())
     except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise SigningKeyError(f"{path}: not a bundle-signing public key (64 hex digits): {error}") from None
+        raise SigningKeyError(f"{path}: not a {purpose} public key (64 hex digits): {error}") from None
     if len(public) != 32:
         raise SigningKeyError(f"{path}: holds {len(public)} bytes; an Ed25519 public key is 32")
     return public

@@ -169,12 +169,17 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_manifest(args: argparse.Namespace) -> int:
     """The data owner's step before ``flwr run``: what the server may know of the federation."""
+    import dataclasses
+
     from recsys_core.federated.config import FederatedConfig
+    from recsys_core.secure_aggregation.identity import read_authority_key
     from server.simulate import validate_before_start
 
     config = FederatedConfig.from_dict(_config_values(args, SIMULATE_FLAGS))
     with console.status(f"Reading {config.data.dataset} to describe its federation"):
         manifest = validate_before_start(config, run=False).manifest(config.data.dataset)
+    if args.device_authority:
+        manifest = dataclasses.replace(manifest, device_authority=read_authority_key(args.device_authority).hex())
     path = manifest.write(args.output)
     console.print(f"Federation manifest: [bold]{path}[/] ({manifest.num_partitions} devices, {manifest.n_items} "
                   f"items, at most {manifest.max_training_rows} training rows on a device). Hand it to the server: "
@@ -339,11 +344,13 @@ def command_deploy(args: argparse.Namespace) -> int:
     hosts = args.host or ["127.0.0.1", "localhost"]
     credentials = make_credentials(args.output_dir, hosts, args.supernodes)
     folder = credentials.ca_certificate.parent
-    console.print(f"Wrote a CA, a SuperLink certificate for {', '.join(hosts)} and {args.supernodes} "
-                  f"SuperNode key pairs to {folder}.")
-    console.print("Next: give superlink.crt/.key and ca.crt to the SuperLink, ca.crt and one supernode-N "
-                  "private key to each SuperNode, and register each supernode-N.pub with "
-                  "`flwr supernode register` (docs/deployment.md). Keep ca.key offline.")
+    console.print(f"Wrote a CA, a SuperLink certificate for {', '.join(hosts)}, {args.supernodes} SuperNode key "
+                  f"pairs, a device authority and {args.supernodes} device identities it certified to {folder}.")
+    console.print("Next: give superlink.crt/.key and ca.crt to the SuperLink; to each SuperNode ca.crt, one "
+                  "supernode-N private key, its supernode-N.identity and device-authority.pub (node config "
+                  "identity-path and device-authority); register each supernode-N.pub with "
+                  "`flwr supernode register`; put device-authority.pub in the federation manifest "
+                  "(docs/deployment.md). Keep ca.key and device-authority.key away from the server.")
     return 0
 
 
@@ -444,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--data-dir", help="folder holding datasets (default: $FEDREC_DATA_DIR)")
     manifest.add_argument("--audit-canaries", type=int, metavar="M", help="plant M canary interactions")
     manifest.add_argument("--output", default="federation.json", help="where to write it (default: federation.json)")
+    manifest.add_argument("--device-authority", metavar="FILE",
+                          help="device-authority.pub from fedrec deploy certs: the server then registers only "
+                               "devices it enrolled for secure aggregation")
     manifest.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     manifest.set_defaults(handler=command_manifest)
 

@@ -10,6 +10,11 @@
   refused by ``flower-supernode``);
 * ``bundle-signing.key`` / ``bundle-signing.pub``: the Ed25519 key pair that signs the
   model bundles devices load (:mod:`recsys_core.bundle_signing`); apps pin the public half.
+* ``device-authority.key`` / ``device-authority.pub``: the Ed25519 authority that enrols
+  devices for secure aggregation (:mod:`recsys_core.secure_aggregation.identity`); every
+  SuperNode pins the public half, and the federation manifest names it. Keep the private
+  half away from the server: whoever holds it can enrol devices.
+* ``supernode-N.identity``: each SuperNode's device identity, certified by that authority.
 
 Private keys are written with mode 0600. Existing files are never overwritten: a
 deployment's CA or node keys are not recreated by accident.
@@ -31,10 +36,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from recsys_core.bundle_signing import generate_signing_key, private_key_bytes, public_key_text
 from recsys_core.errors import FedrecError
+from recsys_core.secure_aggregation.identity import DeviceAuthority, write_authority_key
 
 CA_DAYS = 3650
 BUNDLE_SIGNING_KEY = "bundle-signing.key"
 BUNDLE_PUBLIC_KEY = "bundle-signing.pub"
+DEVICE_AUTHORITY_KEY = "device-authority.key"
+DEVICE_AUTHORITY_PUBLIC_KEY = "device-authority.pub"
 SERVER_DAYS = 825
 
 
@@ -49,6 +57,9 @@ class DeploymentCredentials:
     supernode_public_keys: tuple[Path, ...]
     bundle_signing_key: Path
     bundle_public_key: Path
+    device_authority_key: Path
+    device_authority_public_key: Path
+    supernode_identities: tuple[Path, ...]
 
 
 def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: int) -> DeploymentCredentials:
@@ -58,8 +69,10 @@ def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: i
     if supernodes < 0:
         raise FedrecError(f"deploy certs: --supernodes must not be negative, got {supernodes}")
     folder = Path(output_dir)
-    names = ["ca.crt", "ca.key", "superlink.crt", "superlink.key", BUNDLE_SIGNING_KEY, BUNDLE_PUBLIC_KEY]
-    names += [name for i in range(supernodes) for name in (f"supernode-{i}", f"supernode-{i}.pub")]
+    names = ["ca.crt", "ca.key", "superlink.crt", "superlink.key", BUNDLE_SIGNING_KEY, BUNDLE_PUBLIC_KEY,
+             DEVICE_AUTHORITY_KEY, DEVICE_AUTHORITY_PUBLIC_KEY]
+    names += [name for i in range(supernodes)
+              for name in (f"supernode-{i}", f"supernode-{i}.pub", f"supernode-{i}.identity")]
     existing = [name for name in names if (folder / name).exists()]
     if existing:
         raise FedrecError(f"deploy certs: {folder} already holds {', '.join(existing)}; refusing to overwrite "
@@ -100,8 +113,13 @@ def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: i
     signing_key = generate_signing_key()
     _write(folder / BUNDLE_SIGNING_KEY, private_key_bytes(signing_key), private=True)
     _write(folder / BUNDLE_PUBLIC_KEY, public_key_text(signing_key).encode("ascii"))
-    private_keys, public_keys = [], []
+    authority = DeviceAuthority.generate()
+    _write(folder / DEVICE_AUTHORITY_KEY, authority.private_key.hex().encode("ascii") + b"\n", private=True)
+    write_authority_key(folder / DEVICE_AUTHORITY_PUBLIC_KEY, authority.public_key)
+    private_keys, public_keys, identities = [], [], []
     for index in range(supernodes):
+        authority.issue().write(folder / f"supernode-{index}.identity")
+        identities.append(folder / f"supernode-{index}.identity")
         node_key = ec.generate_private_key(ec.SECP384R1())
         private_path, public_path = folder / f"supernode-{index}", folder / f"supernode-{index}.pub"
         _write(private_path, node_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
@@ -112,7 +130,8 @@ def make_credentials(output_dir: str | Path, hosts: Sequence[str], supernodes: i
         public_keys.append(public_path)
     return DeploymentCredentials(folder / "ca.crt", folder / "superlink.crt", folder / "superlink.key",
                                  tuple(private_keys), tuple(public_keys), folder / BUNDLE_SIGNING_KEY,
-                                 folder / BUNDLE_PUBLIC_KEY)
+                                 folder / BUNDLE_PUBLIC_KEY, folder / DEVICE_AUTHORITY_KEY,
+                                 folder / DEVICE_AUTHORITY_PUBLIC_KEY, tuple(identities))
 
 
 def _subject_alternative_name(host: str) -> x509.GeneralName:

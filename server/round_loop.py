@@ -290,7 +290,12 @@ class RoundLoop(ABC):
         if config.secure_aggregation.enabled:
             summary["secure_aggregation"] = {
                 "rounds_failed": sum(r.status == "failed" for r in rounds),
-                "clipped_coordinates_total": sum(r.clipped_coordinates or 0 for r in rounds)}
+                "clipped_coordinates_total": sum(r.clipped_coordinates or 0 for r in rounds),
+                # Devices that pin the authority refuse keys it does not vouch for; without one, every
+                # device trusts the server to relay its neighbours' keys unchanged.
+                "device_keys": ("certified by device authority " + self.manifest.device_authority
+                                if self.manifest.device_authority else
+                                "NOT authenticated: the server is trusted to relay devices' keys unchanged")}
         write_bundle(self.run_directory.path / "final-model", ModelBundle(
             config.model.name, dataclass_to_dict(initial.config), initial.catalog.n_items, shared,
             {"rounds": config.server.rounds, "seed": config.seed, "dataset": config.data.dataset},

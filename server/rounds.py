@@ -181,7 +181,7 @@ class FederatedRun(RoundLoop):
 
     def connect(self) -> list[int]:
         if self.config.secure_aggregation.enabled:
-            self.secure = SecureAggregator(self.config, self.run_directory.path.name)
+            self.secure = SecureAggregator(self.config, self.run_directory.path.name, self.manifest.authority_key())
             self.most_training_rows, self.most_users = self.manifest.max_training_rows, self.manifest.max_users
         self.discover(self._grid(), self.manifest.num_partitions)
         return list(self.partition_to_node)
@@ -218,7 +218,8 @@ class FederatedRun(RoundLoop):
             self.partition_to_node[partition] = reply.metadata.src_node_id
             answered.add(partition)
             if self.secure is not None:
-                self.secure.register(reply.metadata.src_node_id, reply.content[CONFIG_RECORD].get(PUBLIC_KEY_KEY))
+                registration = reply.content.config_records.get(CONFIG_RECORD, ConfigRecord())
+                self.secure.register(reply.metadata.src_node_id, registration.get(PUBLIC_KEY_KEY), registration)
         return answered
 
     def report(self, exchange: str, done: int, total: int) -> None:

@@ -8,7 +8,12 @@ exchange that names its reason. It never holds one device's values.
 
 Public keys are registered once per run, when the server discovers its nodes; a device
 whose key changed (it restarted) sends its new key instead of a contribution, is
-counted as a failure for that round and is registered again.
+counted as a failure for that round and is registered again. When the federation's
+devices are enrolled (the manifest names a device authority), a key arrives with its
+endorsement, which the server relays to the device's neighbours; a key the authority does
+not vouch for is not registered, so that device cannot join a secure round. The server's
+check is for the run's sake (one uncertified neighbour makes honest devices refuse the
+round); the guarantee rests on each device checking its neighbours itself.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +43,7 @@ from recsys_core.federated.wire import (
     TrainReply,
 )
 from recsys_core.secure_aggregation.fixed_point import OutOfRangeSumError
+from recsys_core.secure_aggregation.identity import KeyAuthenticationError, KeyEndorsement, endorsement_problem
 from recsys_core.secure_aggregation.keys import PUBLIC_KEY_BYTES
 from recsys_core.secure_aggregation.layout import VectorLayout
 from recsys_core.secure_aggregation.neighbours import default_threshold, neighbour_graph, plan_degree
@@ -128,15 +134,38 @@ class SecureAggregator:
 
     config: FederatedConfig
     run_name: str
+    #: The federation's device authority (the manifest's): keys it does not vouch for are refused.
+    authority: bytes | None = None
     public_keys: dict[int, bytes] = field(default_factory=dict)
+    endorsements: dict[int, KeyEndorsement] = field(default_factory=dict)
+    #: Node id -> why its key was not registered.
+    refused: dict[int, str] = field(default_factory=dict)
     #: Fresh per server process, so a resumed run never masks twice with the same keystream.
     session: str = field(default_factory=lambda: os.urandom(8).hex())
 
-    def register(self, node_id: int, public_key: object) -> None:
-        if isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_BYTES:
-            self.public_keys[node_id] = public_key
-        else:
+    def register(self, node_id: int, public_key: object, registration: Mapping[str, Any] | None = None) -> None:
+        """Registers a device's agreement key and the ``registration``'s endorsement of it, if vouched for."""
+        self.public_keys.pop(node_id, None)
+        self.endorsements.pop(node_id, None)
+        if not (isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_BYTES):
+            self.refused[node_id] = "no valid public key"
             logger.warning("node %s sent no valid public key; it cannot take part in secure aggregation", node_id)
+            return
+        malformed: str | None = None
+        try:
+            endorsement = KeyEndorsement.from_wire(registration or {})
+        except KeyAuthenticationError as error:
+            endorsement, malformed = None, str(error)
+        if self.authority is not None:
+            problem = malformed or endorsement_problem(self.authority, node_id, public_key, endorsement)
+            if problem is not None:
+                self.refused[node_id] = f"key not certified: {problem}"
+                logger.warning("node %s cannot take part in secure aggregation: %s", node_id, problem)
+                return
+        self.refused.pop(node_id, None)
+        self.public_keys[node_id] = public_key
+        if endorsement is not None:
+            self.endorsements[node_id] = endorsement
 
     def exchange(self, grid: Grid, messages: list[Message], layout: VectorLayout, purpose: str,
                  server_round: int, weight_scale: float = 1.0,
@@ -151,7 +180,8 @@ class SecureAggregator:
         exchange_id = f"{self.run_name}/{self.session}/{purpose}"
         nodes = [message.metadata.dst_node_id for message in messages]
         unregistered = [node for node in nodes if node not in self.public_keys]
-        failures = [{"node": node, "reason": "no registered public key"} for node in unregistered]
+        failures = [{"node": node, "reason": self.refused.get(node, "no registered public key")}
+                    for node in unregistered]
         messages = [message for message in messages if message.metadata.dst_node_id in self.public_keys]
         nodes = [message.metadata.dst_node_id for message in messages]
         if len(nodes) < 2:
@@ -167,7 +197,8 @@ class SecureAggregator:
                                         self.public_keys[node], layout, weight_scale)
             content = RecordDict({**dict(message.content.items()),
                                   SECURE_ARRAYS_RECORD: _record(encode_neighbours(
-                                      {other: self.public_keys[other] for other in graph[node]})),
+                                      {other: self.public_keys[other] for other in graph[node]},
+                                      self.endorsements)),
                                   SECURE_CONFIG_RECORD: ConfigRecord(settings.to_wire())})
             sent.append(Message(content, dst_node_id=node, message_type=message.metadata.message_type))
         timeout = self.config.server.round_timeout
@@ -223,7 +254,7 @@ class SecureAggregator:
             return "declined"
         config = reply.content.config_records.get(CONFIG_RECORD, ConfigRecord())
         if PUBLIC_KEY_KEY in config:
-            self.register(reply.metadata.src_node_id, config[PUBLIC_KEY_KEY])
+            self.register(reply.metadata.src_node_id, config[PUBLIC_KEY_KEY], config)
             return "the device's key changed (it restarted); registered its new key for the next round"
         if SECURE_ARRAYS_RECORD not in reply.content:
             return "reply carries no masked contribution"

@@ -8,6 +8,7 @@ same devices' code in this process.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -26,6 +27,7 @@ from recsys_core.federated.manifest import MANIFEST_FILE
 from recsys_core.federated.wire import DEVICE_STATE_DIR_ENV
 from recsys_core.models import warn_if_weights_ignored
 from recsys_core.run_records import write_json
+from recsys_core.secure_aggregation.identity import SIMULATED_IDENTITIES, enrol_simulated_devices
 from recsys_core.training import popularity_test_metrics, require_evaluable
 from server import message_delivery
 from server.round_loop import require_test_metrics
@@ -76,6 +78,11 @@ def provision_federation(config: FederatedConfig, directory: RunDirectory, data:
     """
     path = directory.path / MANIFEST_FILE
     manifest = data.manifest(config.data.dataset)
+    if config.secure_aggregation.enabled:
+        # The in-process device authority: every partition gets a certified identity; the server gets
+        # only the authority's public key, through the manifest.
+        authority = enrol_simulated_devices(directory.devices / SIMULATED_IDENTITIES, data.num_devices)
+        manifest = dataclasses.replace(manifest, device_authority=authority.hex())
     if not path.exists():
         manifest.write(path)
     elif not manifest.written_at(path):

@@ -12,7 +12,10 @@ came from users, and how:
 - ``max_training_rows`` and ``max_users``: public bounds on one device's rows and users,
   by which secure aggregation scales example weights and metric sums (a device above the
   bound is clipped to it, never trusted beyond it);
-- ``canaries``: the audit's canary plan, when the data owner planted canaries.
+- ``canaries``: the audit's canary plan, when the data owner planted canaries;
+- ``device_authority``: the public key (hex) of the authority that enrolled the devices
+  (:mod:`recsys_core.secure_aggregation.identity`), or empty. The server refuses to register
+  a device whose key it does not vouch for; each device checks its neighbours itself.
 
 It is written once, by the data owner or the simulation launcher (``fedrec simulate``
 writes ``RUN_DIR/federation.json``; ``fedrec manifest`` writes one for ``flwr run``).
@@ -55,6 +58,7 @@ class FederationManifest:
     #: One row of public features per item, or empty.
     item_features: tuple[tuple[float, ...], ...] = ()
     canaries: dict[str, Any] | None = None
+    device_authority: str = ""
     format: int = MANIFEST_FORMAT
 
     @property
@@ -74,7 +78,20 @@ class FederationManifest:
                 len(row) != len(self.item_feature_names) for row in self.item_features)):
             raise ManifestError(f"item_features must hold {self.n_items} rows of {len(self.item_feature_names)} "
                                 "values (one per feature name)")
+        try:
+            self.authority_key()
+        except ValueError as error:
+            raise ManifestError(f"device_authority: {error}") from None
         return self
+
+    def authority_key(self) -> bytes | None:
+        """The device authority's raw Ed25519 public key, None when the devices are not enrolled."""
+        if not self.device_authority:
+            return None
+        key = bytes.fromhex(self.device_authority)
+        if len(key) != 32:
+            raise ValueError(f"must be 64 hex digits (an Ed25519 public key), got {len(self.device_authority)}")
+        return key
 
     def features_array(self) -> np.ndarray | None:
         return np.asarray(self.item_features, dtype=np.float32) if self.item_features else None

@@ -33,6 +33,10 @@ EVALUATION_PART_KEY = "evaluation-part"
 #: for the simulated devices it starts (``fedrec simulate``: ``RUN_DIR/devices``).
 DEVICE_STATE_DIR_NODE_KEY = "state-dir"
 DEVICE_STATE_DIR_ENV = "FEDREC_DEVICE_STATE_DIR"
+#: A SuperNode's certified identity (``fedrec deploy certs`` writes ``supernode-N.identity``) and the
+#: device authority it pins (``device-authority.pub``): node config keys, the device's own settings.
+IDENTITY_PATH_NODE_KEY = "identity-path"
+DEVICE_AUTHORITY_NODE_KEY = "device-authority"
 
 PARTITION_KEY = "partition-id"
 DECLINED_KEY = "declined"

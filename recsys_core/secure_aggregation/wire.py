@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_core.secure_aggregation.identity import IDENTITY_KEY_BYTES, SIGNATURE_BYTES, KeyEndorsement
 from recsys_core.secure_aggregation.keys import NONCE_BYTES, PUBLIC_KEY_BYTES, SEED_BYTES
 from recsys_core.secure_aggregation.layout import VectorLayout
 from recsys_core.secure_aggregation.protocol import MaskedContribution, UnmaskRequest, UnmaskResponse
@@ -95,10 +96,19 @@ def _rows(arrays: Arrays, name: str, width: int, count: int) -> list[bytes]:
     return [row.tobytes() for row in rows]
 
 
-def encode_neighbours(neighbour_keys: dict[int, bytes]) -> Arrays:
+def encode_neighbours(neighbour_keys: Mapping[int, bytes],
+                      endorsements: Mapping[int, KeyEndorsement] | None = None) -> Arrays:
+    """The neighbours' ids and keys, and what vouches for each key when every neighbour has an endorsement."""
     ordered = sorted(neighbour_keys)
-    return {"neighbour-ids": node_ids(ordered),
-            "neighbour-keys": byte_rows([neighbour_keys[n] for n in ordered], PUBLIC_KEY_BYTES)}
+    arrays = {"neighbour-ids": node_ids(ordered),
+              "neighbour-keys": byte_rows([neighbour_keys[n] for n in ordered], PUBLIC_KEY_BYTES)}
+    if endorsements is not None and all(n in endorsements for n in ordered):
+        arrays["neighbour-identity-keys"] = byte_rows([endorsements[n].identity_key for n in ordered],
+                                                      IDENTITY_KEY_BYTES)
+        arrays["neighbour-certificates"] = byte_rows([endorsements[n].certificate for n in ordered], SIGNATURE_BYTES)
+        arrays["neighbour-key-signatures"] = byte_rows([endorsements[n].signature for n in ordered],
+                                                       SIGNATURE_BYTES)
+    return arrays
 
 
 def decode_neighbours(arrays: Arrays) -> dict[int, bytes]:
@@ -106,6 +116,18 @@ def decode_neighbours(arrays: Arrays) -> dict[int, bytes]:
     if len(set(ids)) != len(ids):
         raise ValueError("secure aggregation field 'neighbour-ids' repeats a node")
     return dict(zip(ids, _rows(arrays, "neighbour-keys", PUBLIC_KEY_BYTES, len(ids))))
+
+
+def decode_endorsements(arrays: Arrays) -> dict[int, KeyEndorsement]:
+    """Neighbour id -> the endorsement of its key; empty when the server sent none."""
+    if "neighbour-identity-keys" not in arrays:
+        return {}
+    ids = _ids(arrays, "neighbour-ids")
+    identity_keys = _rows(arrays, "neighbour-identity-keys", IDENTITY_KEY_BYTES, len(ids))
+    certificates = _rows(arrays, "neighbour-certificates", SIGNATURE_BYTES, len(ids))
+    signatures = _rows(arrays, "neighbour-key-signatures", SIGNATURE_BYTES, len(ids))
+    return {node: KeyEndorsement(key, certificate, signature)
+            for node, key, certificate, signature in zip(ids, identity_keys, certificates, signatures)}
 
 
 def encode_contribution(contribution: MaskedContribution) -> Arrays:

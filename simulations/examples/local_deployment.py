@@ -4,15 +4,18 @@
 
 What it does, as docs/deployment.md and docs/client-sdk.md describe:
 
-1. ``fedrec deploy certs``: a CA, the SuperLink's certificate, one key pair per SuperNode.
+1. ``fedrec deploy certs``: a CA, the SuperLink's certificate, one key pair per SuperNode,
+   and a device authority that certifies one device identity per SuperNode.
 2. Starts ``flower-superlink`` with TLS and node authentication on 127.0.0.1.
 3. Registers the SuperNodes' public keys with ``flwr supernode register``.
 4. Sets up three app devices: each has an encrypted SDK store where the "app" recorded
    its user's purchases, and the current global model bundle.
-5. Starts one SuperNode per device with ``store-path``, ``store-key-file`` and
-   ``bundle-path`` in its node config: the ClientApp trains on what the app recorded.
+5. Starts one SuperNode per device with ``store-path``, ``store-key-file``, ``bundle-path``,
+   ``identity-path`` and ``device-authority`` in its node config: the ClientApp trains on what
+   the app recorded, and masks only with neighbours whose keys the authority vouches for.
 6. Writes the federation manifest from the app's catalogue alone (no interaction is read:
-   the devices' feedback stays in their stores), then ``flwr run`` with secure aggregation;
+   the devices' feedback stays in their stores) and the authority's public key, then
+   ``flwr run`` with secure aggregation;
    each device then loads the new global model and recommends, on the device.
 
 Every process is stopped (by process tree) when it ends, also on errors.
@@ -21,6 +24,7 @@ Every process is stopped (by process tree) when it ends, also on errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -46,7 +50,9 @@ from recsys_core.data.synthetic import SyntheticConfig
 from recsys_core.federated.data import load_federated_data
 from recsys_core.federated.manifest import MANIFEST_FILE, FederationManifest
 from recsys_core.federated.state import state_to_arrays
+from recsys_core.federated.wire import DEVICE_AUTHORITY_NODE_KEY, IDENTITY_PATH_NODE_KEY
 from recsys_core.models import CatalogInfo, build_model
+from recsys_core.secure_aggregation.identity import read_authority_key
 from recsys_core.training import seeded
 from server.deploy import make_credentials
 
@@ -227,10 +233,16 @@ def initial_bundle(folder: Path, signing_key: Path | None = None) -> Path:
                         None if signing_key is None else load_signing_key(signing_key))
 
 
-def federation_manifest(folder: Path, bundle: Path, devices: int) -> Path:
-    """The manifest the server reads, from the app's catalogue and declared bounds: no interaction at all."""
+def federation_manifest(folder: Path, bundle: Path, devices: int, device_authority: Path | None = None) -> Path:
+    """The manifest the server reads, from the app's catalogue and declared bounds: no interaction at all.
+
+    ``device_authority``: the deployment's ``device-authority.pub``; the server then registers only
+    keys that an identity it certified endorses.
+    """
     manifest = FederationManifest.from_bundle_catalog("app", read_bundle(bundle).catalog, num_partitions=devices,
                                                       max_training_rows=MAX_TRAINING_ROWS)
+    if device_authority is not None:
+        manifest = dataclasses.replace(manifest, device_authority=read_authority_key(device_authority).hex())
     return manifest.write(folder / MANIFEST_FILE)
 
 
@@ -252,12 +264,18 @@ def app_device(folder: Path, index: int, bundle: Path, rng: np.random.Generator,
     return settings
 
 
-def start_app_supernodes(deployment: LocalDeployment, bundle: Path, count: int) -> list[subprocess.Popen]:
-    """``count`` app devices (encrypted stores, the signed ``bundle``, the bundle key pinned), each a SuperNode."""
+def start_app_supernodes(deployment: LocalDeployment, bundle: Path, count: int,
+                         enrolments: dict[int, tuple[Path, Path]] | None = None) -> list[subprocess.Popen]:
+    """``count`` app devices (encrypted stores, the signed ``bundle``, the bundle key pinned), each a SuperNode
+    with its certified identity and the device authority pinned: the deployment's, or for the indices in
+    ``enrolments`` another (identity file, authority public key file)."""
     credentials, rng = deployment.credentials, np.random.default_rng(0)
     nodes = []
     for index in range(count):
         settings = app_device(deployment.folder, index, bundle, rng, credentials.bundle_public_key)
+        identity, authority = (enrolments or {}).get(
+            index, (credentials.supernode_identities[index], credentials.device_authority_public_key))
+        settings.update({IDENTITY_PATH_NODE_KEY: str(identity), DEVICE_AUTHORITY_NODE_KEY: str(authority)})
         node_config = " ".join([f"partition-id={index} num-partitions={count}",
                                 *(f'{key}="{value}"' for key, value in settings.items())])
         nodes.append(deployment.supernode(f"supernode-{index}", credentials.supernode_private_keys[index],
@@ -285,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         start_app_supernodes(deployment, bundle, devices)
         print(f"4-5. {devices} app devices with encrypted stores joined as SuperNodes")
         run_dir = folder / "run"
-        manifest = federation_manifest(folder, bundle, devices)
+        manifest = federation_manifest(folder, bundle, devices, credentials.device_authority_public_key)
         result = deployment.run(run_config(folder, args.rounds, devices), manifest, run_dir)
         # `flwr run --stream` exits 0 whatever the ServerApp did; the run directory says whether it succeeded.
         summary_file = run_dir / "summary.json"

@@ -164,6 +164,19 @@ def test_manifest_writes_what_the_server_may_know_and_says_how_to_pass_it(
     manifest = read_manifest(output)
     assert manifest.num_partitions == 60 and manifest.n_items == 80 and manifest.canaries is None
     assert f'manifest="{output}"' in capsys.readouterr().out.replace("\n", "")
+    assert manifest.authority_key() is None
+    # With the deployment's device authority, the server will register only the devices it enrolled.
+    from recsys_core.secure_aggregation.identity import DeviceAuthority, write_authority_key
+
+    authority = DeviceAuthority.generate()
+    write_authority_key(tmp_path / "device-authority.pub", authority.public_key)
+    assert main(["manifest", "--dataset", "synthetic", "--output", str(output), *TINY_SYNTHETIC[:4],
+                 "--device-authority", str(tmp_path / "device-authority.pub")]) == 0
+    assert read_manifest(output).authority_key() == authority.public_key
+    (tmp_path / "device-authority.pub").write_text("not hex\n")
+    assert main(["manifest", "--dataset", "synthetic", "--output", str(output), *TINY_SYNTHETIC[:4],
+                 "--device-authority", str(tmp_path / "device-authority.pub")]) == 2
+    assert "not a device-authority public key" in capsys.readouterr().err
 
 
 def test_a_model_chosen_by_name_starts_from_its_tuned_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

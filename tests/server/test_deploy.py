@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from recsys_core.bundle_signing import load_public_key, load_signing_key, public_key_text
 from recsys_core.errors import FedrecError
+from recsys_core.secure_aggregation.identity import DeviceAuthority, DeviceIdentity, read_authority_key
 from server.cli import main
 from server.deploy import make_credentials
 
@@ -30,12 +31,18 @@ def test_credentials_chain_to_the_ca_and_name_every_host(tmp_path: Path) -> None
         public = serialization.load_ssh_public_key(public_path.read_bytes())
         assert private.public_key().public_numbers() == public.public_numbers()
     for private_path in (credentials.superlink_key, tmp_path / "ca.key", *credentials.supernode_private_keys,
-                         credentials.bundle_signing_key):
+                         credentials.bundle_signing_key, credentials.device_authority_key,
+                         *credentials.supernode_identities):
         assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
     # The bundle-signing pair: the public half is what apps pin.
     signing = load_signing_key(credentials.bundle_signing_key)
     assert public_key_text(signing).strip() == credentials.bundle_public_key.read_text().strip()
     assert load_public_key(credentials.bundle_public_key) == bytes.fromhex(public_key_text(signing))
+    # The device authority: each SuperNode's identity is certified by it, and the identities differ.
+    authority = read_authority_key(credentials.device_authority_public_key)
+    assert DeviceAuthority(bytes.fromhex(credentials.device_authority_key.read_text())).public_key == authority
+    identities = [DeviceIdentity.read(path, authority) for path in credentials.supernode_identities]
+    assert len({identity.public_key for identity in identities}) == 2
 
 
 def test_existing_credentials_are_never_overwritten(tmp_path: Path, capsys) -> None:

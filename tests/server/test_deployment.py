@@ -23,6 +23,7 @@ from client.sdk.device import Device
 from client.sdk.store import KeySource
 from recsys_core.bundle import BundleError, read_bundle, write_bundle
 from recsys_core.bundle_signing import load_public_key
+from recsys_core.secure_aggregation.identity import DeviceAuthority, write_authority_key
 from simulations.examples.local_deployment import (
     LocalDeployment,
     federation_manifest,
@@ -65,7 +66,8 @@ def test_a_tls_deployment_with_authenticated_app_devices_runs_secure_aggregation
     run_dir = folder / "run"
     config = run_config(folder, rounds=2, clients=NODES, interactions=hidden / "log.csv")
     try:
-        result = deployment.run(config, federation_manifest(folder, bundle, NODES), run_dir)
+        result = deployment.run(config, federation_manifest(folder, bundle, NODES,
+                                                            credentials.device_authority_public_key), run_dir)
     finally:
         hidden.chmod(0o700)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -76,6 +78,7 @@ def test_a_tls_deployment_with_authenticated_app_devices_runs_secure_aggregation
     assert all(record["participants"] == NODES for record in rounds)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["secure_aggregation"]["rounds_failed"] == 0 and 0 <= summary["test"]["full/ndcg@10"] <= 1
+    assert summary["secure_aggregation"]["device_keys"].startswith("certified by device authority")
     # The device trained on its store: its private parameters are there now, and it ranks with the new model.
     device = Device.open(folder / "device-0.store", KeySource.from_app_key(bytes.fromhex(
         (folder / "device-0.key").read_text())), trusted_bundle_keys=[load_public_key(credentials.bundle_public_key)])
@@ -124,3 +127,29 @@ def test_a_dead_supernode_is_counted_once_left_out_and_the_secure_rounds_go_on(d
     assert [record["sampled"] for record in rounds] == [NODES, NODES, NODES - 1, NODES - 1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test"] and summary["failures_total"] == 1
+
+
+def test_a_supernode_whose_identity_the_device_authority_did_not_certify_cannot_join_a_secure_round(
+        deployment, tmp_path: Path) -> None:
+    """Node 2 is a registered SuperNode (its TLS and node key are fine) whose device identity was certified by
+    another authority (say one the server made): it is not registered for secure aggregation, and the two
+    certified devices aggregate without it."""
+    credentials, folder = deployment.credentials, deployment.folder
+    deployment.start_superlink()
+    for public_key in credentials.supernode_public_keys[:NODES]:
+        deployment.register(public_key)
+    bundle = initial_bundle(folder / "initial-model", credentials.bundle_signing_key)
+    rogue_authority = DeviceAuthority.generate()
+    rogue_authority.issue().write(tmp_path / "rogue.identity")
+    write_authority_key(tmp_path / "rogue-authority.pub", rogue_authority.public_key)
+    start_app_supernodes(deployment, bundle, NODES,
+                         {NODES - 1: (tmp_path / "rogue.identity", tmp_path / "rogue-authority.pub")})
+    run_dir = folder / "run"
+    result = deployment.run(run_config(folder, rounds=1, clients=NODES),
+                            federation_manifest(folder, bundle, NODES, credentials.device_authority_public_key),
+                            run_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (record,) = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert record["status"] == "aggregated" and record["participants"] == NODES - 1, record
+    assert [(f["partition"], f["reason"].split(":")[0]) for f in record["failures"]] == [(2, "key not certified")]
+    assert json.loads((run_dir / "summary.json").read_text())["test"]

@@ -7,6 +7,7 @@ No Ray here: a fake grid hands each message to a device object that answers with
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,10 +15,23 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.secure_aggregation import add_masked, device_keys, unmask_record
+from client.secure_aggregation import add_masked, device_keys, key_registration, unmask_record
 from recsys_core.federated.config import FederatedConfig
-from recsys_core.federated.wire import CONFIG_RECORD, METRICS_RECORD, SECURE_ARRAYS_RECORD, UNMASK_MESSAGE_TYPE
+from recsys_core.federated.wire import (
+    CONFIG_RECORD,
+    DEVICE_AUTHORITY_NODE_KEY,
+    IDENTITY_PATH_NODE_KEY,
+    METRICS_RECORD,
+    PUBLIC_KEY_KEY,
+    SECURE_ARRAYS_RECORD,
+    UNMASK_MESSAGE_TYPE,
+)
+from recsys_core.secure_aggregation.identity import DeviceAuthority, write_authority_key
+from recsys_core.secure_aggregation.keys import SEED_BYTES, DeviceKeys, decrypt_share, round_key, share_context
 from recsys_core.secure_aggregation.layout import Segment, VectorLayout
+from recsys_core.secure_aggregation.masks import mask_vector, subtract_mod
+from recsys_core.secure_aggregation.shamir import Share, recover_secret
+from recsys_core.secure_aggregation.wire import decode_contribution
 from server.secure_aggregation import SecureAggregator
 
 LAYOUT = VectorLayout((Segment("update/w", 50, 1.0), Segment("weight", 1, 1.0)))
@@ -35,11 +49,13 @@ class Device:
     node_id: int
     values: np.ndarray
     behaviour: str = "honest"
+    node_config: dict = dataclasses.field(default_factory=dict)
     context: Context = dataclasses.field(init=False)
     last_masked: ArrayRecord | None = None
 
     def __post_init__(self) -> None:
-        self.context = Context(run_id=1, node_id=self.node_id, node_config={}, state=RecordDict(), run_config={})
+        self.context = Context(run_id=1, node_id=self.node_id, node_config=self.node_config, state=RecordDict(),
+                               run_config={})
 
     def answer(self, message: Message):
         try:
@@ -92,16 +108,30 @@ class FakeGrid:
         return replies
 
 
-def federation(count: int = 10, seed: int = 0, **behaviours: str):
+def federation(count: int = 10, seed: int = 0, enrolled_in: Path | None = None, **behaviours: str):
+    """``count`` devices; with ``enrolled_in``, each holds an identity certified by an authority it pins there."""
     rng = np.random.default_rng(seed)
-    devices = [Device(2**62 + 7 * i, rng.uniform(-0.9, 0.9, 50)) for i in range(count)]
+    authority = DeviceAuthority.generate() if enrolled_in is not None else None
+    devices = [Device(2**62 + 7 * i, rng.uniform(-0.9, 0.9, 50), node_config=enrolment(enrolled_in, authority, i))
+               for i in range(count)]
     for index, behaviour in behaviours.items():
         devices[int(index.removeprefix("d"))].behaviour = behaviour
     config = FederatedConfig.from_dict({"secure_aggregation": {"enabled": True, "degree": count - 1}})
-    aggregator = SecureAggregator(config, "test-run")
+    aggregator = SecureAggregator(config, "test-run", None if authority is None else authority.public_key)
     for device in devices:
-        aggregator.register(device.node_id, device_keys(device.context).public_key)
+        registration = key_registration(device.context)
+        aggregator.register(device.node_id, registration[PUBLIC_KEY_KEY], registration)
     return devices, aggregator, FakeGrid(devices)
+
+
+def enrolment(folder: Path | None, authority: DeviceAuthority | None, index: int) -> dict:
+    """A device's node config naming its certified identity and the authority it pins (as a SuperNode's would)."""
+    if folder is None or authority is None:
+        return {}
+    write_authority_key(folder / "device-authority.pub", authority.public_key)
+    authority.issue().write(folder / f"device-{index}.identity")
+    return {DEVICE_AUTHORITY_NODE_KEY: str(folder / "device-authority.pub"),
+            IDENTITY_PATH_NODE_KEY: str(folder / f"device-{index}.identity")}
 
 
 def train_messages(devices: list[Device]) -> list[Message]:
@@ -224,3 +254,101 @@ def test_too_few_contributions_are_never_unmasked() -> None:
     assert result.gate == ("discarded", "9 updates, fewer than 10") and result.total is None
     assert result.failure == "9 updates, fewer than 10; nothing was unmasked"
     assert not unmask_messages(grid)  # no device was asked to reveal anything
+
+
+# -- key substitution (issue 23, attack 1) ------------------------------------------------------------------------
+
+def substitute_keys(aggregator: SecureAggregator, devices: list[Device], victim: Device) -> dict[int, DeviceKeys]:
+    """The server registers key pairs of its own for every device but ``victim`` (keeping their endorsements)."""
+    own = {d.node_id: DeviceKeys.generate() for d in devices if d is not victim}
+    for node, keys in own.items():
+        aggregator.public_keys[node] = keys.public_key
+    return own
+
+
+def recover_victim(aggregator: SecureAggregator, grid: FakeGrid, victim: Device, own: dict[int, DeviceKeys],
+                   server_round: int) -> np.ndarray | None:
+    """What the key-substituting server computes from the victim's masked reply alone, or None without one."""
+    reply = next(r for m, r in reversed(list(zip(grid.sent, grid.received)))
+                 if m.metadata.dst_node_id == victim.node_id and m.metadata.message_type == "train")
+    if reply.has_error() or SECURE_ARRAYS_RECORD not in reply.content:
+        return None
+    contribution = decode_contribution({n: a.numpy() for n, a in reply.content[SECURE_ARRAYS_RECORD].items()})
+    exchange_id, victim_key = f"test-run/{aggregator.session}/train", device_keys(victim.context).public_key
+    secrets = {node: keys.agree(victim_key) for node, keys in own.items()}
+    shares = [Share.from_bytes(decrypt_share(
+        round_key(secret, "share-encryption", exchange_id, server_round, victim.node_id, node),
+        contribution.encrypted_shares[node], share_context(exchange_id, server_round, victim.node_id, node)))
+        for node, secret in secrets.items()]
+    codec = LAYOUT.codec(len(own) + 1, 32)
+    total = subtract_mod(contribution.masked, mask_vector(recover_secret(shares, SEED_BYTES), codec.length, 32), 32)
+    for node, secret in secrets.items():
+        pairwise = mask_vector(round_key(secret, "mask", exchange_id, server_round, victim.node_id, node),
+                               codec.length, 32)
+        # the victim added the pairwise mask when its id was the lower one, and subtracted it otherwise
+        total = (subtract_mod(total, pairwise, 32) if victim.node_id < node
+                 else (total + pairwise.astype(total.dtype)) % np.uint64(2**32)).astype(total.dtype)
+    return codec.decode_sum(total, 1)
+
+
+def test_without_enrolment_a_key_substituting_server_recovers_one_devices_update_exactly() -> None:
+    # The attack the pinned authority stops, shown working on devices that pin none.
+    devices, aggregator, grid = federation()
+    victim = devices[4]
+    own = substitute_keys(aggregator, devices, victim)
+    aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 1)
+    recovered = recover_victim(aggregator, grid, victim, own, 1)
+    assert recovered is not None
+    assert np.all(np.abs(recovered - np.concatenate([victim.values, [1.0]])) <= LAYOUT.codec(10, 32).max_error(1))
+
+
+def test_enrolled_devices_refuse_substituted_keys_before_masking_anything(tmp_path: Path) -> None:
+    devices, aggregator, grid = federation(enrolled_in=tmp_path)
+    assert aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 1).failure is None  # honest relay
+    victim = devices[4]
+    own = substitute_keys(aggregator, devices, victim)
+    result = aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 2)
+    assert recover_victim(aggregator, grid, victim, own, 2) is None  # nothing was masked with the server's keys
+    assert result.total is None and not result.contributors
+    reasons = {failure["node"]: failure["reason"] for failure in result.failures}
+    assert "is not the one its identity endorsed" in reasons[victim.node_id]
+
+
+def test_an_enrolled_device_refuses_an_honest_key_shown_under_another_node(tmp_path: Path) -> None:
+    devices, aggregator, grid = federation(enrolled_in=tmp_path)
+    moved, source = devices[1].node_id, devices[2].node_id
+    aggregator.public_keys[moved] = aggregator.public_keys[source]
+    aggregator.endorsements[moved] = aggregator.endorsements[source]
+    result = aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 1)
+    reasons = {failure["node"]: failure["reason"] for failure in result.failures}
+    assert f"endorsed for node {moved}" in reasons[devices[0].node_id]
+
+
+def test_a_device_the_authority_did_not_enrol_cannot_join_and_the_round_goes_on(tmp_path: Path) -> None:
+    devices, aggregator, grid = federation(enrolled_in=tmp_path)
+    # An eleventh device enrolled by an authority of its own (or the server's): refused at registration.
+    stranger = Device(2**62 + 999, np.full(50, 0.5), node_config=enrolment(tmp_path / "other", _mkdir(
+        tmp_path / "other") or DeviceAuthority.generate(), 0))
+    registration = key_registration(stranger.context)
+    aggregator.register(stranger.node_id, registration[PUBLIC_KEY_KEY], registration)
+    # And a device with no identity at all.
+    bare = Device(2**62 + 1001, np.full(50, 0.5))
+    aggregator.register(bare.node_id, device_keys(bare.context).public_key, {})
+    grid.devices.update({stranger.node_id: stranger, bare.node_id: bare})
+    result = aggregator.exchange(grid, train_messages([*devices, stranger, bare]), LAYOUT, "train", 1)
+    reasons = {failure["node"]: failure["reason"] for failure in result.failures}
+    assert "key not certified: its identity key is not certified" in reasons[stranger.node_id]
+    assert "key not certified: it carries no endorsement" in reasons[bare.node_id]
+    assert result.failure is None and len(result.contributors) == 10
+    assert np.all(np.abs(result.total - expected(devices)) <= LAYOUT.codec(12, 32).max_error(10))
+
+
+def test_an_enrolled_device_with_a_new_key_registers_it_endorsed_and_joins_the_next_round(tmp_path: Path) -> None:
+    devices, aggregator, grid = federation(enrolled_in=tmp_path, d3="new-key")
+    assert aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 1).failure is None
+    second = aggregator.exchange(grid, train_messages(devices), LAYOUT, "train", 2)
+    assert second.failure is None and len(second.contributors) == 10
+
+
+def _mkdir(path: Path) -> None:
+    path.mkdir()

@@ -159,6 +159,12 @@ def test_secure_aggregation_gives_the_plain_result_and_the_server_sees_no_update
     assert rounds[1].validation == pytest.approx(plain_rounds[1].validation, abs=1e-6)
     replies = [reply for reply in recorder.received if not reply.has_error()]
     assert replies
+    # Each device registered an endorsed key, and every neighbour key the server relayed came with its endorsement.
+    registrations = [r.content["config"] for r in replies if "public-key" in r.content.config_records.get("config", {})]
+    assert len(registrations) == N_USERS and all(len(r["identity-certificate"]) == 64 for r in registrations)
+    masking = [m for m in recorder.sent if "secure-aggregation" in m.content.array_records]
+    assert masking and all("neighbour-key-signatures" in m.content["secure-aggregation"]
+                           for m in masking if m.metadata.message_type == "train")
     for reply in replies:
         # Counts, losses and metric sums travel only inside the masked vector.
         metrics = reply.content.metric_records.get("metrics", {})
@@ -323,6 +329,10 @@ def test_the_private_main_job_runs_end_to_end_small(tmp_path: Path) -> None:
     written = load_ledger(directory.path / "privacy-ledger.json").user_level
     assert ledger.user_level is not None and written is not None and written.epsilon.claimed_epsilon > 0
     assert summary["secure_aggregation"]["rounds_failed"] == 0
+    # Every device was enrolled by the launcher's in-process authority, and checked its neighbours' keys against it.
+    authority = json.loads((directory.path / "federation.json").read_text())["device_authority"]
+    assert summary["secure_aggregation"]["device_keys"] == f"certified by device authority {authority}"
+    assert len(list((directory.devices / "identities").glob("partition-*.identity"))) == N_USERS
     # Popularity on the same test users sits beside the model, in the summary and in its own file.
     assert set(summary["test"]) <= set(summary["popularity_test"])
     assert json.loads((directory.path / POPULARITY_REFERENCE_FILE).read_text())["test"] == summary["popularity_test"]
